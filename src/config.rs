@@ -1,0 +1,322 @@
+//! Typed configuration: parsed once at startup, before any port is bound.
+//!
+//! `config.yaml` at the repository root is the default and is compiled into the binary
+//! ([`DEFAULT_YAML`]); it is the only place defaults live. YAML is read into a generic tree,
+//! `${env:NAME}` references are expanded in its string values (never in comments), and the
+//! tree is then deserialised into [`Config`] with the path of any bad key recorded, so every
+//! error names the key it is about.
+
+use std::net::SocketAddr;
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::Value as Tree;
+
+/// The default configuration, `config.yaml` at the repository root.
+pub const DEFAULT_YAML: &str = include_str!("../config.yaml");
+
+/// Everything fanin can be told.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub receivers: ReceiversConfig,
+    pub query: QueryConfig,
+    pub limits: LimitsConfig,
+    /// How long shutdown waits for requests in flight.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiversConfig {
+    pub otlp: OtlpConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpConfig {
+    pub grpc: ListenerConfig,
+    pub http: ListenerConfig,
+}
+
+/// One OTLP listener: where it binds and how large a request it takes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub listen: SocketAddr,
+    /// Bound on the request after decompression (and, for HTTP, before it too).
+    pub max_request_bytes: NonZeroUsize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Most streams kept at once across all instances.
+    pub max_series: NonZeroUsize,
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config is not valid YAML: {0}")]
+    Yaml(#[from] serde_saphyr::Error),
+    #[error("config key `{path}`: {message}")]
+    Invalid { path: String, message: String },
+    #[error("config key `{path}`: {message}")]
+    Env { path: String, message: String },
+}
+
+impl Config {
+    /// Parses and validates YAML text; `${env:NAME}` is looked up with `env`.
+    /// Pure: tests pass their own lookup instead of touching the process environment.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key that is unknown, missing, or has a bad value.
+    pub fn from_yaml_with_env(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut tree: Tree = serde_saphyr::from_str(text)?;
+        expand_env(&mut tree, &mut Vec::new(), env)?;
+        let config: Config = serde_path_to_error::deserialize(tree).map_err(|error| {
+            let path = error.path().to_string();
+            ConfigError::Invalid {
+                path: if path == "." {
+                    "(top level)".into()
+                } else {
+                    path
+                },
+                message: error.into_inner().to_string(),
+            }
+        })?;
+        Ok(config)
+    }
+
+    /// Parses YAML text, expanding `${env:NAME}` from the process environment.
+    ///
+    /// # Errors
+    /// As [`Config::from_yaml_with_env`].
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml_with_env(text, &|name| std::env::var(name).ok())
+    }
+
+    /// The built-in default configuration.
+    ///
+    /// # Errors
+    /// Only if `config.yaml` uses an environment reference that cannot be expanded.
+    pub fn default_config() -> Result<Config, ConfigError> {
+        Config::from_yaml(DEFAULT_YAML)
+    }
+}
+
+/// Replaces `${env:NAME}` and `${env:NAME:-default}` in every string of the tree, and `$$`
+/// with `$`. A string that is exactly one reference is re-read as a YAML scalar, so that
+/// `max_series: ${env:MAX}` yields a number.
+fn expand_env(
+    tree: &mut Tree,
+    path: &mut Vec<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    match tree {
+        Tree::String(text) => {
+            if !text.contains('$') {
+                return Ok(());
+            }
+            let expanded = expand_text(text, env).map_err(|message| ConfigError::Env {
+                path: path.join("."),
+                message,
+            })?;
+            let whole_reference = text.starts_with("${") && text.ends_with('}');
+            *tree = if whole_reference {
+                serde_saphyr::from_str::<Tree>(&expanded)
+                    .ok()
+                    .filter(|value| !value.is_object() && !value.is_array())
+                    .unwrap_or(Tree::String(expanded))
+            } else {
+                Tree::String(expanded)
+            };
+            Ok(())
+        }
+        Tree::Array(items) => {
+            for (index, item) in items.iter_mut().enumerate() {
+                path.push(index.to_string());
+                expand_env(item, path, env)?;
+                path.pop();
+            }
+            Ok(())
+        }
+        Tree::Object(map) => {
+            for (key, item) in map.iter_mut() {
+                path.push(key.clone());
+                expand_env(item, path, env)?;
+                path.pop();
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+fn expand_text(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(dollar) = rest.find('$') {
+        out.push_str(&rest[..dollar]);
+        rest = &rest[dollar..];
+        if let Some(after) = rest.strip_prefix("$$") {
+            out.push('$');
+            rest = after;
+        } else if let Some(after) = rest.strip_prefix("${env:") {
+            let end = after
+                .find('}')
+                .ok_or_else(|| format!("unterminated environment reference in {text:?}"))?;
+            let reference = &after[..end];
+            let (name, default) = match reference.split_once(":-") {
+                Some((name, default)) => (name, Some(default)),
+                None => (reference, None),
+            };
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("{name:?} is not a valid environment variable name"));
+            }
+            match (env(name), default) {
+                (Some(value), _) => out.push_str(&value),
+                (None, Some(default)) => out.push_str(default),
+                (None, None) => {
+                    return Err(format!(
+                        "environment variable {name} is not set (write ${{env:{name}:-default}} to give a default)"
+                    ));
+                }
+            }
+            rest = &after[end + 1..];
+        } else {
+            return Err(format!(
+                "a `$` in {text:?} starts neither ${{env:NAME}} nor $$ (a literal $)"
+            ));
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn with_default(edit: impl Fn(&str) -> String) -> Result<Config, ConfigError> {
+        Config::from_yaml_with_env(&edit(DEFAULT_YAML), &no_env)
+    }
+
+    #[track_caller]
+    fn check_error(yaml: String, expected: &str) {
+        let error = Config::from_yaml_with_env(&yaml, &no_env).expect_err("config must fail");
+        let message = error.to_string();
+        assert!(message.contains(expected), "{message:?} lacks {expected:?}");
+    }
+
+    #[test]
+    fn default_config_parses() {
+        let config = Config::from_yaml_with_env(DEFAULT_YAML, &no_env).expect("default parses");
+        assert_eq!(
+            config.receivers.otlp.grpc.listen.to_string(),
+            "127.0.0.1:4317"
+        );
+        assert_eq!(
+            config.receivers.otlp.http.listen.to_string(),
+            "127.0.0.1:4318"
+        );
+        assert_eq!(config.query.listen.to_string(), "127.0.0.1:9464");
+        assert_eq!(config.receivers.otlp.grpc.max_request_bytes.get(), 4 << 20);
+        assert_eq!(config.receivers.otlp.http.max_request_bytes.get(), 20 << 20);
+        assert_eq!(config.shutdown_grace, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        check_error(
+            DEFAULT_YAML.replace("max_series:", "max_serie:"),
+            "config key `limits.max_serie`: unknown field `max_serie`, expected `max_series`",
+        );
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        check_error(
+            DEFAULT_YAML.replace("listen: 127.0.0.1:4318", "listen: localhost"),
+            "`receivers.otlp.http.listen`",
+        );
+        check_error(
+            DEFAULT_YAML.replace("max_series: 1000000", "max_series: 0"),
+            "`limits.max_series`",
+        );
+        check_error(
+            DEFAULT_YAML.replace("shutdown_grace: 10s", "shutdown_grace: soon"),
+            "`shutdown_grace`",
+        );
+    }
+
+    #[test]
+    fn missing_key_is_named() {
+        check_error(
+            DEFAULT_YAML.replace("  max_series: 1000000", "  {}"),
+            "limits",
+        );
+    }
+
+    #[test]
+    fn env_references_expand_with_types() {
+        let env = |name: &str| match name {
+            "ADDR" => Some("127.0.0.1:5000".to_string()),
+            "SERIES" => Some("42".to_string()),
+            _ => None,
+        };
+        let yaml = DEFAULT_YAML
+            .replace("listen: 127.0.0.1:9464", "listen: ${env:ADDR}")
+            .replace("max_series: 1000000", "max_series: ${env:SERIES}")
+            .replace("shutdown_grace: 10s", "shutdown_grace: ${env:GRACE:-3s}");
+        let config = Config::from_yaml_with_env(&yaml, &env).expect("expanded config parses");
+        assert_eq!(config.query.listen.to_string(), "127.0.0.1:5000");
+        assert_eq!(config.limits.max_series.get(), 42);
+        assert_eq!(config.shutdown_grace, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn unset_env_is_an_error_naming_key_and_variable() {
+        let error =
+            with_default(|yaml| yaml.replace("listen: 127.0.0.1:9464", "listen: ${env:NOPE}"))
+                .expect_err("unset variable");
+        let message = error.to_string();
+        assert!(message.contains("query.listen"), "{message}");
+        assert!(message.contains("NOPE is not set"), "{message}");
+    }
+
+    #[test]
+    fn env_references_in_comments_are_ignored() {
+        with_default(|yaml| format!("# see ${{env:NOT_SET}}\n{yaml}")).expect("comment ignored");
+    }
+
+    #[test]
+    fn expand_text_handles_escapes_and_embedding() {
+        let env = |_: &str| Some("x".to_string());
+        assert_eq!(expand_text("a$$b", &env).as_deref(), Ok("a$b"));
+        assert_eq!(expand_text("p-${env:A}-q", &env).as_deref(), Ok("p-x-q"));
+        assert!(expand_text("$HOME", &env).is_err());
+        assert!(expand_text("${env:A", &env).is_err());
+    }
+
+    #[test]
+    fn invalid_yaml_is_reported() {
+        check_error("receivers: [".to_string(), "not valid YAML");
+    }
+}

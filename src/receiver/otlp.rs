@@ -1,0 +1,666 @@
+//! OTLP protobuf messages to fanin's model: the one conversion both transports share.
+//!
+//! Pure: no I/O, no locks, no clock. It takes the decoded request by value (so strings move
+//! instead of being copied), validates every point, and groups the valid ones by instance.
+//! Invalid points are counted in the returned [`Outcome`] with a message for the sender.
+
+use std::sync::Arc;
+
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::{
+    ExponentialHistogramDataPoint, HistogramDataPoint, Metric, NumberDataPoint, SummaryDataPoint,
+    exponential_histogram_data_point, metric::Data, number_data_point,
+};
+
+use crate::model::{
+    AttrValue, Attributes, ExpBuckets, ExpHistogram, Histogram, Kind, MetricId, Point, Scope,
+    StreamKey, StreamPoint, Summary, Temporality, Value,
+};
+use crate::outcome::{Outcome, RejectReason};
+
+/// `DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK`: the stream was explicitly removed.
+const NO_RECORDED_VALUE: u32 = 1;
+
+/// Exponential histogram scales OTLP allows (the SDKs' `MaxScale` is 20).
+const SCALES: std::ops::RangeInclusive<i32> = -10..=20;
+
+/// The valid points of one `ResourceMetrics`, all of one instance.
+#[derive(Debug)]
+pub struct InstanceBatch {
+    /// The resource attributes: the instance's identity.
+    pub resource: Attributes,
+    pub points: Vec<StreamPoint>,
+}
+
+/// Converts a request into per-instance batches, counting invalid points in the outcome.
+pub fn to_batches(request: ExportMetricsServiceRequest) -> (Vec<InstanceBatch>, Outcome) {
+    let mut outcome = Outcome::default();
+    let mut batches = Vec::with_capacity(request.resource_metrics.len());
+    for resource_metrics in request.resource_metrics {
+        let resource = to_attributes(
+            resource_metrics
+                .resource
+                .map(|resource| resource.attributes)
+                .unwrap_or_default(),
+        );
+        let mut points = Vec::new();
+        for scope_metrics in resource_metrics.scope_metrics {
+            let scope = Arc::new(
+                scope_metrics
+                    .scope
+                    .map(|scope| Scope {
+                        name: scope.name,
+                        version: scope.version,
+                        attributes: to_attributes(scope.attributes),
+                    })
+                    .unwrap_or_default(),
+            );
+            for metric in scope_metrics.metrics {
+                convert_metric(metric, &scope, &mut points, &mut outcome);
+            }
+        }
+        batches.push(InstanceBatch { resource, points });
+    }
+    (batches, outcome)
+}
+
+/// Converts OTLP key/values into an attribute set.
+pub fn to_attributes(pairs: Vec<KeyValue>) -> Attributes {
+    Attributes::new(
+        pairs
+            .into_iter()
+            .map(|pair| (pair.key, to_attr_value(pair.value)))
+            .collect(),
+    )
+}
+
+fn to_attr_value(value: Option<AnyValue>) -> AttrValue {
+    match value.and_then(|value| value.value) {
+        None => AttrValue::Empty,
+        Some(any_value::Value::StringValue(value)) => AttrValue::Str(value),
+        Some(any_value::Value::BoolValue(value)) => AttrValue::Bool(value),
+        Some(any_value::Value::IntValue(value)) => AttrValue::Int(value),
+        Some(any_value::Value::DoubleValue(value)) => AttrValue::Double(value),
+        Some(any_value::Value::BytesValue(value)) => AttrValue::Bytes(value),
+        Some(any_value::Value::ArrayValue(array)) => AttrValue::Array(
+            array
+                .values
+                .into_iter()
+                .map(|value| to_attr_value(Some(value)))
+                .collect(),
+        ),
+        Some(any_value::Value::KvlistValue(list)) => AttrValue::Map(to_attributes(list.values)),
+        // A profiling-only dictionary reference: the proto asks metrics receivers to treat it
+        // as a non-fatal oddity, i.e. as if the value were absent.
+        Some(any_value::Value::StringValueStrindex(_)) => AttrValue::Empty,
+    }
+}
+
+/// Everything the points of one metric share.
+struct MetricContext<'a> {
+    scope: &'a Arc<Scope>,
+    metric: Arc<MetricId>,
+    description: Arc<str>,
+}
+
+impl MetricContext<'_> {
+    fn push(&self, attributes: Vec<KeyValue>, point: Point, points: &mut Vec<StreamPoint>) {
+        points.push(StreamPoint {
+            key: StreamKey {
+                scope: Arc::clone(self.scope),
+                metric: Arc::clone(&self.metric),
+                attributes: to_attributes(attributes),
+            },
+            point,
+            description: Arc::clone(&self.description),
+        });
+    }
+
+    fn name(&self) -> &str {
+        &self.metric.name
+    }
+}
+
+fn convert_metric(
+    metric: Metric,
+    scope: &Arc<Scope>,
+    points: &mut Vec<StreamPoint>,
+    outcome: &mut Outcome,
+) {
+    let Metric {
+        name,
+        description,
+        unit,
+        data,
+        ..
+    } = metric;
+    let Some(data) = data else {
+        outcome.warn(|| format!("metric {name:?} has no data (no gauge, sum, histogram, exponential histogram or summary)"));
+        return;
+    };
+    let (kind, monotonic, temporality, n_points) = match &data {
+        Data::Gauge(gauge) => (Kind::Gauge, false, None, gauge.data_points.len()),
+        Data::Sum(sum) => (
+            Kind::Sum,
+            sum.is_monotonic,
+            Some(sum.aggregation_temporality),
+            sum.data_points.len(),
+        ),
+        Data::Histogram(histogram) => (
+            Kind::Histogram,
+            false,
+            Some(histogram.aggregation_temporality),
+            histogram.data_points.len(),
+        ),
+        Data::ExponentialHistogram(histogram) => (
+            Kind::ExponentialHistogram,
+            false,
+            Some(histogram.aggregation_temporality),
+            histogram.data_points.len(),
+        ),
+        Data::Summary(summary) => (Kind::Summary, false, None, summary.data_points.len()),
+    };
+    let n_points = n_points as u64;
+    if name.is_empty() {
+        outcome.reject(RejectReason::EmptyName, n_points, || {
+            format!("a {} metric has an empty name", kind.as_str())
+        });
+        return;
+    }
+    let temporality = match temporality {
+        None => None,
+        Some(1) => Some(Temporality::Delta),
+        Some(2) => Some(Temporality::Cumulative),
+        Some(other) => {
+            outcome.reject(RejectReason::BadTemporality, n_points, || {
+                format!(
+                    "metric {name:?}: aggregation_temporality {other} is not DELTA (1) or CUMULATIVE (2)"
+                )
+            });
+            return;
+        }
+    };
+    let context = MetricContext {
+        scope,
+        metric: Arc::new(MetricId {
+            name,
+            kind,
+            unit,
+            monotonic,
+            temporality,
+        }),
+        description: description.into(),
+    };
+    match data {
+        Data::Gauge(gauge) => {
+            for point in gauge.data_points {
+                convert_number(point, &context, points, outcome);
+            }
+        }
+        Data::Sum(sum) => {
+            for point in sum.data_points {
+                convert_number(point, &context, points, outcome);
+            }
+        }
+        Data::Histogram(histogram) => {
+            for point in histogram.data_points {
+                convert_histogram(point, &context, points, outcome);
+            }
+        }
+        Data::ExponentialHistogram(histogram) => {
+            for point in histogram.data_points {
+                convert_exp_histogram(point, &context, points, outcome);
+            }
+        }
+        Data::Summary(summary) => {
+            for point in summary.data_points {
+                convert_summary(point, &context, points, outcome);
+            }
+        }
+    }
+}
+
+/// Checks what every point kind shares; `false` means the point was rejected.
+fn check_time(time: u64, context: &MetricContext, outcome: &mut Outcome) -> bool {
+    if time == 0 {
+        outcome.reject(RejectReason::TimeZero, 1, || {
+            format!("metric {:?}: a point has time_unix_nano 0", context.name())
+        });
+        return false;
+    }
+    true
+}
+
+fn convert_number(
+    point: NumberDataPoint,
+    context: &MetricContext,
+    points: &mut Vec<StreamPoint>,
+    outcome: &mut Outcome,
+) {
+    if !check_time(point.time_unix_nano, context, outcome) {
+        return;
+    }
+    let value = if point.flags & NO_RECORDED_VALUE != 0 {
+        Value::NoRecordedValue
+    } else {
+        match point.value {
+            Some(number_data_point::Value::AsDouble(value)) => Value::Number(value),
+            Some(number_data_point::Value::AsInt(value)) => Value::Number(value as f64),
+            None => {
+                outcome.reject(RejectReason::NoValue, 1, || {
+                    format!(
+                        "metric {:?}: a point has neither as_double nor as_int",
+                        context.name()
+                    )
+                });
+                return;
+            }
+        }
+    };
+    let point_value = Point {
+        start: point.start_time_unix_nano,
+        time: point.time_unix_nano,
+        value,
+    };
+    context.push(point.attributes, point_value, points);
+}
+
+fn convert_histogram(
+    point: HistogramDataPoint,
+    context: &MetricContext,
+    points: &mut Vec<StreamPoint>,
+    outcome: &mut Outcome,
+) {
+    if !check_time(point.time_unix_nano, context, outcome) {
+        return;
+    }
+    let value = if point.flags & NO_RECORDED_VALUE != 0 {
+        Value::NoRecordedValue
+    } else {
+        match histogram_value(&point) {
+            Ok(histogram) => Value::Histogram(histogram),
+            Err(problem) => {
+                outcome.reject(RejectReason::InvalidHistogram, 1, || {
+                    format!("metric {:?}: {problem}", context.name())
+                });
+                return;
+            }
+        }
+    };
+    let point_value = Point {
+        start: point.start_time_unix_nano,
+        time: point.time_unix_nano,
+        value,
+    };
+    context.push(point.attributes, point_value, points);
+}
+
+/// Validates an explicit-bucket histogram point per the rules in metrics.proto.
+fn histogram_value(point: &HistogramDataPoint) -> Result<Histogram, String> {
+    let bounds = &point.explicit_bounds;
+    let mut bucket_counts = point.bucket_counts.clone();
+    if bucket_counts.is_empty() && bounds.is_empty() {
+        // Only count and sum are known: one bucket (-Inf, +Inf).
+        bucket_counts.push(point.count);
+    } else if bucket_counts.len() != bounds.len() + 1 {
+        return Err(format!(
+            "histogram has {} bucket counts for {} explicit bounds; it needs one more count than bounds",
+            bucket_counts.len(),
+            bounds.len()
+        ));
+    }
+    if bounds.iter().any(|bound| bound.is_nan()) {
+        return Err("histogram explicit bounds contain NaN".into());
+    }
+    if bounds.windows(2).any(|pair| pair[0] >= pair[1]) {
+        return Err("histogram explicit bounds are not strictly increasing".into());
+    }
+    let total = bucket_counts
+        .iter()
+        .try_fold(0u64, |total, count| total.checked_add(*count));
+    if total != Some(point.count) {
+        return Err(format!(
+            "histogram bucket counts add up to {} but count is {}",
+            total.map_or_else(|| "more than 2^64".to_string(), |total| total.to_string()),
+            point.count
+        ));
+    }
+    Ok(Histogram {
+        count: point.count,
+        sum: point.sum,
+        min: point.min,
+        max: point.max,
+        bounds: bounds.clone(),
+        bucket_counts,
+    })
+}
+
+fn convert_exp_histogram(
+    point: ExponentialHistogramDataPoint,
+    context: &MetricContext,
+    points: &mut Vec<StreamPoint>,
+    outcome: &mut Outcome,
+) {
+    if !check_time(point.time_unix_nano, context, outcome) {
+        return;
+    }
+    let value = if point.flags & NO_RECORDED_VALUE != 0 {
+        Value::NoRecordedValue
+    } else {
+        match exp_histogram_value(&point) {
+            Ok(histogram) => Value::ExpHistogram(histogram),
+            Err(problem) => {
+                outcome.reject(RejectReason::InvalidExponentialHistogram, 1, || {
+                    format!("metric {:?}: {problem}", context.name())
+                });
+                return;
+            }
+        }
+    };
+    let point_value = Point {
+        start: point.start_time_unix_nano,
+        time: point.time_unix_nano,
+        value,
+    };
+    context.push(point.attributes, point_value, points);
+}
+
+fn exp_buckets(
+    buckets: &Option<exponential_histogram_data_point::Buckets>,
+    side: &str,
+) -> Result<(ExpBuckets, u64), String> {
+    let Some(buckets) = buckets else {
+        return Ok((ExpBuckets::default(), 0));
+    };
+    let last_index = i64::from(buckets.offset) + buckets.bucket_counts.len() as i64;
+    if last_index > i64::from(i32::MAX) {
+        return Err(format!("{side} buckets run past index 2^31"));
+    }
+    let total = buckets
+        .bucket_counts
+        .iter()
+        .try_fold(0u64, |total, count| total.checked_add(*count))
+        .ok_or_else(|| format!("{side} bucket counts add up to more than 2^64"))?;
+    Ok((
+        ExpBuckets {
+            offset: buckets.offset,
+            counts: buckets.bucket_counts.clone(),
+        },
+        total,
+    ))
+}
+
+/// Validates an exponential histogram point per the rules in metrics.proto.
+fn exp_histogram_value(point: &ExponentialHistogramDataPoint) -> Result<ExpHistogram, String> {
+    if !SCALES.contains(&point.scale) {
+        return Err(format!(
+            "exponential histogram scale {} is outside {}..={}",
+            point.scale,
+            SCALES.start(),
+            SCALES.end()
+        ));
+    }
+    if point.zero_threshold.is_nan() || point.zero_threshold < 0.0 {
+        return Err(format!(
+            "exponential histogram zero_threshold {} is not a non-negative number",
+            point.zero_threshold
+        ));
+    }
+    let (positive, n_positive) = exp_buckets(&point.positive, "positive")?;
+    let (negative, n_negative) = exp_buckets(&point.negative, "negative")?;
+    let total = point
+        .zero_count
+        .checked_add(n_positive)
+        .and_then(|total| total.checked_add(n_negative));
+    if total != Some(point.count) {
+        return Err(format!(
+            "exponential histogram zero_count + bucket counts = {} but count is {}",
+            total.map_or_else(|| "more than 2^64".to_string(), |total| total.to_string()),
+            point.count
+        ));
+    }
+    Ok(ExpHistogram {
+        count: point.count,
+        sum: point.sum,
+        min: point.min,
+        max: point.max,
+        scale: point.scale,
+        zero_count: point.zero_count,
+        zero_threshold: point.zero_threshold,
+        positive,
+        negative,
+    })
+}
+
+fn convert_summary(
+    point: SummaryDataPoint,
+    context: &MetricContext,
+    points: &mut Vec<StreamPoint>,
+    outcome: &mut Outcome,
+) {
+    if !check_time(point.time_unix_nano, context, outcome) {
+        return;
+    }
+    let value = if point.flags & NO_RECORDED_VALUE != 0 {
+        Value::NoRecordedValue
+    } else {
+        Value::Summary(Summary {
+            count: point.count,
+            sum: point.sum,
+            quantiles: point
+                .quantile_values
+                .iter()
+                .map(|quantile| (quantile.quantile, quantile.value))
+                .collect(),
+        })
+    };
+    let point_value = Point {
+        start: point.start_time_unix_nano,
+        time: point.time_unix_nano,
+        value,
+    };
+    context.push(point.attributes, point_value, points);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::metrics::v1::{
+        Gauge, ResourceMetrics, ScopeMetrics, Sum, exponential_histogram_data_point::Buckets,
+    };
+    use opentelemetry_proto::tonic::resource::v1::Resource;
+
+    fn string(key: &str, value: &str) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(value.into())),
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn request(metrics: Vec<Metric>) -> ExportMetricsServiceRequest {
+        ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(Resource {
+                    attributes: vec![string("service.instance.id", "w1")],
+                    ..Default::default()
+                }),
+                scope_metrics: vec![ScopeMetrics {
+                    metrics,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn number(time: u64, value: Option<number_data_point::Value>, flags: u32) -> NumberDataPoint {
+        NumberDataPoint {
+            time_unix_nano: time,
+            value,
+            flags,
+            ..Default::default()
+        }
+    }
+
+    fn sum_metric(temporality: i32, points: Vec<NumberDataPoint>) -> Metric {
+        Metric {
+            name: "requests".into(),
+            data: Some(Data::Sum(Sum {
+                data_points: points,
+                aggregation_temporality: temporality,
+                is_monotonic: true,
+            })),
+            ..Default::default()
+        }
+    }
+
+    #[track_caller]
+    fn convert_one(metric: Metric) -> (Vec<StreamPoint>, Outcome) {
+        let (mut batches, outcome) = to_batches(request(vec![metric]));
+        assert_eq!(batches.len(), 1);
+        (batches.remove(0).points, outcome)
+    }
+
+    #[test]
+    fn int_and_double_values_become_numbers() {
+        let (points, outcome) = convert_one(sum_metric(
+            2,
+            vec![
+                number(1, Some(number_data_point::Value::AsInt(7)), 0),
+                number(2, Some(number_data_point::Value::AsDouble(1.5)), 0),
+            ],
+        ));
+        assert_eq!(outcome.partial_success(), None);
+        let values: Vec<_> = points
+            .iter()
+            .map(|point| point.point.value.clone())
+            .collect();
+        assert_eq!(values, vec![Value::Number(7.0), Value::Number(1.5)]);
+        assert_eq!(
+            points[0].key.metric.temporality,
+            Some(Temporality::Cumulative)
+        );
+        assert!(points[0].key.metric.monotonic);
+    }
+
+    #[test]
+    fn time_zero_and_missing_value_are_rejected() {
+        let (points, outcome) = convert_one(sum_metric(
+            2,
+            vec![
+                number(0, Some(number_data_point::Value::AsInt(1)), 0),
+                number(5, None, 0),
+                number(6, None, NO_RECORDED_VALUE),
+            ],
+        ));
+        assert_eq!(outcome.rejected(RejectReason::TimeZero), 1);
+        assert_eq!(outcome.rejected(RejectReason::NoValue), 1);
+        assert_eq!(points.len(), 1);
+        assert_eq!(points[0].point.value, Value::NoRecordedValue);
+    }
+
+    #[test]
+    fn unspecified_temporality_rejects_every_point() {
+        let (points, outcome) = convert_one(sum_metric(
+            0,
+            vec![
+                number(1, Some(number_data_point::Value::AsInt(1)), 0),
+                number(2, Some(number_data_point::Value::AsInt(2)), 0),
+            ],
+        ));
+        assert!(points.is_empty());
+        assert_eq!(outcome.rejected(RejectReason::BadTemporality), 2);
+    }
+
+    #[test]
+    fn metric_without_data_is_a_warning() {
+        let (points, outcome) = convert_one(Metric {
+            name: "empty".into(),
+            ..Default::default()
+        });
+        assert!(points.is_empty());
+        let (rejected, message) = outcome.partial_success().expect("warning");
+        assert_eq!(rejected, 0);
+        assert!(message.contains("\"empty\" has no data"), "{message}");
+    }
+
+    #[test]
+    fn gauge_point_attributes_are_kept() {
+        let mut point = number(1, Some(number_data_point::Value::AsDouble(3.0)), 0);
+        point.attributes = vec![string("route", "/a")];
+        let (points, _) = convert_one(Metric {
+            name: "inflight".into(),
+            data: Some(Data::Gauge(Gauge {
+                data_points: vec![point],
+            })),
+            ..Default::default()
+        });
+        assert_eq!(
+            points[0].key.attributes.get("route"),
+            Some(&AttrValue::Str("/a".into()))
+        );
+    }
+
+    #[track_caller]
+    fn check_histogram(counts: &[u64], bounds: &[f64], count: u64, expected: Result<(), &str>) {
+        let point = HistogramDataPoint {
+            time_unix_nano: 1,
+            count,
+            bucket_counts: counts.to_vec(),
+            explicit_bounds: bounds.to_vec(),
+            ..Default::default()
+        };
+        match (histogram_value(&point), expected) {
+            (Ok(_), Ok(())) => {}
+            (Err(problem), Err(expected)) => assert!(problem.contains(expected), "{problem}"),
+            (got, expected) => panic!("got {got:?}, expected {expected:?}"),
+        }
+    }
+
+    #[test]
+    fn histogram_rules() {
+        check_histogram(&[1, 2, 3], &[1.0, 2.0], 6, Ok(()));
+        check_histogram(&[], &[], 4, Ok(()));
+        check_histogram(&[1, 2], &[1.0, 2.0], 3, Err("one more count than bounds"));
+        check_histogram(&[1, 2, 3], &[2.0, 1.0], 6, Err("strictly increasing"));
+        check_histogram(&[1, 2, 3], &[1.0, f64::NAN], 6, Err("NaN"));
+        check_histogram(
+            &[1, 2, 3],
+            &[1.0, 2.0],
+            7,
+            Err("add up to 6 but count is 7"),
+        );
+        check_histogram(&[u64::MAX, 1], &[1.0], 0, Err("more than 2^64"));
+    }
+
+    #[track_caller]
+    fn check_exp(scale: i32, zero: u64, positive: &[u64], count: u64, expected: Result<(), &str>) {
+        let point = ExponentialHistogramDataPoint {
+            time_unix_nano: 1,
+            scale,
+            zero_count: zero,
+            count,
+            positive: Some(Buckets {
+                offset: -2,
+                bucket_counts: positive.to_vec(),
+            }),
+            ..Default::default()
+        };
+        match (exp_histogram_value(&point), expected) {
+            (Ok(_), Ok(())) => {}
+            (Err(problem), Err(expected)) => assert!(problem.contains(expected), "{problem}"),
+            (got, expected) => panic!("got {got:?}, expected {expected:?}"),
+        }
+    }
+
+    #[test]
+    fn exponential_histogram_rules() {
+        check_exp(3, 1, &[1, 2], 4, Ok(()));
+        check_exp(21, 0, &[], 0, Err("scale 21"));
+        check_exp(0, 1, &[1, 2], 5, Err("= 4 but count is 5"));
+    }
+}
