@@ -1,1 +1,161 @@
-fn main() {}
+//! The `fanin` command: parse arguments, load the config, run the library, set the exit code.
+//!
+//! Exit codes: 0 after a clean shutdown, 2 for a bad command line or config, 1 for anything
+//! that fails at run time (a port already in use, a server error).
+
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use fanin::{App, Config};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "fanin",
+    version,
+    about = "OTLP metrics aggregation sidecar for pre-fork servers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sidecar: OTLP/gRPC, OTLP/HTTP and the query API.
+    Serve(ServeArgs),
+    /// Print the built-in default configuration (config.yaml) and exit.
+    DefaultConfig,
+}
+
+#[derive(Parser)]
+struct ServeArgs {
+    /// Configuration file; without it the built-in config.yaml is used.
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Override receivers.otlp.grpc.listen (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR")]
+    grpc_listen: Option<SocketAddr>,
+    /// Override receivers.otlp.http.listen (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Option<SocketAddr>,
+    /// Override query.listen (port 0 picks a free port).
+    #[arg(long, value_name = "ADDR")]
+    query_listen: Option<SocketAddr>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::DefaultConfig => {
+            print!("{}", fanin::config::DEFAULT_YAML);
+            ExitCode::SUCCESS
+        }
+        Command::Serve(args) => {
+            let config = match load_config(&args) {
+                Ok(config) => config,
+                Err(error) => {
+                    eprintln!("fanin: {error:#}");
+                    return ExitCode::from(2);
+                }
+            };
+            init_tracing();
+            match serve(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!("{error:#}");
+                    eprintln!("fanin: {error:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        None => Config::default_config().context("built-in config")?,
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config file {}", path.display()))?;
+            Config::from_yaml(&text).with_context(|| format!("config file {}", path.display()))?
+        }
+    };
+    if let Some(address) = args.grpc_listen {
+        config.receivers.otlp.grpc.listen = address;
+    }
+    if let Some(address) = args.http_listen {
+        config.receivers.otlp.http.listen = address;
+    }
+    if let Some(address) = args.query_listen {
+        config.query.listen = address;
+    }
+    Ok(config)
+}
+
+/// Logs go to stderr, filtered by `RUST_LOG` (default `info`); stdout carries only the
+/// listener lines, so scripts can read them.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let grace = config.shutdown_grace;
+        let app = App::bind(config).await?;
+        let addresses = app.addresses();
+        {
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "otlp-grpc listening on {}", addresses.grpc)?;
+            writeln!(stdout, "otlp-http listening on {}", addresses.http)?;
+            writeln!(stdout, "query listening on {}", addresses.query)?;
+            stdout.flush()?;
+        }
+        tracing::info!(grpc = %addresses.grpc, http = %addresses.http, query = %addresses.query, "fanin started");
+
+        let shutdown = CancellationToken::new();
+        let mut server = tokio::spawn(app.run(shutdown.clone()));
+        tokio::select! {
+            signal = shutdown_signal() => {
+                tracing::info!(signal = signal?, "Shutting down; waiting for requests in flight");
+            }
+            joined = &mut server => {
+                // A server stopped by itself: that is an error, not a shutdown.
+                joined.context("server task panicked")??;
+                anyhow::bail!("servers stopped without a shutdown signal");
+            }
+        }
+        shutdown.cancel();
+        match tokio::time::timeout(grace, server).await {
+            Ok(joined) => joined.context("server task panicked")??,
+            Err(_) => tracing::warn!(?grace, "Shutdown grace period over; exiting with requests in flight"),
+        }
+        tracing::info!("fanin stopped");
+        Ok(())
+    })
+}
+
+/// Waits for SIGINT or SIGTERM and says which arrived.
+async fn shutdown_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    Ok(tokio::select! {
+        _ = interrupt.recv() => "SIGINT",
+        _ = terminate.recv() => "SIGTERM",
+    })
+}

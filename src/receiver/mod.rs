@@ -1,2 +1,86 @@
+//! Receivers: OTLP over gRPC and HTTP, decoded into the model and handed to the store.
+//!
+//! The transports (`grpc`, `http`) only move bytes and map errors to their wire; the meaning
+//! lives in `otlp` (protobuf to model, shared by both) and `json` (OTLP/JSON to protobuf).
+//! A request that decodes always succeeds; points that cannot be stored are reported in
+//! `partial_success`. [`IngestError`] is only for requests refused as a whole.
+
+pub mod grpc;
+pub mod http;
 pub mod json;
 pub mod otlp;
+
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+
+use crate::outcome::Outcome;
+use crate::store::{RequestError, Store, Writer};
+
+/// Why a whole request was refused. Each maps to one HTTP status and one gRPC code.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("body is not a valid OTLP protobuf ExportMetricsServiceRequest: {0}")]
+    Decode(#[from] prost::DecodeError),
+    #[error("body is not a valid OTLP/JSON ExportMetricsServiceRequest: {0}")]
+    Json(#[from] json::JsonError),
+    #[error("request body is larger than the limit of {limit} bytes{}", if *.decompressed { " after decompression" } else { "" })]
+    TooLarge { limit: usize, decompressed: bool },
+    #[error("content type {0:?} is not supported; send application/x-protobuf or application/json")]
+    UnsupportedMediaType(String),
+    #[error("content encoding {0:?} is not supported; send gzip, deflate or no encoding")]
+    UnsupportedEncoding(String),
+    #[error("body is not valid {encoding} data: {source}")]
+    Decompress {
+        encoding: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("could not read the request body: {0}")]
+    Body(#[source] axum::Error),
+}
+
+impl IngestError {
+    /// The counter this error is recorded under.
+    pub fn kind(&self) -> RequestError {
+        match self {
+            IngestError::Decode(_)
+            | IngestError::Json(_)
+            | IngestError::Decompress { .. }
+            | IngestError::Body(_) => RequestError::Decode,
+            IngestError::TooLarge { .. } => RequestError::TooLarge,
+            IngestError::UnsupportedMediaType(_) | IngestError::UnsupportedEncoding(_) => {
+                RequestError::Unsupported
+            }
+        }
+    }
+}
+
+/// Converts a decoded request, stores its points, and says what happened to them.
+pub fn receive(store: &Store, request: ExportMetricsServiceRequest, writer: Writer) -> Outcome {
+    let (batches, outcome) = otlp::to_batches(request);
+    let outcome = store.ingest(batches, writer, outcome);
+    if outcome.rejected_total() > 0 {
+        tracing::debug!(
+            rejected = outcome.rejected_total(),
+            peer = ?writer.peer,
+            transport = writer.transport.as_str(),
+            "Rejected data points"
+        );
+    }
+    outcome
+}
+
+/// The OTLP response for an outcome: `partial_success` unset on full success.
+pub fn response(outcome: &Outcome) -> ExportMetricsServiceResponse {
+    ExportMetricsServiceResponse {
+        partial_success: outcome
+            .partial_success()
+            .map(
+                |(rejected_data_points, error_message)| ExportMetricsPartialSuccess {
+                    rejected_data_points,
+                    error_message,
+                },
+            ),
+    }
+}

@@ -18,6 +18,7 @@ use crate::model::{
     StreamKey, StreamPoint, Summary, Temporality, Value,
 };
 use crate::outcome::{Outcome, RejectReason};
+use crate::store::InstancePoints;
 
 /// `DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK`: the stream was explicitly removed.
 const NO_RECORDED_VALUE: u32 = 1;
@@ -25,16 +26,8 @@ const NO_RECORDED_VALUE: u32 = 1;
 /// Exponential histogram scales OTLP allows (the SDKs' `MaxScale` is 20).
 const SCALES: std::ops::RangeInclusive<i32> = -10..=20;
 
-/// The valid points of one `ResourceMetrics`, all of one instance.
-#[derive(Debug)]
-pub struct InstanceBatch {
-    /// The resource attributes: the instance's identity.
-    pub resource: Attributes,
-    pub points: Vec<StreamPoint>,
-}
-
 /// Converts a request into per-instance batches, counting invalid points in the outcome.
-pub fn to_batches(request: ExportMetricsServiceRequest) -> (Vec<InstanceBatch>, Outcome) {
+pub fn to_batches(request: ExportMetricsServiceRequest) -> (Vec<InstancePoints>, Outcome) {
     let mut outcome = Outcome::default();
     let mut batches = Vec::with_capacity(request.resource_metrics.len());
     for resource_metrics in request.resource_metrics {
@@ -60,7 +53,7 @@ pub fn to_batches(request: ExportMetricsServiceRequest) -> (Vec<InstanceBatch>, 
                 convert_metric(metric, &scope, &mut points, &mut outcome);
             }
         }
-        batches.push(InstanceBatch { resource, points });
+        batches.push(InstancePoints { resource, points });
     }
     (batches, outcome)
 }
@@ -296,6 +289,11 @@ fn convert_histogram(
     context.push(point.attributes, point_value, points);
 }
 
+/// NaN carries no number: an optional NaN field is treated as absent.
+fn number(value: Option<f64>) -> Option<f64> {
+    value.filter(|value| !value.is_nan())
+}
+
 /// Validates an explicit-bucket histogram point per the rules in metrics.proto.
 fn histogram_value(point: &HistogramDataPoint) -> Result<Histogram, String> {
     let bounds = &point.explicit_bounds;
@@ -328,9 +326,9 @@ fn histogram_value(point: &HistogramDataPoint) -> Result<Histogram, String> {
     }
     Ok(Histogram {
         count: point.count,
-        sum: point.sum,
-        min: point.min,
-        max: point.max,
+        sum: number(point.sum),
+        min: number(point.min),
+        max: number(point.max),
         bounds: bounds.clone(),
         bucket_counts,
     })
@@ -422,9 +420,9 @@ fn exp_histogram_value(point: &ExponentialHistogramDataPoint) -> Result<ExpHisto
     }
     Ok(ExpHistogram {
         count: point.count,
-        sum: point.sum,
-        min: point.min,
-        max: point.max,
+        sum: number(point.sum),
+        min: number(point.min),
+        max: number(point.max),
         scale: point.scale,
         zero_count: point.zero_count,
         zero_threshold: point.zero_threshold,

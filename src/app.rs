@@ -1,0 +1,169 @@
+//! Binds the listeners, builds the shared store, and runs the three servers until shutdown.
+//!
+//! [`App::bind`] returns once every socket listens, so a caller (a test, `main`) may connect
+//! at once and may use port 0 and read the bound address back. [`App::run`] serves until the
+//! cancellation token fires, then stops accepting and lets requests in flight finish.
+
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+use tower::util::MapResponseLayer;
+
+use crate::config::Config;
+use crate::receiver::grpc::{GrpcReceiver, remap_status};
+use crate::store::Store;
+use crate::{query, receiver};
+
+/// Why the app could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("cannot listen for {listener} on {address}: {source}")]
+    Bind {
+        listener: &'static str,
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{listener} server failed: {source}")]
+    Serve {
+        listener: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// A bound, not yet running, fanin.
+pub struct App {
+    config: Config,
+    store: Store,
+    grpc: TcpListener,
+    http: TcpListener,
+    query: TcpListener,
+}
+
+/// The address each listener actually bound.
+#[derive(Clone, Copy, Debug)]
+pub struct Addresses {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub query: SocketAddr,
+}
+
+async fn bind(listener: &'static str, address: SocketAddr) -> Result<TcpListener, AppError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| AppError::Bind {
+            listener,
+            address,
+            source,
+        })
+}
+
+fn local_addr(listener: &TcpListener) -> SocketAddr {
+    // A bound TCP listener always has a local address; fall back to the unspecified one
+    // rather than panic if the OS ever says otherwise.
+    listener
+        .local_addr()
+        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+}
+
+impl App {
+    /// Binds every listener named in `config` and builds an empty store.
+    ///
+    /// # Errors
+    /// [`AppError::Bind`] naming the listener and address that could not be bound.
+    pub async fn bind(config: Config) -> Result<App, AppError> {
+        let otlp = &config.receivers.otlp;
+        let grpc = bind("OTLP/gRPC", otlp.grpc.listen).await?;
+        let http = bind("OTLP/HTTP", otlp.http.listen).await?;
+        let query = bind("query", config.query.listen).await?;
+        let store = Store::new(config.limits.max_series);
+        Ok(App {
+            config,
+            store,
+            grpc,
+            http,
+            query,
+        })
+    }
+
+    pub fn addresses(&self) -> Addresses {
+        Addresses {
+            grpc: local_addr(&self.grpc),
+            http: local_addr(&self.http),
+            query: local_addr(&self.query),
+        }
+    }
+
+    /// The store the servers write to; shared, so callers may inspect it while running.
+    pub fn store(&self) -> Store {
+        self.store.clone()
+    }
+
+    /// Serves until `shutdown` is cancelled, then drains requests in flight and returns.
+    ///
+    /// # Errors
+    /// [`AppError::Serve`] if a server fails.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), AppError> {
+        let App {
+            config,
+            store,
+            grpc,
+            http,
+            query,
+        } = self;
+        let otlp = &config.receivers.otlp;
+
+        let remap_store = store.clone();
+        let grpc_server = tonic::transport::Server::builder()
+            .layer(MapResponseLayer::new(move |response| {
+                remap_status(&remap_store, response)
+            }))
+            .add_service(GrpcReceiver::service(
+                store.clone(),
+                otlp.grpc.max_request_bytes.get(),
+            ))
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(grpc).with_nodelay(Some(true)),
+                shutdown.clone().cancelled_owned(),
+            );
+
+        let http_router = receiver::http::router(store.clone(), otlp.http.max_request_bytes.get());
+        let http_server = axum::serve(
+            http,
+            http_router.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+
+        let query_router = query::router(store, shutdown.clone());
+        let query_server = axum::serve(query, query_router)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+
+        let serve_error = |listener: &'static str| {
+            move |source: Box<dyn std::error::Error + Send + Sync>| AppError::Serve {
+                listener,
+                source,
+            }
+        };
+        tokio::try_join!(
+            async {
+                grpc_server
+                    .await
+                    .map_err(|error| serve_error("OTLP/gRPC")(error.into()))
+            },
+            async {
+                http_server
+                    .await
+                    .map_err(|error| serve_error("OTLP/HTTP")(error.into()))
+            },
+            async {
+                query_server
+                    .await
+                    .map_err(|error| serve_error("query")(error.into()))
+            },
+        )?;
+        Ok(())
+    }
+}

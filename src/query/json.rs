@@ -1,0 +1,200 @@
+//! The JSON shapes of the query API: attributes, streams, instances, counters.
+//!
+//! Attribute values keep their OTLP type where JSON can show it: strings stay strings, ints
+//! and doubles are numbers, bytes are base64, an empty value is `null`. Doubles JSON cannot
+//! hold (NaN, ±Infinity) are written as the strings `"NaN"`, `"Infinity"`, `"-Infinity"`, as
+//! proto3 JSON does.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use serde_json::{Map, Value as Json, json};
+
+use crate::model::{AttrValue, Attributes, ExpBuckets, ExpHistogram, Histogram, Scope, Summary};
+use crate::store::{InstanceView, StatsSnapshot, StreamValue, StreamView, TypeConflict};
+
+/// A double as JSON; non-finite values as proto3 JSON strings.
+pub fn number(value: f64) -> Json {
+    if value.is_nan() {
+        json!("NaN")
+    } else if value == f64::INFINITY {
+        json!("Infinity")
+    } else if value == f64::NEG_INFINITY {
+        json!("-Infinity")
+    } else {
+        json!(value)
+    }
+}
+
+fn optional_number(value: Option<f64>) -> Json {
+    value.map_or(Json::Null, number)
+}
+
+pub fn attr_value(value: &AttrValue) -> Json {
+    match value {
+        AttrValue::Empty => Json::Null,
+        AttrValue::Str(text) => json!(text),
+        AttrValue::Bool(flag) => json!(flag),
+        AttrValue::Int(integer) => json!(integer),
+        AttrValue::Double(double) => number(*double),
+        AttrValue::Bytes(bytes) => json!(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        AttrValue::Array(values) => Json::Array(values.iter().map(attr_value).collect()),
+        AttrValue::Map(attributes) => self::attributes(attributes),
+    }
+}
+
+pub fn attributes(attributes: &Attributes) -> Json {
+    Json::Object(
+        attributes
+            .iter()
+            .map(|(key, value)| (key.to_string(), attr_value(value)))
+            .collect::<Map<_, _>>(),
+    )
+}
+
+/// Nanoseconds since the Unix epoch, the unit OTLP uses for every timestamp.
+pub fn unix_nanos(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |elapsed| {
+        u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
+    })
+}
+
+fn scope(scope: &Scope) -> Json {
+    json!({
+        "name": scope.name,
+        "version": scope.version,
+        "attributes": attributes(&scope.attributes),
+    })
+}
+
+fn histogram(histogram: &Histogram) -> Json {
+    json!({
+        "count": histogram.count,
+        "sum": optional_number(histogram.sum),
+        "min": optional_number(histogram.min),
+        "max": optional_number(histogram.max),
+        "explicit_bounds": histogram.bounds.iter().copied().map(number).collect::<Vec<_>>(),
+        "bucket_counts": histogram.bucket_counts,
+    })
+}
+
+fn exp_buckets(buckets: &ExpBuckets) -> Json {
+    json!({ "offset": buckets.offset, "bucket_counts": buckets.counts })
+}
+
+fn exp_histogram(histogram: &ExpHistogram) -> Json {
+    json!({
+        "count": histogram.count,
+        "sum": optional_number(histogram.sum),
+        "min": optional_number(histogram.min),
+        "max": optional_number(histogram.max),
+        "scale": histogram.scale,
+        "zero_count": histogram.zero_count,
+        "zero_threshold": number(histogram.zero_threshold),
+        "positive": exp_buckets(&histogram.positive),
+        "negative": exp_buckets(&histogram.negative),
+    })
+}
+
+fn summary(summary: &Summary) -> Json {
+    json!({
+        "count": summary.count,
+        "sum": number(summary.sum),
+        "quantiles": summary
+            .quantiles
+            .iter()
+            .map(|(quantile, value)| json!({ "quantile": number(*quantile), "value": number(*value) }))
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// One raw stream: where it comes from, what identifies it, and its current value.
+pub fn stream(view: &StreamView) -> Json {
+    let metric = &view.key.metric;
+    let mut object = json!({
+        "instance": attributes(&view.instance),
+        "scope": scope(&view.key.scope),
+        "kind": metric.kind.as_str(),
+        "unit": metric.unit,
+        "monotonic": metric.monotonic,
+        "temporality": metric.temporality.map(|temporality| temporality.as_str()),
+        "description": &*view.description,
+        "attributes": attributes(&view.key.attributes),
+        "start_time_unix_nano": view.state.start,
+        "time_unix_nano": view.state.last_time,
+        "resets": view.state.resets,
+        "stale": view.state.stale,
+    });
+    let (key, value) = match &view.state.value {
+        None => ("value", Json::Null),
+        Some(StreamValue::Number(value)) => ("value", number(*value)),
+        Some(StreamValue::Histogram(value)) => ("histogram", histogram(value)),
+        Some(StreamValue::ExpHistogram(value)) => ("exponential_histogram", exp_histogram(value)),
+        Some(StreamValue::Summary(value)) => ("summary", summary(value)),
+    };
+    if let Some(map) = object.as_object_mut() {
+        map.insert(key.to_string(), value);
+    }
+    object
+}
+
+pub fn instance(view: &InstanceView) -> Json {
+    let pid = match view.attributes.get("process.pid") {
+        Some(AttrValue::Int(pid)) => json!(pid),
+        _ => Json::Null,
+    };
+    json!({
+        "attributes": attributes(&view.attributes),
+        "pid": pid,
+        "first_seen_unix_nano": unix_nanos(view.first_seen),
+        "last_seen_unix_nano": unix_nanos(view.last_seen),
+        "writer": {
+            "transport": view.last_writer.transport.as_str(),
+            "peer": view.last_writer.peer.map(|peer| peer.to_string()),
+        },
+        "exports": view.exports,
+        "streams": view.streams,
+        // Retirement (instance_ttl, dead pids) comes with aggregation; until then every
+        // instance seen is live.
+        "live": true,
+    })
+}
+
+fn counts(pairs: &[(&'static str, u64)]) -> Json {
+    Json::Object(
+        pairs
+            .iter()
+            .map(|(key, count)| (key.to_string(), json!(count)))
+            .collect(),
+    )
+}
+
+pub fn stats(
+    stats: &StatsSnapshot,
+    streams: usize,
+    instances: usize,
+    conflicts: &[TypeConflict],
+) -> Json {
+    json!({
+        "requests": counts(&stats.requests),
+        "request_errors": counts(&stats.request_errors),
+        "points": {
+            "received": stats.points_received,
+            "accepted": stats.points_accepted,
+            "rejected": counts(&stats.points_rejected),
+            "dropped": counts(&stats.points_dropped),
+        },
+        "streams": streams,
+        "instances": instances,
+        "type_conflicts": conflicts
+            .iter()
+            .map(|conflict| json!({
+                "metric": conflict.metric,
+                "first": conflict.first,
+                "conflicting": conflict.conflicting,
+                "first_seen_unix_nano": unix_nanos(conflict.first_seen),
+                "streams": conflict.streams,
+            }))
+            .collect::<Vec<_>>(),
+    })
+}

@@ -1,0 +1,106 @@
+//! The query API on the query listener: what the store holds, as JSON.
+//!
+//! - `GET /api/v1/instances`: every instance with its attributes, pid, writer, last export.
+//! - `GET /api/v1/series?metric=NAME`: the raw per-instance streams of one metric.
+//! - `GET /api/v1/stats`: counters of requests and points by outcome, and type conflicts.
+//! - `GET /healthz` (the process answers) and `GET /readyz` (listeners bound, not shutting
+//!   down).
+//!
+//! Handlers copy what they need out of the store (`Store::streams` returns owned views) and
+//! render it; no lock is held while a response is written.
+
+mod json;
+
+use std::collections::HashMap;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::Store;
+
+/// Why a query could not be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("missing query parameter `{0}`")]
+    MissingParameter(&'static str),
+    #[error("no metric named {0:?} has been received")]
+    UnknownMetric(String),
+    #[error("no such endpoint: {0}; see /api/v1/instances, /api/v1/series, /api/v1/stats")]
+    NotFound(String),
+}
+
+impl IntoResponse for QueryError {
+    fn into_response(self) -> Response {
+        let status = match self {
+            QueryError::MissingParameter(_) => StatusCode::BAD_REQUEST,
+            QueryError::UnknownMetric(_) | QueryError::NotFound(_) => StatusCode::NOT_FOUND,
+        };
+        (status, axum::Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+#[derive(Clone)]
+struct QueryState {
+    store: Store,
+    shutdown: CancellationToken,
+}
+
+/// The query router. `/readyz` answers 503 once `shutdown` is cancelled.
+pub fn router(store: Store, shutdown: CancellationToken) -> Router {
+    Router::new()
+        .route("/api/v1/instances", get(instances))
+        .route("/api/v1/series", get(series))
+        .route("/api/v1/stats", get(stats))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .fallback(
+            |uri: axum::http::Uri| async move { QueryError::NotFound(uri.path().to_string()) },
+        )
+        .with_state(QueryState { store, shutdown })
+}
+
+async fn instances(State(state): State<QueryState>) -> Response {
+    let mut views = state.store.instances();
+    views.sort_by_key(|view| view.first_seen);
+    let instances: Vec<_> = views.iter().map(json::instance).collect();
+    axum::Json(json!({ "instances": instances })).into_response()
+}
+
+async fn series(
+    State(state): State<QueryState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, QueryError> {
+    let metric = params
+        .get("metric")
+        .ok_or(QueryError::MissingParameter("metric"))?;
+    if !state.store.has_metric(metric) {
+        return Err(QueryError::UnknownMetric(metric.clone()));
+    }
+    let views = state.store.streams(metric);
+    let streams: Vec<_> = views.iter().map(json::stream).collect();
+    Ok(axum::Json(json!({ "metric": metric, "streams": streams })).into_response())
+}
+
+async fn stats(State(state): State<QueryState>) -> Response {
+    let store = &state.store;
+    let body = json::stats(
+        &store.stats().snapshot(),
+        store.stream_count(),
+        store.instance_count(),
+        &store.type_conflicts(),
+    );
+    axum::Json(body).into_response()
+}
+
+async fn readyz(State(state): State<QueryState>) -> Response {
+    if state.shutdown.is_cancelled() {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
+    } else {
+        (StatusCode::OK, "ready\n").into_response()
+    }
+}

@@ -1,0 +1,384 @@
+//! OTLP/HTTP: `POST /v1/metrics` with a protobuf or JSON body.
+//!
+//! The body goes through the pipeline the OTLP/HTTP spec implies: media type (415 if
+//! neither protobuf nor JSON), content encoding (415 if unknown), size limit on the raw body
+//! (413), decompression through a capped reader (413 once the inflated size passes the
+//! limit, so a gzip bomb never allocates more than the limit), decode (400), store, 200.
+//! Every answer is encoded like the request: protobuf in, protobuf out; JSON in, JSON out;
+//! errors are a `google.rpc.Status` in that encoding.
+
+use std::io::Read;
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use prost::Message;
+
+use super::{IngestError, json, receive, response};
+use crate::outcome::Outcome;
+use crate::store::{Store, Transport, Writer};
+
+/// The path OTLP exporters post metrics to.
+pub const METRICS_PATH: &str = "/v1/metrics";
+
+const PROTOBUF: &str = "application/x-protobuf";
+const JSON: &str = "application/json";
+
+/// How the request (and so the response) is encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Encoding {
+    Protobuf,
+    Json,
+}
+
+/// How the body is compressed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Compression {
+    None,
+    Gzip,
+    Deflate,
+}
+
+#[derive(Clone)]
+struct Receiver {
+    store: Store,
+    max_request_bytes: usize,
+}
+
+/// The OTLP/HTTP router.
+pub fn router(store: Store, max_request_bytes: usize) -> Router {
+    Router::new()
+        .route(METRICS_PATH, post(export))
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
+        .with_state(Receiver {
+            store,
+            max_request_bytes,
+        })
+}
+
+async fn export(State(receiver): State<Receiver>, request: Request) -> Response {
+    receiver.store.stats().request(Transport::Http);
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(address)| *address);
+    // Until the media type is known, errors are answered in JSON: it is readable by people
+    // and is one of the two encodings OTLP defines.
+    let encoding = match media_type(request.headers()) {
+        Ok(encoding) => encoding,
+        Err(error) => return failure(&receiver.store, Encoding::Json, error),
+    };
+    match decode(&receiver, request).await {
+        Ok(decoded) => {
+            let writer = Writer {
+                transport: Transport::Http,
+                peer,
+            };
+            let outcome = receive(&receiver.store, decoded, writer);
+            success(encoding, &outcome)
+        }
+        Err(error) => failure(&receiver.store, encoding, error),
+    }
+}
+
+/// Reads, decompresses and decodes the body, enforcing the size limit at each step.
+async fn decode(
+    receiver: &Receiver,
+    request: Request,
+) -> Result<ExportMetricsServiceRequest, IngestError> {
+    let limit = receiver.max_request_bytes;
+    let encoding = media_type(request.headers())?;
+    let compression = content_encoding(request.headers())?;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(IngestError::TooLarge {
+            limit,
+            decompressed: false,
+        });
+    }
+    let raw = read_body(request.into_body(), limit).await?;
+    let body = decompress(raw, compression, limit)?;
+    match encoding {
+        Encoding::Protobuf => Ok(ExportMetricsServiceRequest::decode(body)?),
+        Encoding::Json => Ok(json::decode_request(&body)?),
+    }
+}
+
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, IngestError> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<LengthLimitError>() => Err(IngestError::TooLarge {
+            limit,
+            decompressed: false,
+        }),
+        Err(error) => Err(IngestError::Body(axum::Error::new(error))),
+    }
+}
+
+/// Inflates the body, reading at most one byte past the limit so an over-limit body is
+/// detected without ever holding more than `limit + 1` bytes.
+fn decompress(raw: Bytes, compression: Compression, limit: usize) -> Result<Bytes, IngestError> {
+    let reader: Box<dyn Read + '_> = match compression {
+        Compression::None => return Ok(raw),
+        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&raw[..])),
+        // HTTP's "deflate" is the zlib format, but some clients send raw deflate data; the
+        // zlib header (CMF/FLG with a checksum divisible by 31) tells them apart.
+        Compression::Deflate if is_zlib(&raw) => Box::new(flate2::read::ZlibDecoder::new(&raw[..])),
+        Compression::Deflate => Box::new(flate2::read::DeflateDecoder::new(&raw[..])),
+    };
+    let encoding = match compression {
+        Compression::Gzip => "gzip",
+        _ => "deflate",
+    };
+    let mut inflated = Vec::with_capacity(raw.len().saturating_mul(4).min(limit));
+    reader
+        .take(limit as u64 + 1)
+        .read_to_end(&mut inflated)
+        .map_err(|source| IngestError::Decompress { encoding, source })?;
+    if inflated.len() > limit {
+        return Err(IngestError::TooLarge {
+            limit,
+            decompressed: true,
+        });
+    }
+    Ok(Bytes::from(inflated))
+}
+
+fn is_zlib(data: &[u8]) -> bool {
+    match data {
+        [cmf, flg, ..] => cmf & 0x0f == 8 && (u16::from(*cmf) << 8 | u16::from(*flg)) % 31 == 0,
+        _ => false,
+    }
+}
+
+fn media_type(headers: &HeaderMap) -> Result<Encoding, IngestError> {
+    let value = headers
+        .get(header::CONTENT_TYPE)
+        .map(HeaderValue::as_bytes)
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(value);
+    // Parameters such as "; charset=utf-8" do not change the encoding.
+    let essence = text
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    match essence.as_str() {
+        PROTOBUF => Ok(Encoding::Protobuf),
+        JSON => Ok(Encoding::Json),
+        _ => Err(IngestError::UnsupportedMediaType(text.into_owned())),
+    }
+}
+
+fn content_encoding(headers: &HeaderMap) -> Result<Compression, IngestError> {
+    let Some(value) = headers.get(header::CONTENT_ENCODING) else {
+        return Ok(Compression::None);
+    };
+    let text = String::from_utf8_lossy(value.as_bytes());
+    match text.trim().to_ascii_lowercase().as_str() {
+        "" | "identity" | "none" => Ok(Compression::None),
+        "gzip" | "x-gzip" => Ok(Compression::Gzip),
+        "deflate" => Ok(Compression::Deflate),
+        _ => Err(IngestError::UnsupportedEncoding(text.into_owned())),
+    }
+}
+
+fn success(encoding: Encoding, outcome: &Outcome) -> Response {
+    match encoding {
+        Encoding::Protobuf => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, PROTOBUF)],
+            response(outcome).encode_to_vec(),
+        )
+            .into_response(),
+        Encoding::Json => {
+            // Canonical OTLP/JSON: int64 as a decimal string, partialSuccess left out when
+            // everything was accepted without a warning.
+            let body = match outcome.partial_success() {
+                None => serde_json::json!({}),
+                Some((rejected, message)) => serde_json::json!({
+                    "partialSuccess": {
+                        "rejectedDataPoints": rejected.to_string(),
+                        "errorMessage": message,
+                    }
+                }),
+            };
+            (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, JSON)],
+                body.to_string(),
+            )
+                .into_response()
+        }
+    }
+}
+
+fn failure(store: &Store, encoding: Encoding, error: IngestError) -> Response {
+    store.stats().request_error(error.kind());
+    tracing::debug!(%error, "Refused OTLP/HTTP request");
+    let (status, code) = match &error {
+        IngestError::TooLarge { .. } => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            tonic::Code::ResourceExhausted,
+        ),
+        IngestError::UnsupportedMediaType(_) | IngestError::UnsupportedEncoding(_) => (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            tonic::Code::InvalidArgument,
+        ),
+        _ => (StatusCode::BAD_REQUEST, tonic::Code::InvalidArgument),
+    };
+    status_response(status, encoding, code, &error.to_string())
+}
+
+/// A `google.rpc.Status` body, in the request's encoding, as OTLP/HTTP requires for every
+/// 4xx and 5xx answer.
+fn status_response(
+    status: StatusCode,
+    encoding: Encoding,
+    code: tonic::Code,
+    message: &str,
+) -> Response {
+    match encoding {
+        Encoding::Protobuf => {
+            let body = tonic_types::Status {
+                code: code as i32,
+                message: message.to_string(),
+                details: Vec::new(),
+            };
+            (
+                status,
+                [(header::CONTENT_TYPE, PROTOBUF)],
+                body.encode_to_vec(),
+            )
+                .into_response()
+        }
+        Encoding::Json => {
+            let body = serde_json::json!({ "code": code as i32, "message": message });
+            (status, [(header::CONTENT_TYPE, JSON)], body.to_string()).into_response()
+        }
+    }
+}
+
+async fn not_found(request: Request) -> Response {
+    let message = format!(
+        "no OTLP endpoint at {}; fanin takes metrics at POST {METRICS_PATH}",
+        request.uri().path()
+    );
+    status_response(
+        StatusCode::NOT_FOUND,
+        Encoding::Json,
+        tonic::Code::NotFound,
+        &message,
+    )
+}
+
+async fn method_not_allowed(request: Request) -> Response {
+    let message = format!(
+        "{} is not allowed here; send metrics with POST",
+        request.method()
+    );
+    let mut response = status_response(
+        StatusCode::METHOD_NOT_ALLOWED,
+        Encoding::Json,
+        tonic::Code::InvalidArgument,
+        &message,
+    );
+    response
+        .headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gzip(data: &[u8]) -> Bytes {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        encoder.write_all(data).expect("write to memory");
+        Bytes::from(encoder.finish().expect("finish in memory"))
+    }
+
+    #[test]
+    fn gzip_inflates_within_limit() {
+        let body = decompress(gzip(b"hello"), Compression::Gzip, 5).expect("fits");
+        assert_eq!(&body[..], b"hello");
+    }
+
+    #[test]
+    fn gzip_bomb_stops_at_limit() {
+        let bomb = gzip(&vec![0u8; 64 << 20]);
+        assert!(bomb.len() < 1 << 20, "compressed to {} bytes", bomb.len());
+        let error = decompress(bomb, Compression::Gzip, 1 << 20).expect_err("over the limit");
+        assert!(matches!(
+            error,
+            IngestError::TooLarge {
+                decompressed: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn deflate_accepts_zlib_and_raw() {
+        let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        zlib.write_all(b"abc").expect("write");
+        let zlib = Bytes::from(zlib.finish().expect("finish"));
+        assert_eq!(
+            &decompress(zlib, Compression::Deflate, 10).expect("zlib")[..],
+            b"abc"
+        );
+        let mut raw =
+            flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
+        raw.write_all(b"abc").expect("write");
+        let raw = Bytes::from(raw.finish().expect("finish"));
+        assert_eq!(
+            &decompress(raw, Compression::Deflate, 10).expect("raw")[..],
+            b"abc"
+        );
+    }
+
+    #[test]
+    fn corrupt_gzip_is_a_decode_error() {
+        let error = decompress(
+            Bytes::from_static(b"\x1f\x8bnot gzip"),
+            Compression::Gzip,
+            100,
+        )
+        .expect_err("corrupt");
+        assert!(matches!(error, IngestError::Decompress { .. }));
+    }
+
+    #[track_caller]
+    fn check_media_type(value: &str, expected: Option<Encoding>) {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_str(value).expect("header"),
+        );
+        assert_eq!(media_type(&headers).ok(), expected);
+    }
+
+    #[test]
+    fn media_types() {
+        check_media_type("application/x-protobuf", Some(Encoding::Protobuf));
+        check_media_type("application/json; charset=utf-8", Some(Encoding::Json));
+        check_media_type("Application/JSON", Some(Encoding::Json));
+        check_media_type("text/plain", None);
+        assert!(media_type(&HeaderMap::new()).is_err());
+    }
+}

@@ -1,0 +1,131 @@
+//! Counters of what the receivers saw: requests, points accepted, rejected and dropped by
+//! reason, whole requests refused by reason, and type conflicts. Lock-free atomics, updated
+//! once per request.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::outcome::{DropReason, Outcome, RejectReason};
+
+/// Why a whole request was refused before any point was looked at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestError {
+    /// Not decodable as protobuf or OTLP/JSON.
+    Decode,
+    /// Over the size limit, before or after decompression.
+    TooLarge,
+    /// A content type or content encoding fanin does not read.
+    Unsupported,
+}
+
+impl RequestError {
+    pub const ALL: [RequestError; 3] = [
+        RequestError::Decode,
+        RequestError::TooLarge,
+        RequestError::Unsupported,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequestError::Decode => "decode",
+            RequestError::TooLarge => "too_large",
+            RequestError::Unsupported => "unsupported",
+        }
+    }
+}
+
+/// The counters. All updates are relaxed: they are statistics, not synchronisation.
+#[derive(Debug, Default)]
+pub struct Stats {
+    requests_grpc: AtomicU64,
+    requests_http: AtomicU64,
+    request_errors: [AtomicU64; RequestError::ALL.len()],
+    points_accepted: AtomicU64,
+    points_rejected: [AtomicU64; RejectReason::ALL.len()],
+    points_dropped: [AtomicU64; DropReason::ALL.len()],
+    type_conflicts: AtomicU64,
+}
+
+/// A copy of the counters at one moment.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct StatsSnapshot {
+    pub requests: Vec<(&'static str, u64)>,
+    pub request_errors: Vec<(&'static str, u64)>,
+    pub points_received: u64,
+    pub points_accepted: u64,
+    pub points_rejected: Vec<(&'static str, u64)>,
+    pub points_dropped: Vec<(&'static str, u64)>,
+    pub type_conflicts: u64,
+}
+
+fn add(counter: &AtomicU64, count: u64) {
+    if count > 0 {
+        counter.fetch_add(count, Ordering::Relaxed);
+    }
+}
+
+fn read(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+impl Stats {
+    /// Counts one request that reached a receiver, whatever became of it.
+    pub fn request(&self, transport: super::Transport) {
+        match transport {
+            super::Transport::Grpc => add(&self.requests_grpc, 1),
+            super::Transport::Http => add(&self.requests_http, 1),
+        }
+    }
+
+    /// Counts a request refused as a whole.
+    pub fn request_error(&self, error: RequestError) {
+        add(&self.request_errors[error as usize], 1);
+    }
+
+    /// Counts the points of one request by what became of them.
+    pub(super) fn record(&self, outcome: &Outcome) {
+        add(&self.points_accepted, outcome.accepted);
+        for (index, reason) in RejectReason::ALL.iter().enumerate() {
+            add(&self.points_rejected[index], outcome.rejected(*reason));
+        }
+        for (index, reason) in DropReason::ALL.iter().enumerate() {
+            add(&self.points_dropped[index], outcome.dropped(*reason));
+        }
+    }
+
+    pub(super) fn type_conflict(&self) {
+        add(&self.type_conflicts, 1);
+    }
+
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let points_rejected: Vec<_> = RejectReason::ALL
+            .iter()
+            .zip(&self.points_rejected)
+            .map(|(reason, counter)| (reason.as_str(), read(counter)))
+            .collect();
+        let points_dropped: Vec<_> = DropReason::ALL
+            .iter()
+            .zip(&self.points_dropped)
+            .map(|(reason, counter)| (reason.as_str(), read(counter)))
+            .collect();
+        let points_accepted = read(&self.points_accepted);
+        let points_received = points_accepted
+            + points_rejected.iter().map(|(_, count)| count).sum::<u64>()
+            + points_dropped.iter().map(|(_, count)| count).sum::<u64>();
+        StatsSnapshot {
+            requests: vec![
+                ("grpc", read(&self.requests_grpc)),
+                ("http", read(&self.requests_http)),
+            ],
+            request_errors: RequestError::ALL
+                .iter()
+                .zip(&self.request_errors)
+                .map(|(error, counter)| (error.as_str(), read(counter)))
+                .collect(),
+            points_received,
+            points_accepted,
+            points_rejected,
+            points_dropped,
+            type_conflicts: read(&self.type_conflicts),
+        }
+    }
+}
