@@ -1,0 +1,416 @@
+//! Shared test harness: a real fanin on 127.0.0.1:0, clients for it, and request builders.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BufMut, Bytes};
+use fanin::store::Store;
+use fanin::{Addresses, App, AppError, Config};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::{
+    Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric::Data,
+    number_data_point,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use serde_json::Value as Json;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::transport::Channel;
+
+pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+
+/// A running fanin with every listener on an ephemeral loopback port.
+pub struct TestFanin {
+    pub addresses: Addresses,
+    pub store: Store,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), AppError>>,
+    http: reqwest::Client,
+}
+
+/// The default config with every listener on 127.0.0.1:0.
+pub fn test_config() -> Config {
+    let mut config = Config::from_yaml_with_env(fanin::config::DEFAULT_YAML, &|_| None)
+        .expect("the default config parses");
+    let any_port = "127.0.0.1:0".parse().expect("literal address");
+    config.receivers.otlp.grpc.listen = any_port;
+    config.receivers.otlp.http.listen = any_port;
+    config.query.listen = any_port;
+    config
+}
+
+pub async fn start() -> TestFanin {
+    start_with(|_| {}).await
+}
+
+/// Starts fanin with the test config after `edit` has changed it.
+pub async fn start_with(edit: impl FnOnce(&mut Config)) -> TestFanin {
+    let mut config = test_config();
+    edit(&mut config);
+    let app = App::bind(config).await.expect("bind 127.0.0.1:0");
+    let addresses = app.addresses();
+    let store = app.store();
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(app.run(shutdown.clone()));
+    TestFanin {
+        addresses,
+        store,
+        shutdown,
+        task,
+        http: reqwest::Client::new(),
+    }
+}
+
+impl TestFanin {
+    /// The gRPC endpoint as a URL, as exporters want it.
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.addresses.grpc)
+    }
+
+    /// The full OTLP/HTTP metrics URL.
+    pub fn http_url(&self) -> String {
+        format!("http://{}/v1/metrics", self.addresses.http)
+    }
+
+    pub async fn grpc_client(&self) -> MetricsServiceClient<Channel> {
+        MetricsServiceClient::connect(self.grpc_url())
+            .await
+            .expect("connect to the gRPC receiver")
+    }
+
+    /// Sends a request over gRPC and returns the response or the status.
+    pub async fn export_grpc(
+        &self,
+        request: ExportMetricsServiceRequest,
+    ) -> Result<
+        opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse,
+        tonic::Status,
+    > {
+        self.grpc_client()
+            .await
+            .export(request)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Sends arbitrary bytes as the gRPC Export message, optionally gzip-compressed.
+    pub async fn export_grpc_raw(
+        &self,
+        body: Vec<u8>,
+        gzip: bool,
+    ) -> Result<Vec<u8>, tonic::Status> {
+        let channel = Channel::from_shared(self.grpc_url())
+            .expect("valid URL")
+            .connect()
+            .await
+            .expect("connect to the gRPC receiver");
+        let mut grpc = tonic::client::Grpc::new(channel);
+        if gzip {
+            grpc = grpc.send_compressed(tonic::codec::CompressionEncoding::Gzip);
+        }
+        grpc.ready().await.expect("channel ready");
+        let path = http::uri::PathAndQuery::from_static(EXPORT_PATH);
+        grpc.unary(tonic::Request::new(body), path, RawCodec)
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// POSTs a body to the OTLP/HTTP receiver.
+    pub async fn post(
+        &self,
+        content_type: &str,
+        encoding: Option<&str>,
+        body: Vec<u8>,
+    ) -> HttpAnswer {
+        self.post_to(&self.http_url(), content_type, encoding, body)
+            .await
+    }
+
+    pub async fn post_to(
+        &self,
+        url: &str,
+        content_type: &str,
+        encoding: Option<&str>,
+        body: Vec<u8>,
+    ) -> HttpAnswer {
+        let mut request = self
+            .http
+            .post(url)
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(encoding) = encoding {
+            request = request.header("content-encoding", encoding);
+        }
+        let response = request.send().await.expect("HTTP request is answered");
+        HttpAnswer {
+            status: response.status().as_u16(),
+            content_type: response
+                .headers()
+                .get("content-type")
+                .and_then(|value| value.to_str().ok())
+                .unwrap_or_default()
+                .to_string(),
+            body: response.bytes().await.expect("response body"),
+        }
+    }
+
+    /// GETs a query path and parses the JSON answer.
+    pub async fn get(&self, path_and_query: &str) -> (u16, Json) {
+        let url = format!("http://{}{path_and_query}", self.addresses.query);
+        let response = self.http.get(url).send().await.expect("query is answered");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("query body");
+        let json = serde_json::from_str(&text).unwrap_or(Json::String(text));
+        (status, json)
+    }
+
+    /// The raw streams of a metric, sorted by instance id and attributes for stable asserts.
+    pub async fn series(&self, metric: &str) -> Vec<Json> {
+        let (status, body) = self.get(&format!("/api/v1/series?metric={metric}")).await;
+        assert_eq!(status, 200, "series of {metric}: {body}");
+        let mut streams = body["streams"].as_array().expect("streams array").clone();
+        streams.sort_by_key(|stream| format!("{}{}", stream["instance"], stream["attributes"]));
+        streams
+    }
+
+    /// The `value` of every stream of a metric, in `series` order.
+    pub async fn values(&self, metric: &str) -> Vec<Json> {
+        self.series(metric)
+            .await
+            .into_iter()
+            .map(|stream| stream["value"].clone())
+            .collect()
+    }
+
+    pub async fn stats(&self) -> Json {
+        let (status, body) = self.get("/api/v1/stats").await;
+        assert_eq!(status, 200);
+        body
+    }
+
+    /// Cancels the servers and waits for them to finish.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task
+            .await
+            .expect("server task does not panic")
+            .expect("servers stop cleanly");
+    }
+}
+
+/// What an HTTP request got back.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    pub status: u16,
+    pub content_type: String,
+    pub body: Bytes,
+}
+
+impl HttpAnswer {
+    pub fn json(&self) -> Json {
+        serde_json::from_slice(&self.body).unwrap_or_else(|error| {
+            panic!(
+                "body is not JSON ({error}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// Polls `check` until it returns `Some`, failing the test after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A gRPC codec that sends and receives raw bytes, to send malformed messages.
+pub struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Vec<u8>, buffer: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        buffer.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+    fn decode(&mut self, buffer: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        Ok(Some(buffer.copy_to_bytes(buffer.remaining()).to_vec()))
+    }
+}
+
+pub fn string_attr(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.into())),
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn int_attr(key: &str, value: i64) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::IntValue(value)),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Builds an export request from one instance.
+pub struct Export {
+    resource: Vec<KeyValue>,
+    metrics: Vec<Metric>,
+}
+
+/// A request from the instance whose `service.instance.id` is `instance`.
+pub fn export(instance: &str) -> Export {
+    Export {
+        resource: vec![
+            string_attr("service.name", "app"),
+            string_attr("service.instance.id", instance),
+        ],
+        metrics: Vec::new(),
+    }
+}
+
+fn int_point(attributes: &[(&str, &str)], start: u64, time: u64, value: i64) -> NumberDataPoint {
+    NumberDataPoint {
+        attributes: attributes
+            .iter()
+            .map(|(key, value)| string_attr(key, value))
+            .collect(),
+        start_time_unix_nano: start,
+        time_unix_nano: time,
+        value: Some(number_data_point::Value::AsInt(value)),
+        ..Default::default()
+    }
+}
+
+impl Export {
+    pub fn resource_attr(mut self, attribute: KeyValue) -> Export {
+        self.resource.push(attribute);
+        self
+    }
+
+    pub fn metric(mut self, metric: Metric) -> Export {
+        self.metrics.push(metric);
+        self
+    }
+
+    /// A cumulative monotonic sum point.
+    pub fn counter(self, name: &str, start: u64, time: u64, value: i64) -> Export {
+        self.counter_with(name, &[], start, time, value)
+    }
+
+    pub fn counter_with(
+        self,
+        name: &str,
+        attributes: &[(&str, &str)],
+        start: u64,
+        time: u64,
+        value: i64,
+    ) -> Export {
+        self.sum(name, 2, true, int_point(attributes, start, time, value))
+    }
+
+    /// A delta monotonic sum point.
+    pub fn delta_counter(self, name: &str, start: u64, time: u64, value: i64) -> Export {
+        self.sum(name, 1, true, int_point(&[], start, time, value))
+    }
+
+    /// A cumulative non-monotonic sum point.
+    pub fn up_down(self, name: &str, start: u64, time: u64, value: i64) -> Export {
+        self.sum(name, 2, false, int_point(&[], start, time, value))
+    }
+
+    pub fn sum(
+        self,
+        name: &str,
+        temporality: i32,
+        monotonic: bool,
+        point: NumberDataPoint,
+    ) -> Export {
+        self.metric(Metric {
+            name: name.into(),
+            unit: "1".into(),
+            data: Some(Data::Sum(Sum {
+                data_points: vec![point],
+                aggregation_temporality: temporality,
+                is_monotonic: monotonic,
+            })),
+            ..Default::default()
+        })
+    }
+
+    pub fn gauge(self, name: &str, time: u64, value: f64) -> Export {
+        self.metric(Metric {
+            name: name.into(),
+            unit: "1".into(),
+            data: Some(Data::Gauge(Gauge {
+                data_points: vec![NumberDataPoint {
+                    time_unix_nano: time,
+                    value: Some(number_data_point::Value::AsDouble(value)),
+                    ..Default::default()
+                }],
+            })),
+            ..Default::default()
+        })
+    }
+
+    pub fn build(self) -> ExportMetricsServiceRequest {
+        ExportMetricsServiceRequest {
+            resource_metrics: vec![ResourceMetrics {
+                resource: Some(Resource {
+                    attributes: self.resource,
+                    ..Default::default()
+                }),
+                scope_metrics: vec![ScopeMetrics {
+                    metrics: self.metrics,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+}
+
+/// Gzip-compresses `data`.
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(data).expect("write to memory");
+    encoder.finish().expect("finish in memory")
+}
