@@ -116,6 +116,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let grace = config.shutdown_grace;
+        // Handlers go in before the listener lines are printed: a script that reads them and
+        // sends SIGTERM at once must get a graceful shutdown, not the default action.
+        let signals = Signals::install()?;
         let app = App::bind(config).await?;
         let addresses = app.addresses();
         {
@@ -130,8 +133,8 @@ fn serve(config: Config) -> anyhow::Result<()> {
         let shutdown = CancellationToken::new();
         let mut server = tokio::spawn(app.run(shutdown.clone()));
         tokio::select! {
-            signal = shutdown_signal() => {
-                tracing::info!(signal = signal?, "Shutting down; waiting for requests in flight");
+            signal = signals.received() => {
+                tracing::info!(signal, "Shutting down; waiting for requests in flight");
             }
             joined = &mut server => {
                 // A server stopped by itself: that is an error, not a shutdown.
@@ -149,13 +152,26 @@ fn serve(config: Config) -> anyhow::Result<()> {
     })
 }
 
-/// Waits for SIGINT or SIGTERM and says which arrived.
-async fn shutdown_signal() -> anyhow::Result<&'static str> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
-    Ok(tokio::select! {
-        _ = interrupt.recv() => "SIGINT",
-        _ = terminate.recv() => "SIGTERM",
-    })
+/// SIGINT and SIGTERM, caught from the moment they are installed.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+        })
+    }
+
+    /// Waits for either signal and says which arrived.
+    async fn received(mut self) -> &'static str {
+        tokio::select! {
+            _ = self.interrupt.recv() => "SIGINT",
+            _ = self.terminate.recv() => "SIGTERM",
+        }
+    }
 }

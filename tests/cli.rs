@@ -1,0 +1,245 @@
+//! The `fanin` binary: `serve` prints the bound addresses, takes exports, and exits 0 on
+//! SIGTERM/SIGINT; bad config exits 2 with the key named; the default config is built in.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+const FANIN: &str = env!("CARGO_BIN_EXE_fanin");
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A `fanin serve` child with the addresses it printed.
+struct Served {
+    child: Child,
+    grpc: SocketAddr,
+    http: SocketAddr,
+    query: SocketAddr,
+}
+
+fn serve(extra: &[&str], env: &[(&str, &str)]) -> Served {
+    let mut command = Command::new(FANIN);
+    command
+        .arg("serve")
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let mut child = command.spawn().expect("start fanin");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (lines_tx, lines_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let address = |prefix: &str| -> SocketAddr {
+        let line = lines_rx
+            .recv_timeout(WAIT)
+            .expect("fanin prints its listeners");
+        let rest = line
+            .strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("expected {prefix:?}, got {line:?}"));
+        rest.trim().parse().expect("an address")
+    };
+    let grpc = address("otlp-grpc listening on ");
+    let http = address("otlp-http listening on ");
+    let query = address("query listening on ");
+    Served {
+        child,
+        grpc,
+        http,
+        query,
+    }
+}
+
+const ANY_PORT: [&str; 6] = [
+    "--grpc-listen",
+    "127.0.0.1:0",
+    "--http-listen",
+    "127.0.0.1:0",
+    "--query-listen",
+    "127.0.0.1:0",
+];
+
+impl Served {
+    fn signal(&self, signal: Signal) {
+        let pid = i32::try_from(self.child.id()).expect("pid fits i32");
+        kill(Pid::from_raw(pid), signal).expect("signal our own child");
+    }
+
+    /// Waits for the exit, failing after a deadline.
+    fn wait(mut self) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("fanin did not exit after the signal");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_on_port_zero_takes_exports_and_stops_on_sigterm() {
+    let served = serve(&ANY_PORT, &[]);
+    assert_ne!(served.grpc.port(), 0);
+    let body = r#"{"resourceMetrics":[{"resource":{"attributes":[{"key":"service.instance.id","value":{"stringValue":"w1"}}]},
+        "scopeMetrics":[{"metrics":[{"name":"up","gauge":{"dataPoints":[{"timeUnixNano":"1","asInt":"1"}]}}]}]}]}"#;
+    let client = reqwest::Client::new();
+    let answer = client
+        .post(format!("http://{}/v1/metrics", served.http))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("export answered");
+    assert_eq!(answer.status().as_u16(), 200);
+    let text = client
+        .get(format!("http://{}/api/v1/series?metric=up", served.query))
+        .send()
+        .await
+        .expect("query answered")
+        .text()
+        .await
+        .expect("body");
+    let series: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(series["streams"][0]["value"], serde_json::json!(1.0));
+    let grpc = tokio::net::TcpStream::connect(served.grpc).await;
+    assert!(grpc.is_ok(), "the gRPC listener accepts connections");
+    drop(grpc);
+
+    served.signal(Signal::SIGTERM);
+    let status = tokio::task::spawn_blocking(move || served.wait())
+        .await
+        .expect("wait task");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn sigint_also_exits_zero() {
+    let served = serve(&ANY_PORT, &[]);
+    served.signal(Signal::SIGINT);
+    assert_eq!(served.wait().code(), Some(0));
+}
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String, String) {
+    let mut command = Command::new(FANIN);
+    command.args(args);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let output = command.output().expect("run fanin");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn write_config(name: &str, text: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("fanin-cli-{}-{name}.yaml", std::process::id()));
+    std::fs::write(&path, text).expect("write temp config");
+    path
+}
+
+#[test]
+fn unknown_config_key_exits_2_naming_it() {
+    let default = run(&["default-config"], &[]).1;
+    let path = write_config("unknown", &default.replace("max_series:", "max_sieres:"));
+    let (code, stdout, stderr) = run(&["serve", "--config", path.to_str().expect("utf-8")], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stdout.is_empty(), "nothing was bound: {stdout}");
+    assert!(
+        stderr.contains("config key `limits.max_sieres`: unknown field `max_sieres`"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn bad_config_value_exits_2_naming_it() {
+    let default = run(&["default-config"], &[]).1;
+    let path = write_config(
+        "bad",
+        &default.replace("shutdown_grace: 10s", "shutdown_grace: often"),
+    );
+    let (code, _, stderr) = run(&["serve", "--config", path.to_str().expect("utf-8")], &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("config key `shutdown_grace`"), "{stderr}");
+    let (code, _, stderr) = run(&["serve", "--config", "/nonexistent/fanin.yaml"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("cannot read config file /nonexistent/fanin.yaml"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn config_file_expands_environment_references() {
+    let default = run(&["default-config"], &[]).1;
+    let text = default
+        .replace("listen: 127.0.0.1:4317", "listen: ${env:FANIN_TEST_GRPC}")
+        .replace("listen: 127.0.0.1:4318", "listen: 127.0.0.1:0")
+        .replace(
+            "listen: 127.0.0.1:9464",
+            "listen: ${env:FANIN_TEST_QUERY:-127.0.0.1:0}",
+        );
+    let path = write_config("env", &text);
+    let served = serve(
+        &["--config", path.to_str().expect("utf-8")],
+        &[("FANIN_TEST_GRPC", "127.0.0.1:0")],
+    );
+    assert_eq!(served.grpc.ip().to_string(), "127.0.0.1");
+    served.signal(Signal::SIGTERM);
+    assert_eq!(served.wait().code(), Some(0));
+    let (code, _, stderr) = run(&["serve", "--config", path.to_str().expect("utf-8")], &[]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("environment variable FANIN_TEST_GRPC is not set"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
+fn port_in_use_exits_1_naming_the_listener() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let address = taken.local_addr().expect("address").to_string();
+    let (code, _, stderr) = run(
+        &[
+            "serve",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            &address,
+            "--query-listen",
+            "127.0.0.1:0",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen for OTLP/HTTP on {address}")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn default_config_is_built_in() {
+    let (code, stdout, _) = run(&["default-config"], &[]);
+    assert_eq!(code, Some(0));
+    assert_eq!(stdout, include_str!("../config.yaml"));
+}
