@@ -364,16 +364,35 @@ fn convert_exp_histogram(
     context.push(point.attributes, point_value, points);
 }
 
+/// The bucket indices finite doubles can fall in at `scale`: bucket `i` covers
+/// `(2^(i * 2^-scale), 2^((i + 1) * 2^-scale)]`, and finite doubles lie between 2^-1075 and
+/// 2^1024. Indices outside this range describe no value; refusing them also bounds the width
+/// of every later merge (at scale -10 the whole range is four buckets).
+fn index_range(scale: i32) -> (i64, i64) {
+    if scale >= 0 {
+        (-1075i64 << scale, (1024i64 << scale) - 1)
+    } else {
+        (-1075i64 >> -scale, (1024i64 >> -scale) - 1)
+    }
+}
+
 fn exp_buckets(
     buckets: &Option<exponential_histogram_data_point::Buckets>,
+    scale: i32,
     side: &str,
 ) -> Result<(ExpBuckets, u64), String> {
     let Some(buckets) = buckets else {
         return Ok((ExpBuckets::default(), 0));
     };
-    let last_index = i64::from(buckets.offset) + buckets.bucket_counts.len() as i64;
-    if last_index > i64::from(i32::MAX) {
-        return Err(format!("{side} buckets run past index 2^31"));
+    if !buckets.bucket_counts.is_empty() {
+        let (lowest, highest) = index_range(scale);
+        let first = i64::from(buckets.offset);
+        let last = first + buckets.bucket_counts.len() as i64 - 1;
+        if first < lowest || last > highest {
+            return Err(format!(
+                "{side} buckets {first}..={last} lie outside {lowest}..={highest}, the indices finite doubles take at scale {scale}"
+            ));
+        }
     }
     let total = buckets
         .bucket_counts
@@ -405,8 +424,8 @@ fn exp_histogram_value(point: &ExponentialHistogramDataPoint) -> Result<ExpHisto
             point.zero_threshold
         ));
     }
-    let (positive, n_positive) = exp_buckets(&point.positive, "positive")?;
-    let (negative, n_negative) = exp_buckets(&point.negative, "negative")?;
+    let (positive, n_positive) = exp_buckets(&point.positive, point.scale, "positive")?;
+    let (negative, n_negative) = exp_buckets(&point.negative, point.scale, "negative")?;
     let total = point
         .zero_count
         .checked_add(n_positive)
@@ -637,13 +656,25 @@ mod tests {
 
     #[track_caller]
     fn check_exp(scale: i32, zero: u64, positive: &[u64], count: u64, expected: Result<(), &str>) {
+        check_exp_at(scale, -2, zero, positive, count, expected)
+    }
+
+    #[track_caller]
+    fn check_exp_at(
+        scale: i32,
+        offset: i32,
+        zero: u64,
+        positive: &[u64],
+        count: u64,
+        expected: Result<(), &str>,
+    ) {
         let point = ExponentialHistogramDataPoint {
             time_unix_nano: 1,
             scale,
             zero_count: zero,
             count,
             positive: Some(Buckets {
-                offset: -2,
+                offset,
                 bucket_counts: positive.to_vec(),
             }),
             ..Default::default()
@@ -660,5 +691,10 @@ mod tests {
         check_exp(3, 1, &[1, 2], 4, Ok(()));
         check_exp(21, 0, &[], 0, Err("scale 21"));
         check_exp(0, 1, &[1, 2], 5, Err("= 4 but count is 5"));
+        // Indices no finite double can take are refused, whatever the scale.
+        check_exp_at(-10, -2, 0, &[1, 1, 1], 3, Ok(()));
+        check_exp_at(-10, i32::MIN, 0, &[1], 1, Err("outside -2..=0"));
+        check_exp_at(20, i32::MAX - 1, 0, &[1], 1, Err("at scale 20"));
+        check_exp_at(20, -1075 << 20, 0, &[1], 1, Ok(()));
     }
 }
