@@ -7,6 +7,10 @@
 //! A std mutex rather than tokio's: it is never held across `.await`, only for the
 //! synchronous work of applying points or copying state.
 //!
+//! Hashing uses foldhash (randomly seeded per map) instead of std's SipHash: stream keys are
+//! long (scope, metric, attributes) and hashed once per point, so the hasher is a visible
+//! share of the receive path. Growth is bounded by `limits.max_series` either way.
+//!
 //! Lock order, to stay deadlock-free: a DashMap guard is never held while taking an instance
 //! lock (the `Arc<Instance>` is cloned out first); under an instance lock only the metric
 //! registry (`metrics`) is touched, briefly, when a new stream is created.
@@ -22,6 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use dashmap::DashMap;
+use foldhash::fast::RandomState;
 
 use crate::model::{Attributes, InstanceKey, MetricId, StreamKey, StreamPoint};
 use crate::outcome::{Outcome, RejectReason};
@@ -67,9 +72,9 @@ pub struct Store {
 }
 
 struct Shared {
-    instances: DashMap<InstanceKey, Arc<Instance>>,
+    instances: DashMap<InstanceKey, Arc<Instance>, RandomState>,
     /// The first identity seen for each metric name, and any that conflicted with it.
-    metrics: DashMap<String, MetricEntry>,
+    metrics: DashMap<String, MetricEntry, RandomState>,
     n_streams: AtomicUsize,
     max_series: usize,
     stats: Stats,
@@ -81,7 +86,7 @@ struct Instance {
 }
 
 struct InstanceState {
-    streams: HashMap<StreamKey, Stream>,
+    streams: HashMap<StreamKey, Stream, RandomState>,
     first_seen: SystemTime,
     last_seen: SystemTime,
     last_writer: Writer,
@@ -132,8 +137,8 @@ impl Store {
     pub fn new(max_series: NonZeroUsize) -> Store {
         Store {
             shared: Arc::new(Shared {
-                instances: DashMap::new(),
-                metrics: DashMap::new(),
+                instances: DashMap::with_hasher(RandomState::default()),
+                metrics: DashMap::with_hasher(RandomState::default()),
                 n_streams: AtomicUsize::new(0),
                 max_series: max_series.get(),
                 stats: Stats::default(),
@@ -184,7 +189,7 @@ impl Store {
                 Arc::new(Instance {
                     key,
                     state: Mutex::new(InstanceState {
-                        streams: HashMap::new(),
+                        streams: HashMap::with_hasher(RandomState::default()),
                         first_seen: now,
                         last_seen: now,
                         last_writer: writer,
@@ -202,25 +207,29 @@ impl Store {
         now: SystemTime,
         outcome: &mut Outcome,
     ) {
-        let result = match state.streams.get_mut(&point.key) {
-            Some(stream) => stream.apply(&point.point),
+        // Taken apart so the point's value moves into the stream instead of being copied.
+        let StreamPoint {
+            key,
+            point,
+            description,
+        } = point;
+        let metric = Arc::clone(&key.metric);
+        let result = match state.streams.get_mut(&key) {
+            Some(stream) => stream.apply(point),
             None => {
                 if !self.reserve_stream() {
                     outcome.reject(RejectReason::SeriesLimit, 1, || {
                         format!(
                             "metric {:?}: the store is full ({} streams, limits.max_series); existing streams keep updating",
-                            point.key.metric.name, self.shared.max_series
+                            metric.name, self.shared.max_series
                         )
                     });
                     return;
                 }
-                let mut stream = Stream::new(
-                    Arc::clone(&point.key.metric),
-                    Arc::clone(&point.description),
-                );
-                let result = stream.apply(&point.point);
-                self.register_metric(&point.key.metric, now);
-                state.streams.insert(point.key.clone(), stream);
+                let mut stream = Stream::new(Arc::clone(&metric), description);
+                let result = stream.apply(point);
+                self.register_metric(&metric, now);
+                state.streams.insert(key, stream);
                 result
             }
         };
@@ -230,7 +239,7 @@ impl Store {
             Err(Refusal::Bounds(mismatch)) => outcome.reject(RejectReason::BoundsChanged, 1, || {
                 format!(
                     "metric {:?}: a histogram point's {mismatch}; keep one set of bounds per stream",
-                    point.key.metric.name
+                    metric.name
                 )
             }),
         }

@@ -255,7 +255,7 @@ impl Stream {
     /// # Errors
     /// [`Refusal`] when the point is a duplicate, out of order, an overlapping delta, or a
     /// histogram with other bounds; the stream is unchanged then.
-    pub fn apply(&mut self, point: &Point) -> Result<(), Refusal> {
+    pub fn apply(&mut self, point: Point) -> Result<(), Refusal> {
         if self.last_time != 0 {
             if point.time == self.last_time {
                 return Err(Refusal::Drop(DropReason::Duplicate));
@@ -271,7 +271,7 @@ impl Stream {
         // A start time that changes between two known values marks a new sequence.
         let new_start =
             self.last_time != 0 && self.start != 0 && point.start != 0 && point.start != self.start;
-        let reset = match &point.value {
+        let reset = match point.value {
             Value::NoRecordedValue => {
                 if let Accumulator::Latest(value) = &mut self.accumulator {
                     *value = None;
@@ -292,44 +292,44 @@ impl Stream {
     }
 
     /// Adds a value to the accumulator. Returns whether it was a reset.
-    fn accumulate(&mut self, value: &Value, new_start: bool) -> Result<bool, BoundsMismatch> {
+    fn accumulate(&mut self, value: Value, new_start: bool) -> Result<bool, BoundsMismatch> {
         // A value of the wrong shape for the stream cannot happen: the kind is part of the
         // stream's identity. It is ignored rather than trusted.
         match (&mut self.accumulator, value) {
             (Accumulator::Latest(latest), Value::Number(number)) => {
                 if number.has_number() {
-                    *latest = Some(*number);
+                    *latest = Some(number);
                 }
                 Ok(new_start)
             }
             (Accumulator::Counter(counter), Value::Number(number)) => {
                 if number.has_number() {
-                    counter.apply(*number, new_start)
+                    counter.apply(number, new_start)
                 } else {
                     Ok(false)
                 }
             }
             (Accumulator::DeltaSum(delta), Value::Number(number)) => {
                 if number.has_number() {
-                    delta.apply(*number)?;
+                    delta.apply(number)?;
                 }
                 Ok(false)
             }
             (Accumulator::Histogram(cumulative), Value::Histogram(histogram)) => {
-                cumulative.apply(histogram.clone(), new_start)
+                cumulative.apply(histogram, new_start)
             }
             (Accumulator::DeltaHistogram(delta), Value::Histogram(histogram)) => {
-                delta.apply(histogram.clone()).map(|()| false)
+                delta.apply(histogram).map(|()| false)
             }
             (Accumulator::ExpHistogram(cumulative), Value::ExpHistogram(histogram)) => {
-                cumulative.apply(histogram.clone(), new_start)
+                cumulative.apply(histogram, new_start)
             }
             (Accumulator::DeltaExpHistogram(delta), Value::ExpHistogram(histogram)) => {
-                delta.apply(histogram.clone()).map(|()| false)
+                delta.apply(histogram).map(|()| false)
             }
             (Accumulator::Summary(cumulative), Value::Summary(summary)) => {
                 if summary.has_number() {
-                    cumulative.apply(summary.clone(), new_start)
+                    cumulative.apply(summary, new_start)
                 } else {
                     Ok(false)
                 }
@@ -402,7 +402,7 @@ mod tests {
         let refusals = points
             .iter()
             .map(
-                |&(start, time, value)| match stream.apply(&number(start, time, value)) {
+                |&(start, time, value)| match stream.apply(number(start, time, value)) {
                     Ok(()) => None,
                     Err(Refusal::Drop(reason)) => Some(reason),
                     Err(other) => panic!("unexpected {other:?}"),
@@ -485,19 +485,19 @@ mod tests {
     #[test]
     fn no_recorded_value_marks_stale_and_keeps_counter_total() {
         let mut stream = counter();
-        stream.apply(&number(1, 10, 5.0)).expect("first point");
+        stream.apply(number(1, 10, 5.0)).expect("first point");
         let marker = Point {
             start: 1,
             time: 20,
             value: Value::NoRecordedValue,
         };
-        stream.apply(&marker).expect("marker");
+        stream.apply(marker.clone()).expect("marker");
         let state = stream.state();
         assert!(state.stale);
         assert_eq!(state.value, Some(StreamValue::Number(5.0)));
         let mut gauge = Stream::new(metric(Kind::Gauge, None, false), "".into());
-        gauge.apply(&number(0, 10, 5.0)).expect("first point");
-        gauge.apply(&marker).expect("marker");
+        gauge.apply(number(0, 10, 5.0)).expect("first point");
+        gauge.apply(marker).expect("marker");
         assert_eq!(gauge.state().value, None);
     }
 
@@ -527,7 +527,7 @@ mod tests {
             histogram_point(1, 20, &[1.0], &[2, 3]),
             histogram_point(30, 40, &[1.0], &[1, 0]),
         ] {
-            stream.apply(&point).expect("accepted");
+            stream.apply(point).expect("accepted");
         }
         let state = stream.state();
         assert_eq!(state.resets, 1);
@@ -547,10 +547,10 @@ mod tests {
             "".into(),
         );
         stream
-            .apply(&histogram_point(0, 10, &[1.0], &[1, 1]))
+            .apply(histogram_point(0, 10, &[1.0], &[1, 1]))
             .expect("first");
         let before = stream.state();
-        let refusal = stream.apply(&histogram_point(10, 20, &[2.0], &[1, 1]));
+        let refusal = stream.apply(histogram_point(10, 20, &[2.0], &[1, 1]));
         assert!(matches!(refusal, Err(Refusal::Bounds(_))));
         assert_eq!(stream.state(), before);
     }

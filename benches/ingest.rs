@@ -1,0 +1,171 @@
+//! The receive path, step by step, on one realistic export request: 1000 points from one
+//! worker (counters, up-down counters, gauges and histograms with three point attributes).
+//!
+//! - `decode`: prost decode alone, the floor any Rust OTLP receiver pays;
+//! - `decode_convert`: plus validation and conversion into fanin's model;
+//! - `decode_convert_ingest`: plus storing every point into existing streams (the steady
+//!   state of a worker exporting every few seconds).
+//!
+//! Run with `cargo bench --bench ingest`; throughput is in points per second.
+
+use std::hint::black_box;
+use std::num::NonZeroUsize;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use fanin::outcome::Outcome;
+use fanin::receiver::otlp::to_batches;
+use fanin::store::{Store, Transport, Writer};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::{
+    Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
+    Sum, metric::Data, number_data_point,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use prost::Message;
+
+const POINTS_PER_REQUEST: usize = 1000;
+const POINTS_PER_METRIC: usize = 25;
+
+fn attr(key: &str, value: String) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value)),
+        }),
+        ..Default::default()
+    }
+}
+
+fn point_attributes(index: usize) -> Vec<KeyValue> {
+    vec![
+        attr("http.route", format!("/api/v1/resource/{}", index % 25)),
+        attr("http.method", ["GET", "POST", "PUT"][index % 3].to_string()),
+        attr("http.status_code", format!("{}", 200 + (index % 5))),
+    ]
+}
+
+fn number(index: usize, time: u64, value: f64) -> NumberDataPoint {
+    NumberDataPoint {
+        attributes: point_attributes(index),
+        start_time_unix_nano: 1_700_000_000_000_000_000,
+        time_unix_nano: time,
+        value: Some(number_data_point::Value::AsDouble(value)),
+        ..Default::default()
+    }
+}
+
+/// One worker's export at `time`: 40 metrics of 25 points each, ten of every kind.
+fn request(time: u64) -> ExportMetricsServiceRequest {
+    let bounds = vec![
+        0.0, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 1000.0,
+    ];
+    let metrics = (0..POINTS_PER_REQUEST / POINTS_PER_METRIC)
+        .map(|metric| {
+            let points = (0..POINTS_PER_METRIC).map(|point| metric * POINTS_PER_METRIC + point);
+            let data = match metric % 4 {
+                0 => Data::Sum(Sum {
+                    data_points: points
+                        .map(|index| number(index, time, time as f64))
+                        .collect(),
+                    aggregation_temporality: 2,
+                    is_monotonic: true,
+                }),
+                1 => Data::Sum(Sum {
+                    data_points: points.map(|index| number(index, time, 3.0)).collect(),
+                    aggregation_temporality: 2,
+                    is_monotonic: false,
+                }),
+                2 => Data::Gauge(Gauge {
+                    data_points: points.map(|index| number(index, time, 0.5)).collect(),
+                }),
+                _ => Data::Histogram(Histogram {
+                    data_points: points
+                        .map(|index| HistogramDataPoint {
+                            attributes: point_attributes(index),
+                            start_time_unix_nano: 1_700_000_000_000_000_000,
+                            time_unix_nano: time,
+                            count: 11,
+                            sum: Some(1234.5),
+                            bucket_counts: vec![1; bounds.len() + 1],
+                            explicit_bounds: bounds.clone(),
+                            min: Some(0.1),
+                            max: Some(2000.0),
+                            ..Default::default()
+                        })
+                        .collect(),
+                    aggregation_temporality: 2,
+                }),
+            };
+            Metric {
+                name: format!("app.metric.{metric}"),
+                unit: "1".into(),
+                data: Some(data),
+                ..Default::default()
+            }
+        })
+        .collect();
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(Resource {
+                attributes: vec![
+                    attr("service.name", "bench".into()),
+                    attr("service.instance.id", "bench-host-pid-4242".into()),
+                    attr("host.name", "bench-host".into()),
+                ],
+                ..Default::default()
+            }),
+            scope_metrics: vec![ScopeMetrics {
+                metrics,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+fn receive_path(criterion: &mut Criterion) {
+    let encoded = request(1_700_000_001_000_000_000).encode_to_vec();
+    let writer = Writer {
+        transport: Transport::Grpc,
+        peer: None,
+    };
+    let mut group = criterion.benchmark_group("receive");
+    group.throughput(Throughput::Elements(POINTS_PER_REQUEST as u64));
+
+    group.bench_function("decode", |bench| {
+        bench.iter(|| ExportMetricsServiceRequest::decode(black_box(&encoded[..])))
+    });
+
+    group.bench_function("decode_convert", |bench| {
+        bench.iter(|| {
+            let decoded = ExportMetricsServiceRequest::decode(black_box(&encoded[..]));
+            decoded.map(to_batches)
+        })
+    });
+
+    let store = Store::new(NonZeroUsize::MIN.saturating_add(1_000_000));
+    let (batches, outcome) = to_batches(request(1_700_000_001_000_000_000));
+    store.ingest(batches, writer, outcome);
+    let mut time = 1_700_000_002_000_000_000u64;
+    group.bench_function("decode_convert_ingest", |bench| {
+        bench.iter_batched(
+            || {
+                // Every iteration is a newer export, so each point is applied, not dropped.
+                time += 1_000_000_000;
+                request(time).encode_to_vec()
+            },
+            |bytes| {
+                let decoded = ExportMetricsServiceRequest::decode(&bytes[..]).unwrap_or_default();
+                let (batches, outcome) = to_batches(decoded);
+                let outcome: Outcome = store.ingest(batches, writer, outcome);
+                assert_eq!(outcome.accepted, POINTS_PER_REQUEST as u64);
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, receive_path);
+criterion_main!(benches);
