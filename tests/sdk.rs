@@ -66,9 +66,7 @@ async fn record_and_check(fanin: &TestFanin, provider: SdkMeterProvider, instanc
     assert_eq!(histogram["max"], json!(12.0));
     // SDK default bounds 0, 5, 10, 25, ...: 0.3 in (0, 5], 7 in (5, 10], 12 in (10, 25].
     let mut expected_buckets = vec![json!(0); 16];
-    for bucket in 1..4 {
-        expected_buckets[bucket] = json!(1);
-    }
+    expected_buckets[1..4].fill(json!(1));
     assert_eq!(histogram["bucket_counts"], json!(expected_buckets));
 
     requests.add(1, &route);
