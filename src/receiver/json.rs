@@ -297,6 +297,16 @@ fn temporality(value: &Value) -> Result<i32> {
     int32(value)
 }
 
+/// The `aggregationTemporality` of a sum or histogram; UNSPECIFIED (0) when absent.
+fn temporality_field(object: &Map<String, Value>) -> Result<i32> {
+    or_default(
+        object,
+        "aggregationTemporality",
+        "aggregation_temporality",
+        temporality,
+    )
+}
+
 fn resource_metrics(object: &Map<String, Value>) -> Result<ResourceMetrics> {
     Ok(ResourceMetrics {
         resource: optional(object, "resource", "resource", |value| {
@@ -390,12 +400,7 @@ fn metric(object: &Map<String, Value>) -> Result<Metric> {
         let sum = as_object(value)?;
         Ok(Sum {
             data_points: list(sum, "dataPoints", "data_points", number_point)?,
-            aggregation_temporality: or_default(
-                sum,
-                "aggregationTemporality",
-                "aggregation_temporality",
-                temporality,
-            )?,
+            aggregation_temporality: temporality_field(sum)?,
             is_monotonic: or_default(sum, "isMonotonic", "is_monotonic", boolean)?,
         })
     })? {
@@ -405,12 +410,7 @@ fn metric(object: &Map<String, Value>) -> Result<Metric> {
         let histogram = as_object(value)?;
         Ok(Histogram {
             data_points: list(histogram, "dataPoints", "data_points", histogram_point)?,
-            aggregation_temporality: or_default(
-                histogram,
-                "aggregationTemporality",
-                "aggregation_temporality",
-                temporality,
-            )?,
+            aggregation_temporality: temporality_field(histogram)?,
         })
     })? {
         data.push(Data::Histogram(histogram));
@@ -423,12 +423,7 @@ fn metric(object: &Map<String, Value>) -> Result<Metric> {
             let histogram = as_object(value)?;
             Ok(ExponentialHistogram {
                 data_points: list(histogram, "dataPoints", "data_points", exp_histogram_point)?,
-                aggregation_temporality: or_default(
-                    histogram,
-                    "aggregationTemporality",
-                    "aggregation_temporality",
-                    temporality,
-                )?,
+                aggregation_temporality: temporality_field(histogram)?,
             })
         },
     )? {

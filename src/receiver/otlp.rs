@@ -186,107 +186,130 @@ fn convert_metric(
         description: description.into(),
     };
     match data {
-        Data::Gauge(gauge) => {
-            for point in gauge.data_points {
-                convert_number(point, &context, points, outcome);
-            }
-        }
-        Data::Sum(sum) => {
-            for point in sum.data_points {
-                convert_number(point, &context, points, outcome);
-            }
-        }
+        Data::Gauge(gauge) => context.convert_all(gauge.data_points, number_value, points, outcome),
+        Data::Sum(sum) => context.convert_all(sum.data_points, number_value, points, outcome),
         Data::Histogram(histogram) => {
-            for point in histogram.data_points {
-                convert_histogram(point, &context, points, outcome);
-            }
+            let value = |point: &HistogramDataPoint| {
+                histogram_value(point)
+                    .map(Value::Histogram)
+                    .map_err(|problem| (RejectReason::InvalidHistogram, problem))
+            };
+            context.convert_all(histogram.data_points, value, points, outcome);
         }
         Data::ExponentialHistogram(histogram) => {
-            for point in histogram.data_points {
-                convert_exp_histogram(point, &context, points, outcome);
-            }
+            let value = |point: &ExponentialHistogramDataPoint| {
+                exp_histogram_value(point)
+                    .map(Value::ExpHistogram)
+                    .map_err(|problem| (RejectReason::InvalidExponentialHistogram, problem))
+            };
+            context.convert_all(histogram.data_points, value, points, outcome);
         }
         Data::Summary(summary) => {
-            for point in summary.data_points {
-                convert_summary(point, &context, points, outcome);
-            }
+            context.convert_all(summary.data_points, summary_value, points, outcome);
         }
     }
 }
 
-/// Checks what every point kind shares; `false` means the point was rejected.
-fn check_time(time: u64, context: &MetricContext, outcome: &mut Outcome) -> bool {
-    if time == 0 {
-        outcome.reject(RejectReason::TimeZero, 1, || {
-            format!("metric {:?}: a point has time_unix_nano 0", context.name())
-        });
-        return false;
-    }
-    true
+/// What every point kind shares, taken out of the point so its value can be read apart.
+struct PointCommon {
+    attributes: Vec<KeyValue>,
+    start: u64,
+    time: u64,
+    flags: u32,
 }
 
-fn convert_number(
-    point: NumberDataPoint,
-    context: &MetricContext,
-    points: &mut Vec<StreamPoint>,
-    outcome: &mut Outcome,
-) {
-    if !check_time(point.time_unix_nano, context, outcome) {
-        return;
-    }
-    let value = if point.flags & NO_RECORDED_VALUE != 0 {
-        Value::NoRecordedValue
-    } else {
-        match point.value {
-            Some(number_data_point::Value::AsDouble(value)) => Value::Number(value),
-            Some(number_data_point::Value::AsInt(value)) => Value::Number(value as f64),
-            None => {
-                outcome.reject(RejectReason::NoValue, 1, || {
-                    format!(
-                        "metric {:?}: a point has neither as_double nor as_int",
-                        context.name()
-                    )
+/// The four OTLP data point messages, seen through what they share.
+trait DataPoint {
+    fn take_common(&mut self) -> PointCommon;
+}
+
+macro_rules! impl_data_point {
+    ($($point:ty),*) => {$(
+        impl DataPoint for $point {
+            fn take_common(&mut self) -> PointCommon {
+                PointCommon {
+                    attributes: std::mem::take(&mut self.attributes),
+                    start: self.start_time_unix_nano,
+                    time: self.time_unix_nano,
+                    flags: self.flags,
+                }
+            }
+        }
+    )*};
+}
+
+impl_data_point!(
+    NumberDataPoint,
+    HistogramDataPoint,
+    ExponentialHistogramDataPoint,
+    SummaryDataPoint
+);
+
+/// A point's kind-specific value, or why it cannot be stored.
+type ValueResult = Result<Value, (RejectReason, String)>;
+
+impl MetricContext<'_> {
+    /// Validates and collects the points of one metric. Every kind follows the same rules:
+    /// time 0 is refused; a NO_RECORDED_VALUE point needs no value; otherwise `value` reads
+    /// the kind-specific part or says why it cannot be stored.
+    fn convert_all<P: DataPoint>(
+        &self,
+        data_points: Vec<P>,
+        value: impl Fn(&P) -> ValueResult,
+        points: &mut Vec<StreamPoint>,
+        outcome: &mut Outcome,
+    ) {
+        for mut point in data_points {
+            let common = point.take_common();
+            if common.time == 0 {
+                outcome.reject(RejectReason::TimeZero, 1, || {
+                    format!("metric {:?}: a point has time_unix_nano 0", self.name())
                 });
-                return;
+                continue;
             }
+            let value = if common.flags & NO_RECORDED_VALUE != 0 {
+                Value::NoRecordedValue
+            } else {
+                match value(&point) {
+                    Ok(value) => value,
+                    Err((reason, problem)) => {
+                        outcome
+                            .reject(reason, 1, || format!("metric {:?}: {problem}", self.name()));
+                        continue;
+                    }
+                }
+            };
+            let point = Point {
+                start: common.start,
+                time: common.time,
+                value,
+            };
+            self.push(common.attributes, point, points);
         }
-    };
-    let point_value = Point {
-        start: point.start_time_unix_nano,
-        time: point.time_unix_nano,
-        value,
-    };
-    context.push(point.attributes, point_value, points);
+    }
 }
 
-fn convert_histogram(
-    point: HistogramDataPoint,
-    context: &MetricContext,
-    points: &mut Vec<StreamPoint>,
-    outcome: &mut Outcome,
-) {
-    if !check_time(point.time_unix_nano, context, outcome) {
-        return;
+fn number_value(point: &NumberDataPoint) -> ValueResult {
+    match point.value {
+        Some(number_data_point::Value::AsDouble(value)) => Ok(Value::Number(value)),
+        Some(number_data_point::Value::AsInt(value)) => Ok(Value::Number(value as f64)),
+        None => Err((
+            RejectReason::NoValue,
+            "a point has neither as_double nor as_int".to_string(),
+        )),
     }
-    let value = if point.flags & NO_RECORDED_VALUE != 0 {
-        Value::NoRecordedValue
-    } else {
-        match histogram_value(&point) {
-            Ok(histogram) => Value::Histogram(histogram),
-            Err(problem) => {
-                outcome.reject(RejectReason::InvalidHistogram, 1, || {
-                    format!("metric {:?}: {problem}", context.name())
-                });
-                return;
-            }
-        }
-    };
-    let point_value = Point {
-        start: point.start_time_unix_nano,
-        time: point.time_unix_nano,
-        value,
-    };
-    context.push(point.attributes, point_value, points);
+}
+
+fn summary_value(point: &SummaryDataPoint) -> ValueResult {
+    Ok(Value::Summary(Summary {
+        count: point.count,
+        sum: point.sum,
+        quantiles: point
+            .quantile_values
+            .iter()
+            .map(|quantile| (quantile.quantile, quantile.value))
+            .collect(),
+    }))
 }
 
 /// NaN carries no number: an optional NaN field is treated as absent.
@@ -334,40 +357,10 @@ fn histogram_value(point: &HistogramDataPoint) -> Result<Histogram, String> {
     })
 }
 
-fn convert_exp_histogram(
-    point: ExponentialHistogramDataPoint,
-    context: &MetricContext,
-    points: &mut Vec<StreamPoint>,
-    outcome: &mut Outcome,
-) {
-    if !check_time(point.time_unix_nano, context, outcome) {
-        return;
-    }
-    let value = if point.flags & NO_RECORDED_VALUE != 0 {
-        Value::NoRecordedValue
-    } else {
-        match exp_histogram_value(&point) {
-            Ok(histogram) => Value::ExpHistogram(histogram),
-            Err(problem) => {
-                outcome.reject(RejectReason::InvalidExponentialHistogram, 1, || {
-                    format!("metric {:?}: {problem}", context.name())
-                });
-                return;
-            }
-        }
-    };
-    let point_value = Point {
-        start: point.start_time_unix_nano,
-        time: point.time_unix_nano,
-        value,
-    };
-    context.push(point.attributes, point_value, points);
-}
-
 /// The bucket indices finite doubles can fall in at `scale`: bucket `i` covers
 /// `(2^(i * 2^-scale), 2^((i + 1) * 2^-scale)]`, and finite doubles lie between 2^-1075 and
 /// 2^1024. Indices outside this range describe no value; refusing them also bounds the width
-/// of every later merge (at scale -10 the whole range is four buckets).
+/// of every later merge (at scale -10 the whole range is three buckets).
 fn index_range(scale: i32) -> (i64, i64) {
     if scale >= 0 {
         (-1075i64 << scale, (1024i64 << scale) - 1)
@@ -448,36 +441,6 @@ fn exp_histogram_value(point: &ExponentialHistogramDataPoint) -> Result<ExpHisto
         positive,
         negative,
     })
-}
-
-fn convert_summary(
-    point: SummaryDataPoint,
-    context: &MetricContext,
-    points: &mut Vec<StreamPoint>,
-    outcome: &mut Outcome,
-) {
-    if !check_time(point.time_unix_nano, context, outcome) {
-        return;
-    }
-    let value = if point.flags & NO_RECORDED_VALUE != 0 {
-        Value::NoRecordedValue
-    } else {
-        Value::Summary(Summary {
-            count: point.count,
-            sum: point.sum,
-            quantiles: point
-                .quantile_values
-                .iter()
-                .map(|quantile| (quantile.quantile, quantile.value))
-                .collect(),
-        })
-    };
-    let point_value = Point {
-        start: point.start_time_unix_nano,
-        time: point.time_unix_nano,
-        value,
-    };
-    context.push(point.attributes, point_value, points);
 }
 
 #[cfg(test)]
