@@ -191,6 +191,11 @@ impl TestFanin {
         body
     }
 
+    /// Starts a graceful shutdown without waiting for it.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
     /// Cancels the servers and waits for them to finish.
     pub async fn stop(self) {
         self.shutdown.cancel();
