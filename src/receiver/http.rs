@@ -76,7 +76,7 @@ async fn export(State(receiver): State<Receiver>, request: Request) -> Response 
         Ok(encoding) => encoding,
         Err(error) => return failure(&receiver.store, Encoding::Json, error),
     };
-    match decode(&receiver, request).await {
+    match decode(&receiver, encoding, request).await {
         Ok(decoded) => {
             let writer = Writer {
                 transport: Transport::Http,
@@ -92,10 +92,10 @@ async fn export(State(receiver): State<Receiver>, request: Request) -> Response 
 /// Reads, decompresses and decodes the body, enforcing the size limit at each step.
 async fn decode(
     receiver: &Receiver,
+    encoding: Encoding,
     request: Request,
 ) -> Result<ExportMetricsServiceRequest, IngestError> {
     let limit = receiver.max_request_bytes;
-    let encoding = media_type(request.headers())?;
     let compression = content_encoding(request.headers())?;
     let declared = request
         .headers()
