@@ -12,6 +12,7 @@ use std::hint::black_box;
 use std::num::NonZeroUsize;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use fanin::model::InstanceAttributes;
 use fanin::outcome::Outcome;
 use fanin::receiver::otlp::to_batches;
 use fanin::store::{Store, Transport, Writer};
@@ -144,7 +145,12 @@ fn receive_path(criterion: &mut Criterion) {
         })
     });
 
-    let store = Store::new(NonZeroUsize::MIN.saturating_add(1_000_000));
+    let instance_attributes = InstanceAttributes::new(["service.instance.id", "process.*"])
+        .unwrap_or_else(|error| panic!("literal globs: {error}"));
+    let store = Store::new(
+        NonZeroUsize::MIN.saturating_add(1_000_000),
+        instance_attributes,
+    );
     let (batches, outcome) = to_batches(request(1_700_000_001_000_000_000));
     store.ingest(batches, writer, outcome);
     let mut time = 1_700_000_002_000_000_000u64;

@@ -12,8 +12,9 @@ use tonic::transport::server::TcpIncoming;
 use tower::util::MapResponseLayer;
 
 use crate::config::Config;
+use crate::model::InstanceAttributes;
 use crate::receiver::grpc::{GrpcReceiver, remap_status};
-use crate::store::Store;
+use crate::store::{Liveness, Store};
 use crate::{query, receiver};
 
 /// Why the app could not start or stopped with an error.
@@ -26,6 +27,8 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
+    #[error("aggregation.instance_attributes: {0}")]
+    Config(String),
     #[error("{listener} server failed: {source}")]
     Serve {
         listener: &'static str,
@@ -38,6 +41,7 @@ pub enum AppError {
 pub struct App {
     config: Config,
     store: Store,
+    liveness: Liveness,
     grpc: TcpListener,
     http: TcpListener,
     query: TcpListener,
@@ -79,10 +83,27 @@ impl App {
         let grpc = bind("OTLP/gRPC", otlp.grpc.listen).await?;
         let http = bind("OTLP/HTTP", otlp.http.listen).await?;
         let query = bind("query", config.query.listen).await?;
-        let store = Store::new(config.limits.max_series);
+        let instance_attributes = InstanceAttributes::new(
+            config
+                .aggregation
+                .instance_attributes
+                .iter()
+                .map(|glob| glob.as_str()),
+        )
+        .map_err(AppError::Config)?;
+        let store = Store::new(config.limits.max_series, instance_attributes);
+        let liveness = Liveness {
+            ttl: config.aggregation.instance_ttl,
+            local_host: if config.aggregation.pid_check {
+                local_host_name()
+            } else {
+                None
+            },
+        };
         Ok(App {
             config,
             store,
+            liveness,
             grpc,
             http,
             query,
@@ -110,6 +131,7 @@ impl App {
         let App {
             config,
             store,
+            liveness,
             grpc,
             http,
             query,
@@ -137,7 +159,8 @@ impl App {
         )
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
 
-        let query_router = query::router(store, shutdown.clone());
+        let sweeper = sweep(store.clone(), liveness, shutdown.clone());
+        let query_router = query::router(store, config.aggregation.rules.clone(), shutdown.clone());
         let query_server = axum::serve(query, query_router)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
 
@@ -163,7 +186,36 @@ impl App {
                     .await
                     .map_err(|error| serve_error("query")(error.into()))
             },
+            async {
+                sweeper.await;
+                Ok(())
+            },
         )?;
         Ok(())
+    }
+}
+
+/// Retires and evicts instances every `liveness.sweep_interval()` until shutdown.
+async fn sweep(store: Store, liveness: Liveness, shutdown: CancellationToken) {
+    let mut interval = tokio::time::interval(liveness.sweep_interval());
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = interval.tick() => {
+                store.sweep(std::time::Instant::now(), &liveness);
+            }
+        }
+    }
+}
+
+/// This host's name, compared with `host.name` to know whether a pid can be checked here.
+fn local_host_name() -> Option<String> {
+    match nix::unistd::gethostname() {
+        Ok(name) => name.into_string().ok(),
+        Err(error) => {
+            tracing::warn!(%error, "Cannot read this host's name; pid checks are off");
+            None
+        }
     }
 }

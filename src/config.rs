@@ -11,6 +11,8 @@ use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use serde::Deserialize;
+
+pub use crate::aggregate::Agg;
 use serde_json::Value as Tree;
 
 /// The default configuration, `config.yaml` at the repository root.
@@ -22,6 +24,7 @@ pub const DEFAULT_YAML: &str = include_str!("../config.yaml");
 pub struct Config {
     pub receivers: ReceiversConfig,
     pub query: QueryConfig,
+    pub aggregation: AggregationConfig,
     pub limits: LimitsConfig,
     /// How long shutdown waits for requests in flight.
     #[serde(with = "humantime_serde")]
@@ -54,6 +57,69 @@ pub struct ListenerConfig {
 #[serde(deny_unknown_fields)]
 pub struct QueryConfig {
     pub listen: SocketAddr,
+}
+
+/// How streams add up across instances (DESIGN.md, "Space aggregation", "Liveness").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregationConfig {
+    /// Resource attribute keys (or globs) that identify a worker and are dropped when
+    /// aggregating.
+    pub instance_attributes: Vec<Glob>,
+    /// Retire an instance after this long without an export.
+    #[serde(with = "humantime_serde")]
+    pub instance_ttl: Duration,
+    /// Retire a local instance at once when its `process.pid` is gone.
+    pub pid_check: bool,
+    /// Per-metric default aggregation, first matching glob wins.
+    pub rules: Vec<AggregationRule>,
+}
+
+/// `metric` glob → default aggregation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregationRule {
+    pub metric: Glob,
+    pub agg: Agg,
+}
+
+/// A glob over names (`*` matches any run of characters, dots included), checked when the
+/// config is loaded.
+#[derive(Debug, Clone)]
+pub struct Glob {
+    text: String,
+    matcher: globset::GlobMatcher,
+}
+
+impl Glob {
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    pub fn is_match(&self, name: &str) -> bool {
+        self.matcher.is_match(name)
+    }
+}
+
+impl std::str::FromStr for Glob {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Glob, String> {
+        let glob = globset::GlobBuilder::new(text)
+            .literal_separator(false)
+            .build()
+            .map_err(|error| format!("{text:?} is not a valid glob: {error}"))?;
+        Ok(Glob {
+            text: text.to_string(),
+            matcher: glob.compile_matcher(),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Glob {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Glob, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -240,6 +306,46 @@ mod tests {
         assert_eq!(config.receivers.otlp.grpc.max_request_bytes.get(), 4 << 20);
         assert_eq!(config.receivers.otlp.http.max_request_bytes.get(), 20 << 20);
         assert_eq!(config.shutdown_grace, Duration::from_secs(10));
+        assert_eq!(config.aggregation.instance_ttl, Duration::from_secs(300));
+        assert!(config.aggregation.pid_check);
+        let instance: Vec<_> = config
+            .aggregation
+            .instance_attributes
+            .iter()
+            .map(Glob::as_str)
+            .collect();
+        assert_eq!(
+            instance,
+            ["service.instance.id", "process.pid", "process.*"]
+        );
+        assert!(config.aggregation.rules.is_empty());
+    }
+
+    #[test]
+    fn rules_parse_and_bad_ones_are_named() {
+        let yaml = DEFAULT_YAML.replace(
+            "  rules: []",
+            "  rules:\n    - metric: \"http.*\"\n      agg: max",
+        );
+        let config = Config::from_yaml_with_env(&yaml, &no_env).expect("rules parse");
+        let rule = &config.aggregation.rules[0];
+        assert_eq!(rule.agg, Agg::Max);
+        assert!(rule.metric.is_match("http.server.active_requests"));
+        assert!(!rule.metric.is_match("rpc.calls"));
+        check_error(
+            DEFAULT_YAML.replace(
+                "  rules: []",
+                "  rules:\n    - metric: \"a\"\n      agg: median",
+            ),
+            "`aggregation.rules[0].agg`",
+        );
+        check_error(
+            DEFAULT_YAML.replace(
+                "  rules: []",
+                "  rules:\n    - metric: \"a[\"\n      agg: sum",
+            ),
+            "`aggregation.rules[0].metric`: \"a[\" is not a valid glob",
+        );
     }
 
     #[test]

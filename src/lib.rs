@@ -13,11 +13,13 @@
 //! - [`model`]: the vocabulary: attributes, instances, streams, points.
 //! - [`receiver`]: OTLP/gRPC and OTLP/HTTP, limits, errors, `partial_success`.
 //! - [`store`]: streams grouped by instance; resets, duplicates, deltas, type conflicts.
+//! - [`aggregate`]: space aggregation across instances (pure).
 //! - [`query`]: the HTTP query API.
 //! - [`config`]: the typed configuration; `config.yaml` is the default.
 //! - [`app`]: binds the listeners and runs the servers until shutdown.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod aggregate;
 pub mod app;
 pub mod config;
 pub mod model;

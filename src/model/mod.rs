@@ -105,6 +105,27 @@ impl Attributes {
         self.0.len()
     }
 
+    /// The attributes whose key `keep` accepts.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) -> Attributes {
+        Attributes(
+            self.0
+                .iter()
+                .filter(|(key, _)| keep(key))
+                .cloned()
+                .collect(),
+        )
+    }
+
+    /// Both sets in one; where a key is in both, `other`'s value wins.
+    pub fn merged(&self, other: &Attributes) -> Attributes {
+        if other.is_empty() {
+            return self.clone();
+        }
+        let mut pairs = self.0.clone();
+        pairs.extend(other.0.iter().cloned());
+        Attributes::new(pairs)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -112,6 +133,43 @@ impl Attributes {
 
 /// An instance: one process's resource, exactly as sent (DESIGN.md, "Identity").
 pub type InstanceKey = Arc<Attributes>;
+
+/// Which resource attributes name a worker rather than what it runs (config
+/// `aggregation.instance_attributes`). Space aggregation drops them.
+#[derive(Clone, Debug)]
+pub struct InstanceAttributes {
+    globs: globset::GlobSet,
+}
+
+impl InstanceAttributes {
+    /// Builds the matcher from keys or globs such as `process.*`.
+    ///
+    /// # Errors
+    /// The pattern that is not a valid glob.
+    pub fn new<'a>(
+        patterns: impl IntoIterator<Item = &'a str>,
+    ) -> Result<InstanceAttributes, String> {
+        let mut builder = globset::GlobSetBuilder::new();
+        for pattern in patterns {
+            let glob = globset::GlobBuilder::new(pattern)
+                .literal_separator(false)
+                .build()
+                .map_err(|error| format!("{pattern:?} is not a valid glob: {error}"))?;
+            builder.add(glob);
+        }
+        let globs = builder.build().map_err(|error| error.to_string())?;
+        Ok(InstanceAttributes { globs })
+    }
+
+    pub fn is_instance_attribute(&self, key: &str) -> bool {
+        self.globs.is_match(key)
+    }
+
+    /// The resource without the attributes that name the worker.
+    pub fn strip(&self, resource: &Attributes) -> Attributes {
+        resource.retain(|key| !self.is_instance_attribute(key))
+    }
+}
 
 /// The instrumentation scope that produced a metric.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -176,6 +234,23 @@ pub struct MetricId {
 }
 
 impl MetricId {
+    /// Whether this metric counts events, so that its totals keep what retired instances
+    /// counted: counters (monotonic sums), histograms and summaries. Gauges and up-down
+    /// counters describe the present, and a retired instance's share leaves with it.
+    pub fn counts_events(&self) -> bool {
+        match self.kind {
+            Kind::Sum => self.monotonic,
+            Kind::Gauge => false,
+            Kind::Histogram | Kind::ExponentialHistogram | Kind::Summary => true,
+        }
+    }
+
+    /// Same kind, unit and monotonicity: the identities one metric name may take without a
+    /// type conflict (temporality may differ: delta and cumulative workers add up).
+    pub fn same_type(&self, other: &MetricId) -> bool {
+        self.kind == other.kind && self.unit == other.unit && self.monotonic == other.monotonic
+    }
+
     /// "sum (monotonic, cumulative, unit \"By\")": how type conflicts are described.
     pub fn describe(&self) -> String {
         let mut traits = Vec::new();
@@ -323,6 +398,35 @@ mod tests {
         let set = attrs(&[("a", AttrValue::Int(1)), ("a", AttrValue::Int(2))]);
         assert_eq!(set.len(), 1);
         assert_eq!(set.get("a"), Some(&AttrValue::Int(2)));
+    }
+
+    #[test]
+    fn instance_attributes_are_stripped_by_glob() {
+        let matcher = InstanceAttributes::new(["service.instance.id", "process.*"]).expect("valid");
+        let resource = attrs(&[
+            ("service.name", AttrValue::Str("app".into())),
+            ("service.instance.id", AttrValue::Str("w1".into())),
+            ("process.pid", AttrValue::Int(7)),
+            ("process.runtime.name", AttrValue::Str("cpython".into())),
+        ]);
+        assert_eq!(
+            matcher.strip(&resource),
+            attrs(&[("service.name", AttrValue::Str("app".into()))])
+        );
+    }
+
+    #[test]
+    fn merged_prefers_the_second_set() {
+        let resource = attrs(&[("a", AttrValue::Int(1)), ("b", AttrValue::Int(1))]);
+        let point = attrs(&[("b", AttrValue::Int(2)), ("c", AttrValue::Int(3))]);
+        assert_eq!(
+            resource.merged(&point),
+            attrs(&[
+                ("a", AttrValue::Int(1)),
+                ("b", AttrValue::Int(2)),
+                ("c", AttrValue::Int(3))
+            ])
+        );
     }
 
     #[test]

@@ -10,8 +10,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use serde_json::{Map, Value as Json, json};
 
-use crate::model::{AttrValue, Attributes, ExpBuckets, ExpHistogram, Histogram, Scope, Summary};
-use crate::store::{InstanceView, StatsSnapshot, StreamValue, StreamView, TypeConflict};
+use super::answer::Answer;
+use crate::aggregate::Aggregated;
+use crate::model::{
+    AttrValue, Attributes, ExpBuckets, ExpHistogram, Histogram, MetricId, Scope, Summary,
+};
+use crate::store::{
+    InstanceView, MetricSummary, StatsSnapshot, StreamValue, StreamView, TypeConflict,
+};
 
 /// A double as JSON; non-finite values as proto3 JSON strings.
 pub fn number(value: f64) -> Json {
@@ -40,6 +46,20 @@ pub fn attr_value(value: &AttrValue) -> Json {
         AttrValue::Bytes(bytes) => json!(base64::engine::general_purpose::STANDARD.encode(bytes)),
         AttrValue::Array(values) => Json::Array(values.iter().map(attr_value).collect()),
         AttrValue::Map(attributes) => self::attributes(attributes),
+    }
+}
+
+/// An attribute value as text, the way `match=key=value` compares it and Prometheus labels
+/// carry it: strings as they are, everything else as its JSON form (NaN and infinities as
+/// `NaN`, `Infinity`, `-Infinity`).
+pub fn attr_text(value: &AttrValue) -> String {
+    match value {
+        AttrValue::Str(text) => text.clone(),
+        AttrValue::Double(double) if !double.is_finite() => match number(*double) {
+            Json::String(text) => text,
+            other => other.to_string(),
+        },
+        other => attr_value(other).to_string(),
     }
 }
 
@@ -138,6 +158,88 @@ pub fn stream(view: &StreamView) -> Json {
     object
 }
 
+/// The explicit-bucket histogram of an aggregated answer: buckets with cumulative counts
+/// and upper bounds `le`, the last one `"+Inf"`, as Prometheus reads them.
+fn cumulative_histogram(histogram: &Histogram, bounds_differ: bool) -> Json {
+    let buckets: Vec<Json> = if bounds_differ {
+        Vec::new()
+    } else {
+        let mut running = 0u64;
+        histogram
+            .bucket_counts
+            .iter()
+            .enumerate()
+            .map(|(index, count)| {
+                running = running.saturating_add(*count);
+                let le = histogram
+                    .bounds
+                    .get(index)
+                    .map_or(json!("+Inf"), |bound| number(*bound));
+                json!({ "le": le, "count": running })
+            })
+            .collect()
+    };
+    json!({
+        "count": histogram.count,
+        "sum": optional_number(histogram.sum),
+        "min": optional_number(histogram.min),
+        "max": optional_number(histogram.max),
+        "buckets": buckets,
+    })
+}
+
+fn metric_header(metric: &MetricId) -> Map<String, Json> {
+    let mut header = Map::new();
+    header.insert("metric".into(), json!(metric.name));
+    header.insert("kind".into(), json!(metric.kind.as_str()));
+    header.insert("unit".into(), json!(metric.unit));
+    header.insert("monotonic".into(), json!(metric.monotonic));
+    header
+}
+
+/// `/api/v1/query`'s answer.
+pub fn answer(answer: &Answer) -> Json {
+    let series: Vec<Json> = answer
+        .groups
+        .iter()
+        .map(|group| {
+            let (key, value) = match &group.value {
+                Aggregated::Number(value) => ("value", number(*value)),
+                Aggregated::Histogram {
+                    histogram,
+                    bounds_differ,
+                } => ("histogram", cumulative_histogram(histogram, *bounds_differ)),
+                Aggregated::ExpHistogram(histogram) => {
+                    ("exponential_histogram", exp_histogram(histogram))
+                }
+                Aggregated::Summary { count, sum } => {
+                    ("summary", json!({ "count": count, "sum": number(*sum) }))
+                }
+            };
+            let mut item = Map::new();
+            item.insert("attributes".into(), attributes(&group.attributes));
+            item.insert(key.into(), value);
+            item.insert("instances".into(), json!(group.instances));
+            Json::Object(item)
+        })
+        .collect();
+    let mut body = metric_header(&answer.metric);
+    body.insert("agg".into(), json!(answer.agg.as_str()));
+    body.insert("series".into(), json!(series));
+    body.insert("notes".into(), json!(answer.notes));
+    Json::Object(body)
+}
+
+/// One entry of `/api/v1/metrics`.
+pub fn metric_summary(summary: &MetricSummary, default_agg: &str) -> Json {
+    let mut body = metric_header(&summary.metric);
+    body.insert("description".into(), json!(&*summary.description));
+    body.insert("default_agg".into(), json!(default_agg));
+    body.insert("live_instances".into(), json!(summary.live_instances));
+    body.insert("retired_instances".into(), json!(summary.retired_instances));
+    Json::Object(body)
+}
+
 pub fn instance(view: &InstanceView) -> Json {
     let pid = match view.attributes.get("process.pid") {
         Some(AttrValue::Int(pid)) => json!(pid),
@@ -154,9 +256,12 @@ pub fn instance(view: &InstanceView) -> Json {
         },
         "exports": view.exports,
         "streams": view.streams,
-        // Retirement (instance_ttl, dead pids) comes with aggregation; until then every
-        // instance seen is live.
-        "live": true,
+        "live": view.retired.is_none(),
+        "retired": view.retired.map(|retirement| json!({
+            "reason": retirement.reason.as_str(),
+            "at_unix_nano": unix_nanos(retirement.at),
+        })),
+        "evicted": view.evicted,
     })
 }
 
@@ -186,6 +291,7 @@ pub fn stats(
         },
         "streams": streams,
         "instances": instances,
+        "instances_retired": stats.instances_retired,
         "type_conflicts": conflicts
             .iter()
             .map(|conflict| json!({

@@ -1,6 +1,10 @@
 //! The query API on the query listener: what the store holds, as JSON.
 //!
-//! - `GET /api/v1/instances`: every instance with its attributes, pid, writer, last export.
+//! - `GET /api/v1/query?metric=NAME[&agg=..][&by=..][&match=k=v]`: the total across
+//!   instances (`answer.rs`, then `aggregate::space`).
+//! - `GET /api/v1/metrics`: every metric name with kind, unit, description, instance counts.
+//! - `GET /api/v1/instances`: every instance with its attributes, pid, writer, last export,
+//!   live or retired.
 //! - `GET /api/v1/series?metric=NAME`: the raw per-instance streams of one metric.
 //! - `GET /api/v1/stats`: counters of requests and points by outcome, and type conflicts.
 //! - `GET /healthz` (the process answers) and `GET /readyz` (listeners bound, not shutting
@@ -9,19 +13,27 @@
 //! Handlers copy what they need out of the store (`Store::streams` returns owned views) and
 //! render it; no lock is held while a response is written.
 
+mod answer;
 mod json;
+mod params;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::{Query, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::aggregate::AggregateError;
+use crate::config::AggregationRule;
 use crate::store::Store;
+
+pub use answer::default_agg;
+pub use params::{ParamError, QueryParams};
 
 /// Why a query could not be answered.
 #[derive(Debug, thiserror::Error)]
@@ -30,14 +42,22 @@ pub enum QueryError {
     MissingParameter(&'static str),
     #[error("no metric named {0:?} has been received")]
     UnknownMetric(String),
-    #[error("no such endpoint: {0}; see /api/v1/instances, /api/v1/series, /api/v1/stats")]
+    #[error(
+        "no such endpoint: {0}; see /api/v1/query, /api/v1/metrics, /api/v1/instances, /api/v1/series, /api/v1/stats"
+    )]
     NotFound(String),
+    #[error(transparent)]
+    Param(#[from] ParamError),
+    #[error(transparent)]
+    Aggregate(#[from] AggregateError),
 }
 
 impl IntoResponse for QueryError {
     fn into_response(self) -> Response {
         let status = match self {
-            QueryError::MissingParameter(_) => StatusCode::BAD_REQUEST,
+            QueryError::MissingParameter(_) | QueryError::Param(_) | QueryError::Aggregate(_) => {
+                StatusCode::BAD_REQUEST
+            }
             QueryError::UnknownMetric(_) | QueryError::NotFound(_) => StatusCode::NOT_FOUND,
         };
         (status, axum::Json(json!({ "error": self.to_string() }))).into_response()
@@ -47,12 +67,16 @@ impl IntoResponse for QueryError {
 #[derive(Clone)]
 struct QueryState {
     store: Store,
+    rules: Arc<[AggregationRule]>,
     shutdown: CancellationToken,
 }
 
-/// The query router. `/readyz` answers 503 once `shutdown` is cancelled.
-pub fn router(store: Store, shutdown: CancellationToken) -> Router {
+/// The query router: `rules` give each metric's default aggregation; `/readyz` answers 503
+/// once `shutdown` is cancelled.
+pub fn router(store: Store, rules: Vec<AggregationRule>, shutdown: CancellationToken) -> Router {
     Router::new()
+        .route("/api/v1/query", get(query))
+        .route("/api/v1/metrics", get(metrics))
         .route("/api/v1/instances", get(instances))
         .route("/api/v1/series", get(series))
         .route("/api/v1/stats", get(stats))
@@ -61,7 +85,35 @@ pub fn router(store: Store, shutdown: CancellationToken) -> Router {
         .fallback(
             |uri: axum::http::Uri| async move { QueryError::NotFound(uri.path().to_string()) },
         )
-        .with_state(QueryState { store, shutdown })
+        .with_state(QueryState {
+            store,
+            rules: rules.into(),
+            shutdown,
+        })
+}
+
+async fn query(
+    State(state): State<QueryState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, QueryError> {
+    let params = QueryParams::parse(raw.as_deref())?;
+    let answer = answer::answer(&state.store, &state.rules, &params)?;
+    Ok(axum::Json(json::answer(&answer)).into_response())
+}
+
+async fn metrics(State(state): State<QueryState>) -> Response {
+    let mut summaries = state.store.metrics();
+    summaries.sort_by(|a, b| a.metric.name.cmp(&b.metric.name));
+    let metrics: Vec<_> = summaries
+        .iter()
+        .map(|summary| {
+            json::metric_summary(
+                summary,
+                default_agg(&state.rules, &summary.metric.name).as_str(),
+            )
+        })
+        .collect();
+    axum::Json(json!({ "metrics": metrics })).into_response()
 }
 
 async fn instances(State(state): State<QueryState>) -> Response {

@@ -15,22 +15,24 @@
 //! lock (the `Arc<Instance>` is cloned out first); under an instance lock only the metric
 //! registry (`metrics`) is touched, briefly, when a new stream is created.
 
+mod liveness;
 mod stats;
 mod stream;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use dashmap::DashMap;
 use foldhash::fast::RandomState;
 
-use crate::model::{Attributes, InstanceKey, MetricId, StreamKey, StreamPoint};
+use crate::model::{Attributes, InstanceAttributes, InstanceKey, MetricId, StreamKey, StreamPoint};
 use crate::outcome::{Outcome, RejectReason};
 
+pub use liveness::{Liveness, RetireReason, Retirement, SweepReport};
 pub use stats::{RequestError, Stats, StatsSnapshot};
 pub use stream::{StreamState, StreamValue};
 
@@ -78,6 +80,53 @@ struct Shared {
     n_streams: AtomicUsize,
     max_series: usize,
     stats: Stats,
+    /// Decides which resource attributes a retired accumulator's key leaves out.
+    instance_attributes: InstanceAttributes,
+    /// What evicted instances counted, per aggregated key (DESIGN.md, "Liveness and
+    /// retirement"). Its size follows the number of distinct keys, not of workers ever seen.
+    retired: Mutex<HashMap<RetiredKey, RetiredTotal, RandomState>>,
+    /// The most recently evicted instances, for `/api/v1/instances`.
+    evicted: Mutex<VecDeque<InstanceView>>,
+}
+
+/// How many evicted instances `/api/v1/instances` still lists.
+const EVICTED_LISTED: usize = 1024;
+
+/// Where an evicted instance's counting streams are folded: the metric, the resource without
+/// its instance attributes, and the point attributes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct RetiredKey {
+    metric: Arc<MetricId>,
+    resource: Attributes,
+    attributes: Attributes,
+}
+
+#[derive(Clone, Debug)]
+struct RetiredTotal {
+    value: StreamValue,
+    instances: u64,
+}
+
+/// What evicted instances counted for one aggregated key, for queries.
+#[derive(Clone, Debug)]
+pub struct RetiredView {
+    pub metric: Arc<MetricId>,
+    /// The resource without instance attributes.
+    pub resource: Attributes,
+    pub attributes: Attributes,
+    pub value: StreamValue,
+    /// How many evicted instances are folded in.
+    pub instances: u64,
+}
+
+/// One metric name, for `/api/v1/metrics`.
+#[derive(Clone, Debug)]
+pub struct MetricSummary {
+    /// The identity first seen for the name; conflicting identities are listed apart.
+    pub metric: Arc<MetricId>,
+    pub description: Arc<str>,
+    pub live_instances: u64,
+    pub retired_instances: u64,
 }
 
 struct Instance {
@@ -89,13 +138,22 @@ struct InstanceState {
     streams: HashMap<StreamKey, Stream, RandomState>,
     first_seen: SystemTime,
     last_seen: SystemTime,
+    /// Monotonic time of the last export, for `instance_ttl`.
+    last_export: Instant,
     last_writer: Writer,
     exports: u64,
+    retired: Option<Retirement>,
+    /// Removed from the map; a writer holding this handle must look the instance up again.
+    evicted: bool,
 }
 
 struct MetricEntry {
     first: Arc<MetricId>,
+    /// The longest description seen (descriptions are not identifying).
+    description: Arc<str>,
     conflicts: Vec<TypeConflict>,
+    /// Instances with streams of this metric that were evicted.
+    evicted_instances: u64,
 }
 
 /// A metric name seen with a different kind, unit or monotonicity than it was first seen
@@ -121,20 +179,27 @@ pub struct InstanceView {
     pub last_writer: Writer,
     pub exports: u64,
     pub streams: usize,
+    /// `None` while live.
+    pub retired: Option<Retirement>,
+    /// Its streams were folded into the retired totals and dropped.
+    pub evicted: bool,
 }
 
 /// An owned copy of one stream, for `/api/v1/series`.
 #[derive(Clone, Debug)]
 pub struct StreamView {
     pub instance: InstanceKey,
+    /// Whether the instance is live (not retired).
+    pub live: bool,
     pub key: StreamKey,
     pub description: Arc<str>,
     pub state: StreamState,
 }
 
 impl Store {
-    /// An empty store that keeps at most `max_series` streams.
-    pub fn new(max_series: NonZeroUsize) -> Store {
+    /// An empty store that keeps at most `max_series` streams; `instance_attributes` says
+    /// which resource attributes retired totals leave out.
+    pub fn new(max_series: NonZeroUsize, instance_attributes: InstanceAttributes) -> Store {
         Store {
             shared: Arc::new(Shared {
                 instances: DashMap::with_hasher(RandomState::default()),
@@ -142,8 +207,16 @@ impl Store {
                 n_streams: AtomicUsize::new(0),
                 max_series: max_series.get(),
                 stats: Stats::default(),
+                instance_attributes,
+                retired: Mutex::new(HashMap::with_hasher(RandomState::default())),
+                evicted: Mutex::new(VecDeque::new()),
             }),
         }
+    }
+
+    /// Which resource attributes name a worker.
+    pub fn instance_attributes(&self) -> &InstanceAttributes {
+        &self.shared.instance_attributes
     }
 
     /// Counters of what was received, accepted, rejected and dropped.
@@ -161,26 +234,56 @@ impl Store {
         mut outcome: Outcome,
     ) -> Outcome {
         let now = SystemTime::now();
+        let now_monotonic = Instant::now();
         for batch in batches {
-            let instance = self.instance(batch.resource, writer, now);
-            let mut state = lock(&instance.state);
-            state.last_seen = now;
-            state.last_writer = writer;
-            state.exports += 1;
-            for point in batch.points {
-                self.apply(&mut state, point, now, &mut outcome);
-            }
+            self.ingest_instance(batch, writer, now, now_monotonic, &mut outcome);
         }
         self.shared.stats.record(&outcome);
         outcome
     }
 
+    fn ingest_instance(
+        &self,
+        batch: InstancePoints,
+        writer: Writer,
+        now: SystemTime,
+        now_monotonic: Instant,
+        outcome: &mut Outcome,
+    ) {
+        loop {
+            let instance = self.instance(&batch.resource, writer, now, now_monotonic);
+            let mut state = lock(&instance.state);
+            if state.evicted {
+                // Evicted between the lookup and the lock: it is gone from the map, and
+                // looking it up again creates it afresh.
+                continue;
+            }
+            if state.retired.take().is_some() {
+                tracing::debug!(instance = ?instance.key, "Retired instance exported again; it is live");
+            }
+            state.last_seen = now;
+            state.last_export = now_monotonic;
+            state.last_writer = writer;
+            state.exports += 1;
+            for point in batch.points {
+                self.apply(&mut state, point, now, outcome);
+            }
+            return;
+        }
+    }
+
     /// The instance for `resource`, created on first sight.
-    fn instance(&self, resource: Attributes, writer: Writer, now: SystemTime) -> Arc<Instance> {
-        if let Some(existing) = self.shared.instances.get(&resource) {
+    fn instance(
+        &self,
+        resource: &Attributes,
+        writer: Writer,
+        now: SystemTime,
+        now_monotonic: Instant,
+    ) -> Arc<Instance> {
+        if let Some(existing) = self.shared.instances.get(resource) {
             return Arc::clone(existing.value());
         }
-        let key = Arc::new(resource);
+        let key = Arc::new(resource.clone());
         let entry = self
             .shared
             .instances
@@ -192,8 +295,11 @@ impl Store {
                         streams: HashMap::with_hasher(RandomState::default()),
                         first_seen: now,
                         last_seen: now,
+                        last_export: now_monotonic,
                         last_writer: writer,
                         exports: 0,
+                        retired: None,
+                        evicted: false,
                     }),
                 })
             });
@@ -226,9 +332,9 @@ impl Store {
                     });
                     return;
                 }
+                self.register_metric(&metric, &description, now);
                 let mut stream = Stream::new(Arc::clone(&metric), description);
                 let result = stream.apply(point);
-                self.register_metric(&metric, now);
                 state.streams.insert(key, stream);
                 result
             }
@@ -258,20 +364,22 @@ impl Store {
 
     /// Notes a new stream's metric identity and reports a type conflict the first time a
     /// name arrives with another kind, unit or monotonicity.
-    fn register_metric(&self, metric: &Arc<MetricId>, now: SystemTime) {
+    fn register_metric(&self, metric: &Arc<MetricId>, description: &Arc<str>, now: SystemTime) {
         let mut entry = self
             .shared
             .metrics
             .entry(metric.name.clone())
             .or_insert_with(|| MetricEntry {
                 first: Arc::clone(metric),
+                description: Arc::clone(description),
                 conflicts: Vec::new(),
+                evicted_instances: 0,
             });
+        if description.len() > entry.description.len() {
+            entry.description = Arc::clone(description);
+        }
         let first = &entry.first;
-        let same_type = first.kind == metric.kind
-            && first.unit == metric.unit
-            && first.monotonic == metric.monotonic;
-        if same_type {
+        if first.same_type(metric) {
             return;
         }
         let first_description = first.describe();
@@ -325,20 +433,83 @@ impl Store {
         self.shared.instances.len()
     }
 
-    /// Every instance, as owned copies.
+    /// Every instance, live and retired, and the most recently evicted ones, as owned copies.
     pub fn instances(&self) -> Vec<InstanceView> {
-        self.all_instances()
+        let mut views: Vec<InstanceView> = self
+            .all_instances()
             .into_iter()
-            .map(|instance| {
-                let state = lock(&instance.state);
-                InstanceView {
-                    attributes: Arc::clone(&instance.key),
-                    first_seen: state.first_seen,
-                    last_seen: state.last_seen,
-                    last_writer: state.last_writer,
-                    exports: state.exports,
-                    streams: state.streams.len(),
-                }
+            .map(|instance| view_of(&instance, &lock(&instance.state)))
+            .collect();
+        views.extend(lock_any(&self.shared.evicted).iter().cloned());
+        views
+    }
+
+    /// `(live, retired)` instance counts; evicted instances are not counted.
+    pub fn instance_counts(&self) -> (usize, usize) {
+        let mut counts = (0, 0);
+        for instance in self.all_instances() {
+            match lock(&instance.state).retired {
+                None => counts.0 += 1,
+                Some(_) => counts.1 += 1,
+            }
+        }
+        counts
+    }
+
+    /// The identity first seen for `metric` (the one queries aggregate), if any.
+    pub fn metric_identity(&self, metric: &str) -> Option<(Arc<MetricId>, Arc<str>)> {
+        self.shared
+            .metrics
+            .get(metric)
+            .map(|entry| (Arc::clone(&entry.first), Arc::clone(&entry.description)))
+    }
+
+    /// Every metric name with its first identity and how many instances report it.
+    pub fn metrics(&self) -> Vec<MetricSummary> {
+        let mut live: HashMap<String, u64> = HashMap::new();
+        let mut retired: HashMap<String, u64> = HashMap::new();
+        for instance in self.all_instances() {
+            let state = lock(&instance.state);
+            let mut names: Vec<&str> = state
+                .streams
+                .keys()
+                .map(|key| key.metric.name.as_str())
+                .collect();
+            names.sort_unstable();
+            names.dedup();
+            let tally = if state.retired.is_some() {
+                &mut retired
+            } else {
+                &mut live
+            };
+            for name in names {
+                *tally.entry(name.to_string()).or_default() += 1;
+            }
+        }
+        self.shared
+            .metrics
+            .iter()
+            .map(|entry| MetricSummary {
+                metric: Arc::clone(&entry.first),
+                description: Arc::clone(&entry.description),
+                live_instances: live.get(entry.key()).copied().unwrap_or(0),
+                retired_instances: retired.get(entry.key()).copied().unwrap_or(0)
+                    + entry.evicted_instances,
+            })
+            .collect()
+    }
+
+    /// What evicted instances counted for `metric`, per aggregated key.
+    pub fn retired_totals(&self, metric: &str) -> Vec<RetiredView> {
+        lock_any(&self.shared.retired)
+            .iter()
+            .filter(|(key, _)| key.metric.name == metric)
+            .map(|(key, total)| RetiredView {
+                metric: Arc::clone(&key.metric),
+                resource: key.resource.clone(),
+                attributes: key.attributes.clone(),
+                value: total.value.clone(),
+                instances: total.instances,
             })
             .collect()
     }
@@ -352,6 +523,7 @@ impl Store {
                 if key.metric.name == metric {
                     views.push(StreamView {
                         instance: Arc::clone(&instance.key),
+                        live: state.retired.is_none(),
                         key: key.clone(),
                         description: Arc::clone(stream.description()),
                         state: stream.state(),
@@ -376,5 +548,23 @@ impl Store {
 /// way later points would trip over (each point is applied or refused as a whole), so a
 /// poisoned lock is used as is rather than taking the whole store down.
 fn lock(state: &Mutex<InstanceState>) -> MutexGuard<'_, InstanceState> {
-    state.lock().unwrap_or_else(PoisonError::into_inner)
+    lock_any(state)
+}
+
+/// Locks one of the store's other mutexes, on the same reasoning as [`lock`].
+fn lock_any<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn view_of(instance: &Instance, state: &InstanceState) -> InstanceView {
+    InstanceView {
+        attributes: Arc::clone(&instance.key),
+        first_seen: state.first_seen,
+        last_seen: state.last_seen,
+        last_writer: state.last_writer,
+        exports: state.exports,
+        streams: state.streams.len(),
+        retired: state.retired,
+        evicted: state.evicted,
+    }
 }

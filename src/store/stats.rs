@@ -43,6 +43,7 @@ pub struct Stats {
     points_rejected: [AtomicU64; RejectReason::ALL.len()],
     points_dropped: [AtomicU64; DropReason::ALL.len()],
     type_conflicts: AtomicU64,
+    instances_retired: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -55,6 +56,8 @@ pub struct StatsSnapshot {
     pub points_rejected: Vec<(&'static str, u64)>,
     pub points_dropped: Vec<(&'static str, u64)>,
     pub type_conflicts: u64,
+    /// Instances retired since start (by TTL or a gone pid).
+    pub instances_retired: u64,
 }
 
 fn add(counter: &AtomicU64, count: u64) {
@@ -96,6 +99,10 @@ impl Stats {
         add(&self.type_conflicts, 1);
     }
 
+    pub(super) fn instance_retired(&self) {
+        add(&self.instances_retired, 1);
+    }
+
     pub fn snapshot(&self) -> StatsSnapshot {
         let points_rejected: Vec<_> = RejectReason::ALL
             .iter()
@@ -126,6 +133,7 @@ impl Stats {
             points_rejected,
             points_dropped,
             type_conflicts: read(&self.type_conflicts),
+            instances_retired: read(&self.instances_retired),
         }
     }
 }

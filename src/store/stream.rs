@@ -189,6 +189,32 @@ pub enum StreamValue {
     Summary(Summary),
 }
 
+impl StreamValue {
+    /// Adds another value of the same shape: numbers add, histograms merge. Values of
+    /// different shapes, or explicit histograms with different bounds, are left as they are
+    /// and `false` is returned.
+    pub fn add(&mut self, other: &StreamValue) -> bool {
+        match (self, other) {
+            (StreamValue::Number(total), StreamValue::Number(value)) => {
+                *total += value;
+                true
+            }
+            (StreamValue::Histogram(total), StreamValue::Histogram(value)) => {
+                total.add(value).is_ok()
+            }
+            (StreamValue::ExpHistogram(total), StreamValue::ExpHistogram(value)) => {
+                total.add(value);
+                true
+            }
+            (StreamValue::Summary(total), StreamValue::Summary(value)) => {
+                total.add(value);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 /// One stream's state.
 #[derive(Clone, Debug)]
 pub struct Stream {

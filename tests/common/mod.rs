@@ -10,8 +10,10 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
-    Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric::Data,
-    number_data_point,
+    ExponentialHistogram, ExponentialHistogramDataPoint, Gauge, Histogram, HistogramDataPoint,
+    Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, Summary, SummaryDataPoint,
+    exponential_histogram_data_point::Buckets, metric::Data, number_data_point,
+    summary_data_point::ValueAtQuantile,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use serde_json::Value as Json;
@@ -183,6 +185,25 @@ impl TestFanin {
             .into_iter()
             .map(|stream| stream["value"].clone())
             .collect()
+    }
+
+    /// GETs `/api/v1/query?{query}` and returns the status and answer.
+    pub async fn query(&self, query: &str) -> (u16, Json) {
+        self.get(&format!("/api/v1/query?{query}")).await
+    }
+
+    /// The series of a successful query.
+    pub async fn query_series(&self, query: &str) -> Vec<Json> {
+        let (status, body) = self.query(query).await;
+        assert_eq!(status, 200, "{query}: {body}");
+        body["series"].as_array().expect("series array").clone()
+    }
+
+    /// The value of a query that has exactly one group.
+    pub async fn total(&self, query: &str) -> Json {
+        let series = self.query_series(query).await;
+        assert_eq!(series.len(), 1, "{query}: {series:?}");
+        series[0]["value"].clone()
     }
 
     pub async fn stats(&self) -> Json {
@@ -388,6 +409,91 @@ impl Export {
                 data_points: vec![NumberDataPoint {
                     time_unix_nano: time,
                     value: Some(number_data_point::Value::AsDouble(value)),
+                    ..Default::default()
+                }],
+            })),
+            ..Default::default()
+        })
+    }
+
+    /// A cumulative explicit-bucket histogram point.
+    pub fn histogram(
+        self,
+        name: &str,
+        start: u64,
+        time: u64,
+        bounds: &[f64],
+        counts: &[u64],
+    ) -> Export {
+        self.metric(Metric {
+            name: name.into(),
+            unit: "s".into(),
+            data: Some(Data::Histogram(Histogram {
+                data_points: vec![HistogramDataPoint {
+                    start_time_unix_nano: start,
+                    time_unix_nano: time,
+                    count: counts.iter().sum(),
+                    sum: Some(counts.iter().sum::<u64>() as f64),
+                    bucket_counts: counts.to_vec(),
+                    explicit_bounds: bounds.to_vec(),
+                    ..Default::default()
+                }],
+                aggregation_temporality: 2,
+            })),
+            ..Default::default()
+        })
+    }
+
+    /// A cumulative exponential histogram point with positive buckets from index 0.
+    pub fn exp_histogram(
+        self,
+        name: &str,
+        start: u64,
+        time: u64,
+        scale: i32,
+        counts: &[u64],
+    ) -> Export {
+        self.metric(Metric {
+            name: name.into(),
+            unit: "By".into(),
+            data: Some(Data::ExponentialHistogram(ExponentialHistogram {
+                data_points: vec![ExponentialHistogramDataPoint {
+                    start_time_unix_nano: start,
+                    time_unix_nano: time,
+                    count: counts.iter().sum(),
+                    scale,
+                    positive: Some(Buckets {
+                        offset: 0,
+                        bucket_counts: counts.to_vec(),
+                    }),
+                    ..Default::default()
+                }],
+                aggregation_temporality: 2,
+            })),
+            ..Default::default()
+        })
+    }
+
+    /// A summary point with `(quantile, value)` pairs.
+    pub fn summary(
+        self,
+        name: &str,
+        time: u64,
+        count: u64,
+        sum: f64,
+        quantiles: &[(f64, f64)],
+    ) -> Export {
+        self.metric(Metric {
+            name: name.into(),
+            data: Some(Data::Summary(Summary {
+                data_points: vec![SummaryDataPoint {
+                    time_unix_nano: time,
+                    count,
+                    sum,
+                    quantile_values: quantiles
+                        .iter()
+                        .map(|&(quantile, value)| ValueAtQuantile { quantile, value })
+                        .collect(),
                     ..Default::default()
                 }],
             })),

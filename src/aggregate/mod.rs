@@ -1,0 +1,309 @@
+//! Space aggregation: the streams of many instances folded into one value per group
+//! (DESIGN.md, "Space aggregation").
+//!
+//! Pure: the query layer hands in owned contributions (each stream's value, its attributes
+//! with the instance attributes already removed, whether its instance is live), and gets
+//! groups back. No I/O, no locks.
+//!
+//! What counts, by kind:
+//! - counters (monotonic sums), histograms, summaries count events: `sum` adds live and
+//!   retired instances, so a total never goes down because a worker died or restarted;
+//! - gauges and up-down counters describe the present: `sum` adds live instances only;
+//! - `max`, `min`, `avg` and `count` look at live instances' current values, for any numeric
+//!   kind; histograms and summaries only merge (`sum`).
+
+use std::collections::{HashMap, HashSet};
+
+use crate::model::{Attributes, ExpBuckets, ExpHistogram, Histogram, Kind, MetricId};
+use crate::store::StreamValue;
+
+/// A space aggregation function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Agg {
+    Sum,
+    Max,
+    Min,
+    Avg,
+    Count,
+}
+
+impl Agg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Agg::Sum => "sum",
+            Agg::Max => "max",
+            Agg::Min => "min",
+            Agg::Avg => "avg",
+            Agg::Count => "count",
+        }
+    }
+}
+
+impl std::str::FromStr for Agg {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Agg, String> {
+        match text {
+            "sum" => Ok(Agg::Sum),
+            "max" => Ok(Agg::Max),
+            "min" => Ok(Agg::Min),
+            "avg" => Ok(Agg::Avg),
+            "count" => Ok(Agg::Count),
+            other => Err(format!(
+                "{other:?} is not an aggregation; use sum, max, min, avg or count"
+            )),
+        }
+    }
+}
+
+/// How a metric's values combine, from its identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Monotonic sums: totals include retired instances.
+    Counter,
+    /// Gauges and non-monotonic sums: totals over live instances.
+    Current,
+    Histogram,
+    ExpHistogram,
+    /// Count and sum merge; quantiles do not.
+    Summary,
+}
+
+impl Shape {
+    pub fn of(metric: &MetricId) -> Shape {
+        match metric.kind {
+            Kind::Sum if metric.monotonic => Shape::Counter,
+            Kind::Sum | Kind::Gauge => Shape::Current,
+            Kind::Histogram => Shape::Histogram,
+            Kind::ExponentialHistogram => Shape::ExpHistogram,
+            Kind::Summary => Shape::Summary,
+        }
+    }
+
+    fn counts_retired(self) -> bool {
+        !matches!(self, Shape::Current)
+    }
+
+    fn is_numeric(self) -> bool {
+        matches!(self, Shape::Counter | Shape::Current)
+    }
+}
+
+/// Where a value comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// A stream of a stored instance; the number tells instances apart within one query.
+    Instance(usize),
+    /// The retired totals of evicted instances, folded per key.
+    Retired { instances: u64 },
+}
+
+/// One value going into the aggregation.
+#[derive(Debug, Clone)]
+pub struct Contribution<'a> {
+    /// Resource attributes without instance attributes, merged with the point attributes.
+    pub attributes: Attributes,
+    pub source: Source,
+    /// Whether the instance is live; retired instances count only for counting kinds.
+    pub live: bool,
+    pub value: &'a StreamValue,
+}
+
+/// The aggregated value of one group.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Aggregated {
+    Number(f64),
+    /// Merged explicit-bucket histogram. With `bounds_differ`, instances disagreed on the
+    /// bucket bounds: count, sum, min and max are merged, the buckets are not.
+    Histogram {
+        histogram: Histogram,
+        bounds_differ: bool,
+    },
+    ExpHistogram(ExpHistogram),
+    /// Count and sum only: quantiles cannot be merged.
+    Summary {
+        count: u64,
+        sum: f64,
+    },
+}
+
+/// One group of the answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Group {
+    pub attributes: Attributes,
+    pub value: Aggregated,
+    /// Instances that contributed. Evicted instances are known only per folded key, so they
+    /// add the largest count among the group's keys: a lower bound.
+    pub instances: u64,
+}
+
+/// Why an aggregation cannot be computed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AggregateError {
+    #[error("agg={agg} is defined for numeric metrics only; {kind} metrics merge with agg=sum")]
+    NotNumeric {
+        agg: &'static str,
+        kind: &'static str,
+    },
+}
+
+#[derive(Default)]
+struct Accumulator {
+    sum: f64,
+    min: f64,
+    max: f64,
+    values: u64,
+    histogram: Option<Histogram>,
+    bounds_differ: bool,
+    exp_histogram: Option<ExpHistogram>,
+    summary: (u64, f64),
+    instances: HashSet<usize>,
+    retired_instances: u64,
+}
+
+impl Accumulator {
+    fn add(&mut self, contribution: &Contribution) {
+        match contribution.source {
+            Source::Instance(index) => {
+                self.instances.insert(index);
+            }
+            Source::Retired { instances } => {
+                self.retired_instances = self.retired_instances.max(instances);
+            }
+        }
+        match contribution.value {
+            StreamValue::Number(value) => {
+                if self.values == 0 {
+                    self.min = *value;
+                    self.max = *value;
+                } else {
+                    self.min = self.min.min(*value);
+                    self.max = self.max.max(*value);
+                }
+                self.sum += value;
+                self.values += 1;
+            }
+            StreamValue::Histogram(value) => match &mut self.histogram {
+                None => self.histogram = Some(value.clone()),
+                Some(total) => {
+                    if total.add(value).is_err() {
+                        // Keep what still adds up; the buckets no longer mean anything.
+                        self.bounds_differ = true;
+                        total.count += value.count;
+                        total.sum = total.sum.zip(value.sum).map(|(a, b)| a + b);
+                        total.min = total.min.zip(value.min).map(|(a, b)| a.min(b));
+                        total.max = total.max.zip(value.max).map(|(a, b)| a.max(b));
+                    }
+                }
+            },
+            StreamValue::ExpHistogram(value) => match &mut self.exp_histogram {
+                None => self.exp_histogram = Some(value.clone()),
+                Some(total) => total.add(value),
+            },
+            StreamValue::Summary(value) => {
+                self.summary.0 += value.count;
+                self.summary.1 += value.sum;
+            }
+        }
+    }
+
+    fn finish(self, shape: Shape, agg: Agg) -> (Aggregated, u64) {
+        let instances = self.instances.len() as u64 + self.retired_instances;
+        let value = match shape {
+            Shape::Counter | Shape::Current => Aggregated::Number(match agg {
+                Agg::Sum => self.sum,
+                Agg::Max => self.max,
+                Agg::Min => self.min,
+                Agg::Avg => self.sum / self.values as f64,
+                Agg::Count => self.values as f64,
+            }),
+            Shape::Histogram => {
+                let histogram = self.histogram.unwrap_or(Histogram {
+                    count: 0,
+                    sum: None,
+                    min: None,
+                    max: None,
+                    bounds: Vec::new(),
+                    bucket_counts: vec![0],
+                });
+                Aggregated::Histogram {
+                    histogram,
+                    bounds_differ: self.bounds_differ,
+                }
+            }
+            Shape::ExpHistogram => {
+                Aggregated::ExpHistogram(self.exp_histogram.unwrap_or(ExpHistogram {
+                    count: 0,
+                    sum: None,
+                    min: None,
+                    max: None,
+                    scale: 0,
+                    zero_count: 0,
+                    zero_threshold: 0.0,
+                    positive: ExpBuckets::default(),
+                    negative: ExpBuckets::default(),
+                }))
+            }
+            Shape::Summary => Aggregated::Summary {
+                count: self.summary.0,
+                sum: self.summary.1,
+            },
+        };
+        (value, instances)
+    }
+}
+
+/// Aggregates `contributions` with `agg`, grouping by all their attributes or only the keys
+/// in `by`. Groups come out in a stable order (by their attributes).
+///
+/// # Errors
+/// [`AggregateError::NotNumeric`] when `max`, `min`, `avg` or `count` is asked of a
+/// histogram or summary.
+pub fn space(
+    contributions: &[Contribution],
+    shape: Shape,
+    agg: Agg,
+    by: Option<&[String]>,
+) -> Result<Vec<Group>, AggregateError> {
+    if agg != Agg::Sum && !shape.is_numeric() {
+        let kind = match shape {
+            Shape::Histogram => "histogram",
+            Shape::ExpHistogram => "exponential histogram",
+            _ => "summary",
+        };
+        return Err(AggregateError::NotNumeric {
+            agg: agg.as_str(),
+            kind,
+        });
+    }
+    let include_retired = agg == Agg::Sum && shape.counts_retired();
+    let mut groups: HashMap<Attributes, Accumulator> = HashMap::new();
+    for contribution in contributions {
+        if !contribution.live && !include_retired {
+            continue;
+        }
+        let key = match by {
+            None => contribution.attributes.clone(),
+            Some(keys) => contribution
+                .attributes
+                .retain(|key| keys.iter().any(|wanted| wanted == key)),
+        };
+        groups.entry(key).or_default().add(contribution);
+    }
+    let mut result: Vec<Group> = groups
+        .into_iter()
+        .map(|(attributes, accumulator)| {
+            let (value, instances) = accumulator.finish(shape, agg);
+            Group {
+                attributes,
+                value,
+                instances,
+            }
+        })
+        .collect();
+    result.sort_by_cached_key(|group| format!("{:?}", group.attributes));
+    Ok(result)
+}
+
+#[cfg(test)]
+mod tests;

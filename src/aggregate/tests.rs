@@ -1,0 +1,256 @@
+//! Aggregation rules as data: each test is a line of contributions and an expected result.
+
+use super::*;
+use crate::model::AttrValue;
+
+fn attrs(pairs: &[(&str, &str)]) -> Attributes {
+    Attributes::new(
+        pairs
+            .iter()
+            .map(|(key, value)| (key.to_string(), AttrValue::Str(value.to_string())))
+            .collect(),
+    )
+}
+
+/// `(instance, live, value)` numbers, all in one group.
+#[track_caller]
+fn check(values: &[(usize, bool, f64)], shape: Shape, agg: Agg, expected: f64, instances: u64) {
+    let stored: Vec<StreamValue> = values.iter().map(|v| StreamValue::Number(v.2)).collect();
+    let contributions: Vec<Contribution> = values
+        .iter()
+        .zip(&stored)
+        .map(|(&(instance, live, _), value)| Contribution {
+            attributes: attrs(&[("route", "/a")]),
+            source: Source::Instance(instance),
+            live,
+            value,
+        })
+        .collect();
+    let groups = space(&contributions, shape, agg, None).expect("numeric aggregation");
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0].value, Aggregated::Number(expected));
+    assert_eq!(groups[0].instances, instances);
+}
+
+const INFLIGHT: [(usize, bool, f64); 4] = [
+    (0, true, 128.0),
+    (1, true, 128.0),
+    (2, true, 128.0),
+    (3, true, 128.0),
+];
+
+#[test]
+fn sum_of_inflight_is_512_and_max_is_128() {
+    check(&INFLIGHT, Shape::Current, Agg::Sum, 512.0, 4);
+    check(&INFLIGHT, Shape::Current, Agg::Max, 128.0, 4);
+    check(&INFLIGHT, Shape::Current, Agg::Count, 4.0, 4);
+    check(&INFLIGHT, Shape::Current, Agg::Avg, 128.0, 4);
+}
+
+#[test]
+fn counters_keep_retired_instances() {
+    check(
+        &[(0, true, 5.0), (1, false, 7.0)],
+        Shape::Counter,
+        Agg::Sum,
+        12.0,
+        2,
+    );
+}
+
+#[test]
+fn gauges_drop_retired_instances() {
+    check(
+        &[(0, true, 5.0), (1, false, 7.0)],
+        Shape::Current,
+        Agg::Sum,
+        5.0,
+        1,
+    );
+}
+
+#[test]
+fn max_min_avg_look_at_live_values_only() {
+    let values = [(0, true, 5.0), (1, true, 1.0), (2, false, 100.0)];
+    check(&values, Shape::Counter, Agg::Max, 5.0, 2);
+    check(&values, Shape::Counter, Agg::Min, 1.0, 2);
+    check(&values, Shape::Counter, Agg::Avg, 3.0, 2);
+}
+
+#[test]
+fn one_instance_with_two_streams_counts_once() {
+    check(
+        &[(0, true, 1.0), (0, true, 2.0)],
+        Shape::Counter,
+        Agg::Sum,
+        3.0,
+        1,
+    );
+}
+
+#[test]
+fn by_groups_on_a_subset() {
+    let values = [
+        StreamValue::Number(1.0),
+        StreamValue::Number(2.0),
+        StreamValue::Number(4.0),
+    ];
+    let contributions = vec![
+        Contribution {
+            attributes: attrs(&[("route", "/a"), ("method", "GET")]),
+            source: Source::Instance(0),
+            live: true,
+            value: &values[0],
+        },
+        Contribution {
+            attributes: attrs(&[("route", "/a"), ("method", "POST")]),
+            source: Source::Instance(1),
+            live: true,
+            value: &values[1],
+        },
+        Contribution {
+            attributes: attrs(&[("route", "/b"), ("method", "GET")]),
+            source: Source::Retired { instances: 3 },
+            live: false,
+            value: &values[2],
+        },
+    ];
+    let by = ["route".to_string()];
+    let groups = space(&contributions, Shape::Counter, Agg::Sum, Some(&by)).expect("sum");
+    let got: Vec<_> = groups
+        .iter()
+        .map(|group| {
+            (
+                group.attributes.clone(),
+                group.value.clone(),
+                group.instances,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (attrs(&[("route", "/a")]), Aggregated::Number(3.0), 2),
+            (attrs(&[("route", "/b")]), Aggregated::Number(4.0), 3),
+        ]
+    );
+    let everything = space(&contributions, Shape::Counter, Agg::Sum, Some(&[])).expect("sum");
+    assert_eq!(everything.len(), 1);
+    assert_eq!(everything[0].value, Aggregated::Number(7.0));
+}
+
+fn histogram(bounds: &[f64], counts: &[u64]) -> StreamValue {
+    StreamValue::Histogram(Histogram {
+        count: counts.iter().sum(),
+        sum: Some(counts.iter().sum::<u64>() as f64),
+        min: Some(0.0),
+        max: Some(10.0),
+        bounds: bounds.to_vec(),
+        bucket_counts: counts.to_vec(),
+    })
+}
+
+fn merge(values: &[StreamValue], shape: Shape) -> Aggregated {
+    let contributions: Vec<Contribution> = values
+        .iter()
+        .enumerate()
+        .map(|(index, value)| Contribution {
+            attributes: Attributes::default(),
+            source: Source::Instance(index),
+            live: index % 2 == 0,
+            value,
+        })
+        .collect();
+    let groups = space(&contributions, shape, Agg::Sum, None).expect("merge");
+    groups[0].value.clone()
+}
+
+#[test]
+fn histograms_merge_bucket_wise_including_retired() {
+    let merged = merge(
+        &[
+            histogram(&[1.0, 5.0], &[1, 2, 3]),
+            histogram(&[1.0, 5.0], &[4, 0, 1]),
+        ],
+        Shape::Histogram,
+    );
+    match merged {
+        Aggregated::Histogram {
+            histogram,
+            bounds_differ,
+        } => {
+            assert!(!bounds_differ);
+            assert_eq!(histogram.bucket_counts, vec![5, 2, 4]);
+            assert_eq!(histogram.count, 11);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn histograms_with_other_bounds_say_so() {
+    let merged = merge(
+        &[histogram(&[1.0], &[1, 2]), histogram(&[2.0], &[4, 1])],
+        Shape::Histogram,
+    );
+    match merged {
+        Aggregated::Histogram {
+            histogram,
+            bounds_differ,
+        } => {
+            assert!(bounds_differ);
+            assert_eq!(histogram.count, 8);
+            assert_eq!(histogram.sum, Some(8.0));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn exponential_histograms_at_scales_3_and_1_merge_exactly() {
+    let exp = |scale, counts: &[u64]| {
+        StreamValue::ExpHistogram(ExpHistogram {
+            count: counts.iter().sum(),
+            sum: Some(1.0),
+            min: None,
+            max: None,
+            scale,
+            zero_count: 0,
+            zero_threshold: 0.0,
+            positive: ExpBuckets {
+                offset: 0,
+                counts: counts.to_vec(),
+            },
+            negative: ExpBuckets::default(),
+        })
+    };
+    let merged = merge(
+        &[exp(3, &[1, 1, 1, 1, 1, 1, 1, 1]), exp(1, &[10, 20])],
+        Shape::ExpHistogram,
+    );
+    match merged {
+        Aggregated::ExpHistogram(histogram) => {
+            assert_eq!(histogram.scale, 1);
+            assert_eq!(histogram.positive.counts, vec![14, 24]);
+            assert_eq!(histogram.count, 38);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn only_sum_is_defined_for_histograms() {
+    let values = [histogram(&[1.0], &[1, 1])];
+    let contributions = vec![Contribution {
+        attributes: Attributes::default(),
+        source: Source::Instance(0),
+        live: true,
+        value: &values[0],
+    }];
+    let error =
+        space(&contributions, Shape::Histogram, Agg::Max, None).expect_err("max of histogram");
+    assert_eq!(
+        error.to_string(),
+        "agg=max is defined for numeric metrics only; histogram metrics merge with agg=sum"
+    );
+}

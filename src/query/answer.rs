@@ -1,0 +1,149 @@
+//! `/api/v1/query`: gathers one metric's streams and retired totals from the store, filters
+//! them with `match`, and hands them to `aggregate::space`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::aggregate::{self, Agg, Aggregated, Contribution, Group, Shape, Source};
+use crate::config::AggregationRule;
+use crate::model::{Attributes, MetricId};
+use crate::store::Store;
+
+use super::QueryError;
+use super::json::attr_text;
+use super::params::QueryParams;
+
+/// An aggregated answer, ready to render.
+pub struct Answer {
+    pub metric: Arc<MetricId>,
+    pub agg: Agg,
+    pub groups: Vec<Group>,
+    /// What the reader must know to read the numbers right.
+    pub notes: Vec<String>,
+}
+
+/// The aggregation a metric gets when none is asked for: the first matching rule, else sum.
+pub fn default_agg(rules: &[AggregationRule], metric: &str) -> Agg {
+    rules
+        .iter()
+        .find(|rule| rule.metric.is_match(metric))
+        .map_or(Agg::Sum, |rule| rule.agg)
+}
+
+/// Aggregates `params.metric` as the parameters say.
+///
+/// # Errors
+/// [`QueryError::UnknownMetric`], or [`QueryError::Aggregate`] for an aggregation the
+/// metric's kind does not have.
+pub fn answer(
+    store: &Store,
+    rules: &[AggregationRule],
+    params: &QueryParams,
+) -> Result<Answer, QueryError> {
+    let (metric, _) = store
+        .metric_identity(&params.metric)
+        .ok_or_else(|| QueryError::UnknownMetric(params.metric.clone()))?;
+    let shape = Shape::of(&metric);
+    let agg = params
+        .agg
+        .unwrap_or_else(|| default_agg(rules, &metric.name));
+    // Only the identity first seen for the name is aggregated; others are type conflicts.
+    let mut other_types: Vec<String> = Vec::new();
+    let mut keep = |candidate: &MetricId| {
+        let same = candidate.same_type(&metric);
+        if !same {
+            let description = candidate.describe();
+            if !other_types.contains(&description) {
+                other_types.push(description);
+            }
+        }
+        same
+    };
+
+    let streams = store.streams(&params.metric);
+    let retired = store.retired_totals(&params.metric);
+    let instance_attributes = store.instance_attributes();
+    let mut instances: HashMap<*const Attributes, (usize, Attributes)> = HashMap::new();
+    let mut contributions = Vec::with_capacity(streams.len() + retired.len());
+    for view in &streams {
+        let Some(value) = &view.state.value else {
+            continue;
+        };
+        if !keep(&view.key.metric) {
+            continue;
+        }
+        let next = instances.len();
+        let (index, resource) = instances
+            .entry(Arc::as_ptr(&view.instance))
+            .or_insert_with(|| (next, instance_attributes.strip(&view.instance)));
+        let attributes = resource.merged(&view.key.attributes);
+        if selected(&attributes, &params.matches) {
+            contributions.push(Contribution {
+                attributes,
+                source: Source::Instance(*index),
+                live: view.live,
+                value,
+            });
+        }
+    }
+    for total in &retired {
+        if !keep(&total.metric) {
+            continue;
+        }
+        let attributes = total.resource.merged(&total.attributes);
+        if selected(&attributes, &params.matches) {
+            contributions.push(Contribution {
+                attributes,
+                source: Source::Retired {
+                    instances: total.instances,
+                },
+                live: false,
+                value: &total.value,
+            });
+        }
+    }
+    let groups = aggregate::space(&contributions, shape, agg, params.by.as_deref())?;
+
+    let mut notes = Vec::new();
+    if shape == Shape::Summary {
+        notes.push(format!(
+            "summary quantiles cannot be merged across instances: each instance's are at /api/v1/series?metric={}",
+            metric.name
+        ));
+    }
+    if groups.iter().any(|group| {
+        matches!(
+            group.value,
+            Aggregated::Histogram {
+                bounds_differ: true,
+                ..
+            }
+        )
+    }) {
+        notes.push(
+            "instances disagree on this histogram's bucket bounds: count, sum, min and max are merged, buckets are not"
+                .to_string(),
+        );
+    }
+    if !other_types.is_empty() {
+        notes.push(format!(
+            "streams of this name with another type ({}) are left out; see type_conflicts at /api/v1/stats",
+            other_types.join("; ")
+        ));
+    }
+    Ok(Answer {
+        metric,
+        agg,
+        groups,
+        notes,
+    })
+}
+
+/// Whether every `match` holds: the attribute exists and renders as the wanted text.
+fn selected(attributes: &Attributes, matches: &[(String, String)]) -> bool {
+    matches.iter().all(|(key, wanted)| {
+        attributes
+            .get(key)
+            .is_some_and(|value| attr_text(value) == *wanted)
+    })
+}

@@ -1,0 +1,267 @@
+//! Liveness: which instances still export, and what becomes of those that stopped
+//! (DESIGN.md, "Liveness and retirement").
+//!
+//! A sweep, run periodically by the app, does two things:
+//!
+//! 1. **Retire** a live instance that has not exported for `instance_ttl`, or whose
+//!    `process.pid` is gone while its `host.name` is this host (signal 0 through `nix`).
+//!    A retired instance's gauges and up-down counters leave the live totals at once; its
+//!    counters, histograms and summaries keep counting. If it exports again it is live again,
+//!    with its streams intact, so nothing is counted twice.
+//! 2. **Evict** an instance that has been retired for another `instance_ttl`: its counting
+//!    streams are folded into the retired totals, one per aggregated key (metric, resource
+//!    without instance attributes, point attributes), and its streams are dropped. Memory then
+//!    follows the number of keys, not the number of workers ever seen.
+//!
+//! A pid can be checked only from the same pid namespace: a sidecar container that cannot
+//! see the workers' processes would find every pid gone, so the check can be switched off
+//! (`aggregation.pid_check`), leaving `instance_ttl` alone to decide.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::errno::Errno;
+use nix::sys::signal::kill;
+use nix::unistd::Pid;
+
+use super::{
+    EVICTED_LISTED, Instance, InstanceState, RetiredKey, RetiredTotal, Store, lock, lock_any,
+    view_of,
+};
+use crate::model::{AttrValue, Attributes};
+
+/// Why an instance was retired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RetireReason {
+    /// No export for `instance_ttl`.
+    Expired,
+    /// Its `process.pid` on this host no longer exists.
+    ProcessGone,
+}
+
+impl RetireReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RetireReason::Expired => "instance_ttl",
+            RetireReason::ProcessGone => "process_gone",
+        }
+    }
+}
+
+/// When and why an instance was retired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retirement {
+    pub at: SystemTime,
+    /// Monotonic time of the retirement, for eviction.
+    pub since: Instant,
+    pub reason: RetireReason,
+}
+
+/// How liveness is decided.
+#[derive(Clone, Debug)]
+pub struct Liveness {
+    /// Retire after this long without an export; evict after as long again.
+    pub ttl: Duration,
+    /// This host's name when pid checks are on; `None` turns them off.
+    pub local_host: Option<String>,
+}
+
+impl Liveness {
+    /// How often the app should sweep: often enough that a dead pid is noticed within about
+    /// a second, and a TTL within half of itself.
+    pub fn sweep_interval(&self) -> Duration {
+        (self.ttl / 2).clamp(Duration::from_millis(10), Duration::from_secs(1))
+    }
+}
+
+/// What one sweep did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    pub retired: usize,
+    pub evicted: usize,
+}
+
+impl Store {
+    /// Retires and evicts instances as of `now`.
+    pub fn sweep(&self, now: Instant, liveness: &Liveness) -> SweepReport {
+        let mut report = SweepReport::default();
+        for instance in self.all_instances() {
+            let mut state = lock(&instance.state);
+            if state.evicted {
+                continue;
+            }
+            match state.retired {
+                None => {
+                    let reason = if now.saturating_duration_since(state.last_export) >= liveness.ttl
+                    {
+                        Some(RetireReason::Expired)
+                    } else if liveness
+                        .local_host
+                        .as_deref()
+                        .is_some_and(|host| process_gone(&instance.key, host))
+                    {
+                        Some(RetireReason::ProcessGone)
+                    } else {
+                        None
+                    };
+                    if let Some(reason) = reason {
+                        tracing::debug!(instance = ?instance.key, reason = reason.as_str(), "Retired instance");
+                        state.retired = Some(Retirement {
+                            at: SystemTime::now(),
+                            since: now,
+                            reason,
+                        });
+                        self.shared.stats.instance_retired();
+                        report.retired += 1;
+                    }
+                }
+                Some(retirement) => {
+                    if now.saturating_duration_since(retirement.since) >= liveness.ttl {
+                        self.evict(&instance, &mut state);
+                        report.evicted += 1;
+                    }
+                }
+            }
+        }
+        report
+    }
+
+    /// Folds a retired instance's counting streams into the retired totals and removes it.
+    fn evict(&self, instance: &Instance, state: &mut InstanceState) {
+        let resource = self.shared.instance_attributes.strip(&instance.key);
+        let n_streams = state.streams.len();
+        let mut names: Vec<String> = Vec::new();
+        {
+            let mut retired = lock_any(&self.shared.retired);
+            for (key, stream) in state.streams.drain() {
+                if !names.contains(&key.metric.name) {
+                    names.push(key.metric.name.clone());
+                }
+                if !key.metric.counts_events() {
+                    continue;
+                }
+                let Some(value) = stream.state().value else {
+                    continue;
+                };
+                let retired_key = RetiredKey {
+                    metric: Arc::clone(&key.metric),
+                    resource: resource.clone(),
+                    attributes: key.attributes,
+                };
+                match retired.get_mut(&retired_key) {
+                    Some(total) => {
+                        total.value.add(&value);
+                        total.instances += 1;
+                    }
+                    None => {
+                        retired.insert(
+                            retired_key,
+                            RetiredTotal {
+                                value,
+                                instances: 1,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        for name in &names {
+            if let Some(mut entry) = self.shared.metrics.get_mut(name) {
+                entry.evicted_instances += 1;
+            }
+        }
+        self.shared
+            .n_streams
+            .fetch_sub(n_streams, Ordering::Relaxed);
+        state.evicted = true;
+        // Removing from the map under the instance lock is safe: no one holds a map guard
+        // while waiting for an instance lock.
+        self.shared.instances.remove(&instance.key);
+        let mut evicted = lock_any(&self.shared.evicted);
+        if evicted.len() == EVICTED_LISTED {
+            evicted.pop_front();
+        }
+        evicted.push_back(view_of(instance, state));
+        tracing::debug!(instance = ?instance.key, streams = n_streams, "Evicted retired instance");
+    }
+}
+
+/// Whether the resource names a process on this host that no longer exists.
+fn process_gone(resource: &Attributes, local_host: &str) -> bool {
+    let Some(AttrValue::Int(pid)) = resource.get("process.pid") else {
+        return false;
+    };
+    let Some(AttrValue::Str(host)) = resource.get("host.name") else {
+        return false;
+    };
+    if host != local_host {
+        return false;
+    }
+    // 0 and negative numbers address process groups, not a process.
+    let Ok(pid) = i32::try_from(*pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // EPERM means the process exists but belongs to someone else: alive.
+    matches!(kill(Pid::from_raw(pid), None), Err(Errno::ESRCH))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resource(pid: i64, host: &str) -> Attributes {
+        Attributes::new(vec![
+            ("process.pid".into(), AttrValue::Int(pid)),
+            ("host.name".into(), AttrValue::Str(host.into())),
+        ])
+    }
+
+    #[test]
+    fn own_process_is_alive() {
+        assert!(!process_gone(
+            &resource(i64::from(std::process::id()), "here"),
+            "here"
+        ));
+    }
+
+    #[test]
+    fn reaped_child_is_gone() {
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let pid = i64::from(child.id());
+        child.wait().expect("reap");
+        assert!(process_gone(&resource(pid, "here"), "here"));
+    }
+
+    #[test]
+    fn other_hosts_and_odd_pids_are_never_checked() {
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        let pid = i64::from(child.id());
+        child.wait().expect("reap");
+        assert!(!process_gone(&resource(pid, "elsewhere"), "here"));
+        assert!(!process_gone(&resource(0, "here"), "here"));
+        assert!(!process_gone(&resource(-1, "here"), "here"));
+        assert!(!process_gone(&resource(1 << 40, "here"), "here"));
+    }
+
+    #[test]
+    fn sweep_interval_is_bounded() {
+        let at = |ttl| {
+            Liveness {
+                ttl,
+                local_host: None,
+            }
+            .sweep_interval()
+        };
+        assert_eq!(at(Duration::from_secs(300)), Duration::from_secs(1));
+        assert_eq!(at(Duration::from_millis(200)), Duration::from_millis(100));
+        assert_eq!(at(Duration::ZERO), Duration::from_millis(10));
+    }
+}
