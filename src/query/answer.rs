@@ -1,13 +1,14 @@
-//! `/api/v1/query`: gathers one metric's streams and retired totals from the store, filters
-//! them with `match`, and hands them to `aggregate::space`.
+//! `/api/v1/query` and `/metrics`: one metric's streams and retired totals, filtered with
+//! `match`, handed to `aggregate::space`. [`answer`] gathers them from the store for one
+//! query; [`build`] works on a snapshot, so `/metrics` can take one for every metric.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::aggregate::{self, Agg, Aggregated, Contribution, Group, Shape, Source};
+use crate::aggregate::{self, Agg, AggregateError, Aggregated, Contribution, Group, Shape, Source};
 use crate::config::AggregationRule;
-use crate::model::{Attributes, MetricId};
-use crate::store::Store;
+use crate::model::{Attributes, InstanceAttributes, MetricId};
+use crate::store::{RetiredView, Store, StreamView};
 
 use super::QueryError;
 use super::json::attr_text;
@@ -43,10 +44,45 @@ pub fn answer(
     let (metric, _) = store
         .metric_identity(&params.metric)
         .ok_or_else(|| QueryError::UnknownMetric(params.metric.clone()))?;
-    let shape = Shape::of(&metric);
     let agg = params
         .agg
         .unwrap_or_else(|| default_agg(rules, &metric.name));
+    let streams = store.streams(&params.metric);
+    let retired = store.retired_totals(&params.metric);
+    let selection = Selection {
+        by: params.by.as_deref(),
+        matches: &params.matches,
+    };
+    Ok(build(
+        metric,
+        agg,
+        &streams,
+        &retired,
+        store.instance_attributes(),
+        selection,
+    )?)
+}
+
+/// How the streams of one answer are chosen and grouped.
+#[derive(Clone, Copy, Default)]
+pub struct Selection<'a> {
+    pub by: Option<&'a [String]>,
+    pub matches: &'a [(String, String)],
+}
+
+/// Aggregates one metric from a snapshot of its streams and retired totals.
+///
+/// # Errors
+/// [`AggregateError`] for an aggregation the metric's kind does not have.
+pub fn build(
+    metric: Arc<MetricId>,
+    agg: Agg,
+    streams: &[StreamView],
+    retired: &[RetiredView],
+    instance_attributes: &InstanceAttributes,
+    selection: Selection,
+) -> Result<Answer, AggregateError> {
+    let shape = Shape::of(&metric);
     // Only the identity first seen for the name is aggregated; others are type conflicts.
     let mut other_types: Vec<String> = Vec::new();
     let mut keep = |candidate: &MetricId| {
@@ -60,12 +96,9 @@ pub fn answer(
         same
     };
 
-    let streams = store.streams(&params.metric);
-    let retired = store.retired_totals(&params.metric);
-    let instance_attributes = store.instance_attributes();
     let mut instances: HashMap<*const Attributes, (usize, Attributes)> = HashMap::new();
     let mut contributions = Vec::with_capacity(streams.len() + retired.len());
-    for view in &streams {
+    for view in streams {
         let Some(value) = &view.state.value else {
             continue;
         };
@@ -77,7 +110,7 @@ pub fn answer(
             .entry(Arc::as_ptr(&view.instance))
             .or_insert_with(|| (next, instance_attributes.strip(&view.instance)));
         let attributes = resource.merged(&view.key.attributes);
-        if selected(&attributes, &params.matches) {
+        if selected(&attributes, selection.matches) {
             contributions.push(Contribution {
                 attributes,
                 source: Source::Instance(*index),
@@ -86,12 +119,12 @@ pub fn answer(
             });
         }
     }
-    for total in &retired {
+    for total in retired {
         if !keep(&total.metric) {
             continue;
         }
         let attributes = total.resource.merged(&total.attributes);
-        if selected(&attributes, &params.matches) {
+        if selected(&attributes, selection.matches) {
             contributions.push(Contribution {
                 attributes,
                 source: Source::Retired {
@@ -102,7 +135,7 @@ pub fn answer(
             });
         }
     }
-    let groups = aggregate::space(&contributions, shape, agg, params.by.as_deref())?;
+    let groups = aggregate::space(&contributions, shape, agg, selection.by)?;
 
     let mut notes = Vec::new();
     if shape == Shape::Summary {

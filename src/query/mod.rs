@@ -3,6 +3,7 @@
 //! - `GET /api/v1/query?metric=NAME[&agg=..][&by=..][&match=k=v]`: the total across
 //!   instances (`answer.rs`, then `aggregate::space`).
 //! - `GET /api/v1/metrics`: every metric name with kind, unit, description, instance counts.
+//! - `GET /metrics`: the same totals in the Prometheus text format (`prometheus.rs`).
 //! - `GET /api/v1/instances`: every instance with its attributes, pid, writer, last export,
 //!   live or retired.
 //! - `GET /api/v1/series?metric=NAME`: the raw per-instance streams of one metric.
@@ -16,6 +17,7 @@
 mod answer;
 mod json;
 mod params;
+pub mod prometheus;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -75,6 +77,7 @@ struct QueryState {
 /// once `shutdown` is cancelled.
 pub fn router(store: Store, rules: Vec<AggregationRule>, shutdown: CancellationToken) -> Router {
     Router::new()
+        .route("/metrics", get(metrics_text))
         .route("/api/v1/query", get(query))
         .route("/api/v1/metrics", get(metrics))
         .route("/api/v1/instances", get(instances))
@@ -99,6 +102,15 @@ async fn query(
     let params = QueryParams::parse(raw.as_deref())?;
     let answer = answer::answer(&state.store, &state.rules, &params)?;
     Ok(axum::Json(json::answer(&answer)).into_response())
+}
+
+async fn metrics_text(State(state): State<QueryState>) -> Response {
+    let page = prometheus::render(&state.store, &state.rules);
+    (
+        [(axum::http::header::CONTENT_TYPE, prometheus::CONTENT_TYPE)],
+        page,
+    )
+        .into_response()
 }
 
 async fn metrics(State(state): State<QueryState>) -> Response {

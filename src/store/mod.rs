@@ -501,9 +501,13 @@ impl Store {
 
     /// What evicted instances counted for `metric`, per aggregated key.
     pub fn retired_totals(&self, metric: &str) -> Vec<RetiredView> {
+        self.retired_where(|name| name == metric)
+    }
+
+    fn retired_where(&self, wanted: impl Fn(&str) -> bool) -> Vec<RetiredView> {
         lock_any(&self.shared.retired)
             .iter()
-            .filter(|(key, _)| key.metric.name == metric)
+            .filter(|(key, _)| wanted(&key.metric.name))
             .map(|(key, total)| RetiredView {
                 metric: Arc::clone(&key.metric),
                 resource: key.resource.clone(),
@@ -516,11 +520,25 @@ impl Store {
 
     /// Every stream of the metric named `metric`, across all instances, as owned copies.
     pub fn streams(&self, metric: &str) -> Vec<StreamView> {
+        self.streams_where(|name| name == metric)
+    }
+
+    /// Every stream of every metric, as owned copies, in one pass over the instances.
+    pub fn all_streams(&self) -> Vec<StreamView> {
+        self.streams_where(|_| true)
+    }
+
+    /// Every retired total of every metric.
+    pub fn all_retired_totals(&self) -> Vec<RetiredView> {
+        self.retired_where(|_| true)
+    }
+
+    fn streams_where(&self, wanted: impl Fn(&str) -> bool) -> Vec<StreamView> {
         let mut views = Vec::new();
         for instance in self.all_instances() {
             let state = lock(&instance.state);
             for (key, stream) in &state.streams {
-                if key.metric.name == metric {
+                if wanted(&key.metric.name) {
                     views.push(StreamView {
                         instance: Arc::clone(&instance.key),
                         live: state.retired.is_none(),

@@ -1,0 +1,167 @@
+//! `GET /metrics`: the aggregated series in Prometheus text format 0.0.4, checked line by line
+//! and by `promtool check metrics` when promtool is installed (`.ci/run` installs it).
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::{TestFanin, export, start};
+use opentelemetry_proto::tonic::metrics::v1::{
+    Gauge, Metric, NumberDataPoint, metric::Data, number_data_point,
+};
+
+async fn send(fanin: &TestFanin, request: common::Export) {
+    let response = fanin.export_grpc(request.build()).await.expect("export");
+    assert_eq!(response.partial_success, None);
+}
+
+async fn scrape(fanin: &TestFanin) -> (String, String) {
+    let response = reqwest::get(format!("http://{}/metrics", fanin.addresses.query))
+        .await
+        .expect("scrape answered");
+    assert_eq!(response.status().as_u16(), 200);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .expect("ASCII")
+        .to_string();
+    (content_type, response.text().await.expect("page"))
+}
+
+/// A gauge whose description and point attribute need escaping.
+fn awkward_gauge() -> Metric {
+    Metric {
+        name: "room.temperature".into(),
+        description: "Temperature \\ in \"rooms\"\nper sensor".into(),
+        unit: "Cel".into(),
+        data: Some(Data::Gauge(Gauge {
+            data_points: vec![NumberDataPoint {
+                attributes: vec![common::string_attr("sensor.name", "north \"wing\"\\1")],
+                time_unix_nano: 10,
+                value: Some(number_data_point::Value::AsDouble(21.5)),
+                ..Default::default()
+            }],
+        })),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_page_is_valid_and_carries_the_totals() {
+    let fanin = start().await;
+    for (worker, value) in [("w1", 5), ("w2", 10)] {
+        let request = export(worker)
+            .counter_with("http.requests", &[("http.route", "/a")], 1, 10, value)
+            .up_down("http.inflight", 1, 10, 128)
+            .histogram("http.duration", 1, 10, &[0.1, 1.0], &[1, 2, 3])
+            .exp_histogram("payload.size", 1, 10, 0, &[1, 2])
+            .summary("legacy.latency", 10, 4, 2.0, &[(0.5, 0.4)]);
+        send(&fanin, request).await;
+    }
+    send(&fanin, export("w1").metric(awkward_gauge())).await;
+
+    let (content_type, page) = scrape(&fanin).await;
+    assert_eq!(content_type, "text/plain; version=0.0.4; charset=utf-8");
+    for line in [
+        "# TYPE http_requests_total counter",
+        r#"http_requests_total{http_route="/a",service_name="app"} 15"#,
+        "# TYPE http_inflight gauge",
+        r#"http_inflight{service_name="app"} 256"#,
+        "# TYPE http_duration_seconds histogram",
+        r#"http_duration_seconds_bucket{le="0.1",service_name="app"} 2"#,
+        r#"http_duration_seconds_bucket{le="1",service_name="app"} 6"#,
+        r#"http_duration_seconds_bucket{le="+Inf",service_name="app"} 12"#,
+        r#"http_duration_seconds_sum{service_name="app"} 12"#,
+        r#"http_duration_seconds_count{service_name="app"} 12"#,
+        "# TYPE payload_size_bytes histogram",
+        r#"payload_size_bytes_bucket{le="0",service_name="app"} 0"#,
+        r#"payload_size_bytes_bucket{le="2",service_name="app"} 2"#,
+        r#"payload_size_bytes_bucket{le="4",service_name="app"} 6"#,
+        r#"payload_size_bytes_bucket{le="+Inf",service_name="app"} 6"#,
+        "# TYPE legacy_latency summary",
+        r#"legacy_latency_sum{service_name="app"} 4"#,
+        r#"legacy_latency_count{service_name="app"} 8"#,
+        r#"# HELP room_temperature_celsius Temperature \\ in "rooms"\nper sensor"#,
+        r#"room_temperature_celsius{sensor_name="north \"wing\"\\1",service_name="app"} 21.5"#,
+        "# TYPE fanin_requests_total counter",
+        r#"fanin_requests_total{transport="grpc"} 3"#,
+        r#"fanin_points_accepted_total 11"#,
+        r#"fanin_instances{state="live"} 2"#,
+        r#"fanin_streams 11"#,
+    ] {
+        assert!(
+            page.lines().any(|candidate| candidate == line),
+            "missing {line:?} in:\n{page}"
+        );
+    }
+    assert!(page.ends_with('\n'));
+
+    match promtool_check(&page) {
+        Some((true, _)) => {}
+        Some((false, output)) => {
+            panic!("promtool check metrics failed:\n{output}\n--- page ---\n{page}")
+        }
+        None => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must run promtool; .ci/run installs it"
+            );
+            eprintln!("promtool not installed: skipped `promtool check metrics`");
+        }
+    }
+    fanin.stop().await;
+}
+
+/// Runs `promtool check metrics` on the page: `None` when promtool is not installed.
+fn promtool_check(page: &str) -> Option<(bool, String)> {
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    child
+        .stdin
+        .take()
+        .expect("piped stdin")
+        .write_all(page.as_bytes())
+        .expect("feed promtool");
+    let output = child.wait_with_output().expect("promtool runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Some((output.status.success(), text))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn empty_store_still_serves_fanins_own_metrics() {
+    let fanin = start().await;
+    let (_, page) = scrape(&fanin).await;
+    assert!(
+        page.contains("# TYPE fanin_points_accepted_total counter\n"),
+        "{page}"
+    );
+    assert!(page.contains("fanin_points_accepted_total 0\n"), "{page}");
+    if let Some((ok, output)) = promtool_check(&page) {
+        assert!(ok, "{output}");
+    }
+    fanin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn names_that_collide_keep_the_page_valid() {
+    let fanin = start().await;
+    // "a.b" and "a_b" both become a_b: only the first (in name order) is written.
+    send(
+        &fanin,
+        export("w1").gauge("a.b", 10, 1.0).gauge("a_b", 10, 2.0),
+    )
+    .await;
+    let (_, page) = scrape(&fanin).await;
+    assert_eq!(page.matches("# TYPE a_b gauge").count(), 1, "{page}");
+    assert!(page.contains("a_b{service_name=\"app\"} 1\n"), "{page}");
+    fanin.stop().await;
+}
