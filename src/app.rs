@@ -9,11 +9,11 @@ use std::net::SocketAddr;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
-use tower::util::MapResponseLayer;
 
 use crate::config::Config;
 use crate::model::InstanceAttributes;
-use crate::receiver::grpc::{GrpcReceiver, remap_status};
+use crate::query::grpc::QueryServer;
+use crate::receiver::grpc::GrpcReceiver;
 use crate::store::{Liveness, Store};
 use crate::{query, receiver};
 
@@ -138,11 +138,11 @@ impl App {
         } = self;
         let otlp = &config.receivers.otlp;
 
-        let remap_store = store.clone();
         let grpc_server = tonic::transport::Server::builder()
-            .layer(MapResponseLayer::new(move |response| {
-                remap_status(&remap_store, response)
-            }))
+            .add_service(QueryServer::service(
+                store.clone(),
+                config.aggregation.rules.clone(),
+            ))
             .add_service(GrpcReceiver::service(
                 store.clone(),
                 otlp.grpc.max_request_bytes.get(),

@@ -24,6 +24,7 @@ pub mod app;
 pub mod config;
 pub mod model;
 pub mod outcome;
+pub mod proto;
 pub mod query;
 pub mod receiver;
 pub mod store;

@@ -10,14 +10,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use serde_json::{Map, Value as Json, json};
 
-use super::answer::Answer;
-use crate::aggregate::Aggregated;
-use crate::model::{
-    AttrValue, Attributes, ExpBuckets, ExpHistogram, Histogram, MetricId, Scope, Summary,
-};
-use crate::store::{
-    InstanceView, MetricSummary, StatsSnapshot, StreamValue, StreamView, TypeConflict,
-};
+use crate::model::{AttrValue, Attributes, ExpBuckets, ExpHistogram, Histogram, Scope, Summary};
+use crate::store::{InstanceView, StatsSnapshot, StreamValue, StreamView, TypeConflict};
 
 /// A double as JSON; non-finite values as proto3 JSON strings.
 pub fn number(value: f64) -> Json {
@@ -156,88 +150,6 @@ pub fn stream(view: &StreamView) -> Json {
         map.insert(key.to_string(), value);
     }
     object
-}
-
-/// The explicit-bucket histogram of an aggregated answer: buckets with cumulative counts
-/// and upper bounds `le`, the last one `"+Inf"`, as Prometheus reads them.
-fn cumulative_histogram(histogram: &Histogram, bounds_differ: bool) -> Json {
-    let buckets: Vec<Json> = if bounds_differ {
-        Vec::new()
-    } else {
-        let mut running = 0u64;
-        histogram
-            .bucket_counts
-            .iter()
-            .enumerate()
-            .map(|(index, count)| {
-                running = running.saturating_add(*count);
-                let le = histogram
-                    .bounds
-                    .get(index)
-                    .map_or(json!("+Inf"), |bound| number(*bound));
-                json!({ "le": le, "count": running })
-            })
-            .collect()
-    };
-    json!({
-        "count": histogram.count,
-        "sum": optional_number(histogram.sum),
-        "min": optional_number(histogram.min),
-        "max": optional_number(histogram.max),
-        "buckets": buckets,
-    })
-}
-
-fn metric_header(metric: &MetricId) -> Map<String, Json> {
-    let mut header = Map::new();
-    header.insert("metric".into(), json!(metric.name));
-    header.insert("kind".into(), json!(metric.kind.as_str()));
-    header.insert("unit".into(), json!(metric.unit));
-    header.insert("monotonic".into(), json!(metric.monotonic));
-    header
-}
-
-/// `/api/v1/query`'s answer.
-pub fn answer(answer: &Answer) -> Json {
-    let series: Vec<Json> = answer
-        .groups
-        .iter()
-        .map(|group| {
-            let (key, value) = match &group.value {
-                Aggregated::Number(value) => ("value", number(*value)),
-                Aggregated::Histogram {
-                    histogram,
-                    bounds_differ,
-                } => ("histogram", cumulative_histogram(histogram, *bounds_differ)),
-                Aggregated::ExpHistogram(histogram) => {
-                    ("exponential_histogram", exp_histogram(histogram))
-                }
-                Aggregated::Summary { count, sum } => {
-                    ("summary", json!({ "count": count, "sum": number(*sum) }))
-                }
-            };
-            let mut item = Map::new();
-            item.insert("attributes".into(), attributes(&group.attributes));
-            item.insert(key.into(), value);
-            item.insert("instances".into(), json!(group.instances));
-            Json::Object(item)
-        })
-        .collect();
-    let mut body = metric_header(&answer.metric);
-    body.insert("agg".into(), json!(answer.agg.as_str()));
-    body.insert("series".into(), json!(series));
-    body.insert("notes".into(), json!(answer.notes));
-    Json::Object(body)
-}
-
-/// One entry of `/api/v1/metrics`.
-pub fn metric_summary(summary: &MetricSummary, default_agg: &str) -> Json {
-    let mut body = metric_header(&summary.metric);
-    body.insert("description".into(), json!(&*summary.description));
-    body.insert("default_agg".into(), json!(default_agg));
-    body.insert("live_instances".into(), json!(summary.live_instances));
-    body.insert("retired_instances".into(), json!(summary.retired_instances));
-    Json::Object(body)
 }
 
 pub fn instance(view: &InstanceView) -> Json {

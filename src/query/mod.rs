@@ -15,7 +15,9 @@
 //! render it; no lock is held while a response is written.
 
 mod answer;
+pub mod grpc;
 mod json;
+mod message;
 mod params;
 pub mod prometheus;
 
@@ -101,7 +103,7 @@ async fn query(
 ) -> Result<Response, QueryError> {
     let params = QueryParams::parse(raw.as_deref())?;
     let answer = answer::answer(&state.store, &state.rules, &params)?;
-    Ok(axum::Json(json::answer(&answer)).into_response())
+    Ok(axum::Json(message::query_response(&answer)).into_response())
 }
 
 async fn metrics_text(State(state): State<QueryState>) -> Response {
@@ -114,18 +116,7 @@ async fn metrics_text(State(state): State<QueryState>) -> Response {
 }
 
 async fn metrics(State(state): State<QueryState>) -> Response {
-    let mut summaries = state.store.metrics();
-    summaries.sort_by(|a, b| a.metric.name.cmp(&b.metric.name));
-    let metrics: Vec<_> = summaries
-        .iter()
-        .map(|summary| {
-            json::metric_summary(
-                summary,
-                default_agg(&state.rules, &summary.metric.name).as_str(),
-            )
-        })
-        .collect();
-    axum::Json(json!({ "metrics": metrics })).into_response()
+    axum::Json(grpc::metrics_response(&state.store, &state.rules)).into_response()
 }
 
 async fn instances(State(state): State<QueryState>) -> Response {

@@ -94,6 +94,49 @@ impl QueryParams {
     }
 }
 
+impl QueryParams {
+    /// The same parameters from a gRPC `QueryRequest`.
+    ///
+    /// # Errors
+    /// [`ParamError`] naming the field, as for the query string.
+    pub fn from_request(
+        request: crate::proto::v1::QueryRequest,
+    ) -> Result<QueryParams, ParamError> {
+        if request.metric.is_empty() {
+            return Err(ParamError::Missing("metric"));
+        }
+        let agg = if request.agg.is_empty() {
+            None
+        } else {
+            Some(
+                request
+                    .agg
+                    .parse::<Agg>()
+                    .map_err(|message| ParamError::Invalid {
+                        name: "agg",
+                        message,
+                    })?,
+            )
+        };
+        let mut matches = Vec::with_capacity(request.matches.len());
+        for condition in request.matches {
+            if condition.key.is_empty() {
+                return Err(ParamError::Invalid {
+                    name: "match",
+                    message: "a match has an empty key".into(),
+                });
+            }
+            matches.push((condition.key, condition.value));
+        }
+        Ok(QueryParams {
+            metric: request.metric,
+            agg,
+            by: request.by.map(|group| group.keys),
+            matches,
+        })
+    }
+}
+
 fn set_once<T>(slot: &mut Option<T>, name: &str, value: T) -> Result<(), ParamError> {
     if slot.is_some() {
         return Err(ParamError::Repeated(name.to_string()));

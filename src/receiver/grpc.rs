@@ -2,7 +2,8 @@
 //!
 //! tonic decodes the request (gzip and zstd accepted, inflation capped at the size limit) and
 //! this service hands it to [`receive`]. Two of tonic's own status codes are wrong for OTLP
-//! and are rewritten on the way out by [`remap_status`]:
+//! and are rewritten on the way out by [`ExportService`], a wrapper around this service only
+//! (the query service on the same listener keeps its own codes):
 //!
 //! - a message over the size limit is `OUT_OF_RANGE`, which OTLP clients retry forever; OTLP
 //!   says `RESOURCE_EXHAUSTED` without RetryInfo (not retried);
@@ -12,10 +13,14 @@
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
 };
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
 use tonic::codec::CompressionEncoding;
+use tonic::server::NamedService;
 use tonic::{Code, Request, Response, Status};
 
 use super::{receive, response};
@@ -28,12 +33,48 @@ pub struct GrpcReceiver {
 }
 
 impl GrpcReceiver {
-    /// The tonic service, with compression and the size limit set.
-    pub fn service(store: Store, max_request_bytes: usize) -> MetricsServiceServer<GrpcReceiver> {
-        MetricsServiceServer::new(GrpcReceiver { store })
-            .accept_compressed(CompressionEncoding::Gzip)
-            .accept_compressed(CompressionEncoding::Zstd)
-            .max_decoding_message_size(max_request_bytes)
+    /// The tonic service, with compression, the size limit and OTLP's status codes.
+    pub fn service(store: Store, max_request_bytes: usize) -> ExportService {
+        let inner = MetricsServiceServer::new(GrpcReceiver {
+            store: store.clone(),
+        })
+        .accept_compressed(CompressionEncoding::Gzip)
+        .accept_compressed(CompressionEncoding::Zstd)
+        .max_decoding_message_size(max_request_bytes);
+        ExportService { inner, store }
+    }
+}
+
+/// `MetricsService` with every response passed through [`remap_status`].
+#[derive(Clone)]
+pub struct ExportService {
+    inner: MetricsServiceServer<GrpcReceiver>,
+    store: Store,
+}
+
+impl NamedService for ExportService {
+    const NAME: &'static str = <MetricsServiceServer<GrpcReceiver> as NamedService>::NAME;
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for ExportService {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send + 'static>,
+    >;
+
+    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        tower::Service::<http::Request<tonic::body::Body>>::poll_ready(&mut self.inner, context)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let store = self.store.clone();
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            response
+                .await
+                .map(|response| remap_status(&store, response))
+        })
     }
 }
 
@@ -53,8 +94,7 @@ impl MetricsService for GrpcReceiver {
 }
 
 /// Rewrites tonic's `OUT_OF_RANGE` (too large) and `INTERNAL` (undecodable) into the codes
-/// OTLP prescribes, and counts the request and any whole-request error. Meant for
-/// `tower::util::MapResponseLayer` around the gRPC server.
+/// OTLP prescribes, and counts the request and any whole-request error.
 pub fn remap_status<B>(store: &Store, mut response: http::Response<B>) -> http::Response<B> {
     store.stats().request(Transport::Grpc);
     let code = response
