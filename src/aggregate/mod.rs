@@ -260,7 +260,7 @@ impl Accumulator {
 /// [`AggregateError::NotNumeric`] when `max`, `min`, `avg` or `count` is asked of a
 /// histogram or summary.
 pub fn space(
-    contributions: &[Contribution],
+    contributions: Vec<Contribution>,
     shape: Shape,
     agg: Agg,
     by: Option<&[String]>,
@@ -277,18 +277,19 @@ pub fn space(
         });
     }
     let include_retired = agg == Agg::Sum && shape.counts_retired();
-    let mut groups: HashMap<Attributes, Accumulator> = HashMap::new();
-    for contribution in contributions {
+    let mut groups: HashMap<Attributes, Accumulator, foldhash::fast::RandomState> =
+        HashMap::default();
+    for mut contribution in contributions {
         if !contribution.live && !include_retired {
             continue;
         }
         let key = match by {
-            None => contribution.attributes.clone(),
+            None => std::mem::take(&mut contribution.attributes),
             Some(keys) => contribution
                 .attributes
                 .retain(|key| keys.iter().any(|wanted| wanted == key)),
         };
-        groups.entry(key).or_default().add(contribution);
+        groups.entry(key).or_default().add(&contribution);
     }
     let mut result: Vec<Group> = groups
         .into_iter()

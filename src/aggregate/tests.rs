@@ -26,7 +26,7 @@ fn check(values: &[(usize, bool, f64)], shape: Shape, agg: Agg, expected: f64, i
             value,
         })
         .collect();
-    let groups = space(&contributions, shape, agg, None).expect("numeric aggregation");
+    let groups = space(contributions.clone(), shape, agg, None).expect("numeric aggregation");
     assert_eq!(groups.len(), 1);
     assert_eq!(groups[0].value, Aggregated::Number(expected));
     assert_eq!(groups[0].instances, instances);
@@ -116,7 +116,7 @@ fn by_groups_on_a_subset() {
         },
     ];
     let by = ["route".to_string()];
-    let groups = space(&contributions, Shape::Counter, Agg::Sum, Some(&by)).expect("sum");
+    let groups = space(contributions.clone(), Shape::Counter, Agg::Sum, Some(&by)).expect("sum");
     let got: Vec<_> = groups
         .iter()
         .map(|group| {
@@ -134,7 +134,8 @@ fn by_groups_on_a_subset() {
             (attrs(&[("route", "/b")]), Aggregated::Number(4.0), 3),
         ]
     );
-    let everything = space(&contributions, Shape::Counter, Agg::Sum, Some(&[])).expect("sum");
+    let everything =
+        space(contributions.clone(), Shape::Counter, Agg::Sum, Some(&[])).expect("sum");
     assert_eq!(everything.len(), 1);
     assert_eq!(everything[0].value, Aggregated::Number(7.0));
 }
@@ -161,7 +162,7 @@ fn merge(values: &[StreamValue], shape: Shape) -> Aggregated {
             value,
         })
         .collect();
-    let groups = space(&contributions, shape, Agg::Sum, None).expect("merge");
+    let groups = space(contributions.clone(), shape, Agg::Sum, None).expect("merge");
     groups[0].value.clone()
 }
 
@@ -247,8 +248,8 @@ fn only_sum_is_defined_for_histograms() {
         live: true,
         value: &values[0],
     }];
-    let error =
-        space(&contributions, Shape::Histogram, Agg::Max, None).expect_err("max of histogram");
+    let error = space(contributions.clone(), Shape::Histogram, Agg::Max, None)
+        .expect_err("max of histogram");
     assert_eq!(
         error.to_string(),
         "agg=max is defined for numeric metrics only; histogram metrics merge with agg=sum"

@@ -116,14 +116,36 @@ impl Attributes {
         )
     }
 
-    /// Both sets in one; where a key is in both, `other`'s value wins.
+    /// Both sets in one; where a key is in both, `other`'s value wins. Both are sorted, so
+    /// this is a linear merge.
     pub fn merged(&self, other: &Attributes) -> Attributes {
         if other.is_empty() {
             return self.clone();
         }
-        let mut pairs = self.0.clone();
-        pairs.extend(other.0.iter().cloned());
-        Attributes::new(pairs)
+        if self.is_empty() {
+            return other.clone();
+        }
+        let mut pairs = Vec::with_capacity(self.0.len() + other.0.len());
+        let (mut left, mut right) = (self.0.iter().peekable(), other.0.iter().peekable());
+        loop {
+            let next = match (left.peek(), right.peek()) {
+                (Some(a), Some(b)) => match a.0.cmp(&b.0) {
+                    std::cmp::Ordering::Less => left.next(),
+                    std::cmp::Ordering::Greater => right.next(),
+                    std::cmp::Ordering::Equal => {
+                        left.next();
+                        right.next()
+                    }
+                },
+                (Some(_), None) => left.next(),
+                (None, Some(_)) => right.next(),
+                (None, None) => break,
+            };
+            if let Some(pair) = next {
+                pairs.push(pair.clone());
+            }
+        }
+        Attributes(pairs)
     }
 
     pub fn is_empty(&self) -> bool {

@@ -96,7 +96,11 @@ pub fn build(
         same
     };
 
-    let mut instances: HashMap<*const Attributes, (usize, Attributes)> = HashMap::new();
+    let mut instances: HashMap<
+        *const Attributes,
+        (usize, Attributes),
+        foldhash::fast::RandomState,
+    > = HashMap::default();
     let mut contributions = Vec::with_capacity(streams.len() + retired.len());
     for view in streams {
         let Some(value) = &view.state.value else {
@@ -135,7 +139,7 @@ pub fn build(
             });
         }
     }
-    let groups = aggregate::space(&contributions, shape, agg, selection.by)?;
+    let groups = aggregate::space(contributions, shape, agg, selection.by)?;
 
     let mut notes = Vec::new();
     if shape == Shape::Summary {

@@ -1,0 +1,140 @@
+//! Query-side cost at ~100k streams (64 instances × 1,575 streams), through the public router
+//! as a client would see it, JSON and text rendering included:
+//!
+//! - `query_sum_by`: `GET /api/v1/query?metric=..&by=http.route` on one of 25 metrics;
+//! - `metrics_page`: `GET /metrics`, every metric aggregated and rendered.
+//!
+//! Run with `cargo bench --bench aggregate`.
+
+use std::num::NonZeroUsize;
+
+use axum::body::Body;
+use criterion::{Criterion, criterion_group, criterion_main};
+use fanin::model::InstanceAttributes;
+use fanin::outcome::Outcome;
+use fanin::receiver::otlp::to_batches;
+use fanin::store::{Store, Transport, Writer};
+use http_body_util::BodyExt;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::{
+    Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric::Data, number_data_point,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+const INSTANCES: usize = 64;
+const METRICS: usize = 25;
+/// Attribute combinations per metric: 21 routes × 3 methods.
+const COMBINATIONS: usize = 63;
+
+fn attr(key: &str, value: String) -> KeyValue {
+    KeyValue {
+        key: key.into(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value)),
+        }),
+        ..Default::default()
+    }
+}
+
+fn request(instance: usize) -> ExportMetricsServiceRequest {
+    let metrics = (0..METRICS)
+        .map(|metric| Metric {
+            name: format!("app.metric.{metric}"),
+            unit: "1".into(),
+            data: Some(Data::Sum(Sum {
+                data_points: (0..COMBINATIONS)
+                    .map(|combination| NumberDataPoint {
+                        attributes: vec![
+                            attr("http.route", format!("/api/{}", combination % 21)),
+                            attr(
+                                "http.method",
+                                ["GET", "POST", "PUT"][combination / 21].into(),
+                            ),
+                        ],
+                        start_time_unix_nano: 1,
+                        time_unix_nano: 10,
+                        value: Some(number_data_point::Value::AsInt(combination as i64)),
+                        ..Default::default()
+                    })
+                    .collect(),
+                aggregation_temporality: 2,
+                is_monotonic: metric % 2 == 0,
+            })),
+            ..Default::default()
+        })
+        .collect();
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(Resource {
+                attributes: vec![
+                    attr("service.name", "bench".into()),
+                    attr("service.instance.id", format!("host-pid-{instance}")),
+                ],
+                ..Default::default()
+            }),
+            scope_metrics: vec![ScopeMetrics {
+                metrics,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+fn loaded_store() -> Store {
+    let instance_attributes = InstanceAttributes::new(["service.instance.id", "process.*"])
+        .unwrap_or_else(|error| panic!("literal globs: {error}"));
+    let store = Store::new(
+        NonZeroUsize::MIN.saturating_add(1_000_000),
+        instance_attributes,
+    );
+    let writer = Writer {
+        transport: Transport::Grpc,
+        peer: None,
+    };
+    for instance in 0..INSTANCES {
+        let (batches, outcome) = to_batches(request(instance));
+        let outcome: Outcome = store.ingest(batches, writer, outcome);
+        assert_eq!(outcome.accepted, (METRICS * COMBINATIONS) as u64);
+    }
+    assert_eq!(store.stream_count(), INSTANCES * METRICS * COMBINATIONS);
+    store
+}
+
+fn query_side(criterion: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap_or_else(|error| panic!("runtime: {error}"));
+    let router = fanin::query::router(loaded_store(), Vec::new(), CancellationToken::new());
+    let get = |uri: &'static str| {
+        let router = router.clone();
+        async move {
+            let request = http::Request::get(uri)
+                .body(Body::empty())
+                .unwrap_or_else(|error| panic!("request: {error}"));
+            let response = router
+                .oneshot(request)
+                .await
+                .unwrap_or_else(|error| match error {});
+            assert_eq!(response.status(), 200, "{uri}");
+            let body = response.into_body().collect().await;
+            body.map(|collected| collected.to_bytes().len())
+                .unwrap_or(0)
+        }
+    };
+    let mut group = criterion.benchmark_group("query_100k_streams");
+    group.sample_size(20);
+    group.bench_function("query_sum_by", |bench| {
+        bench.iter(|| runtime.block_on(get("/api/v1/query?metric=app.metric.0&by=http.route")))
+    });
+    group.bench_function("metrics_page", |bench| {
+        bench.iter(|| runtime.block_on(get("/metrics")))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, query_side);
+criterion_main!(benches);
