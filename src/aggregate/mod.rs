@@ -14,8 +14,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::model::{Attributes, ExpBuckets, ExpHistogram, Histogram, Kind, MetricId};
-use crate::store::StreamValue;
+use crate::model::{Attributes, ExpBuckets, ExpHistogram, Histogram, Kind, MetricId, StreamValue};
 
 /// A space aggregation function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]

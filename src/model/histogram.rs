@@ -1,10 +1,45 @@
-//! Adding histogram values: bucket-wise for explicit buckets, at a common scale for
-//! exponential ones.
+//! Adding values: histograms bucket-wise for explicit buckets and at a common scale for
+//! exponential ones; [`StreamValue`], what a stream reports, by shape.
 //!
 //! The store uses these to accumulate delta points and to fold a reset stream's previous
 //! value into its base; space aggregation uses them to merge instances. Pure arithmetic.
 
 use super::{ExpBuckets, ExpHistogram, Histogram, Summary};
+
+/// The value a stream reports: a number or a histogram-like total.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StreamValue {
+    Number(f64),
+    Histogram(Histogram),
+    ExpHistogram(ExpHistogram),
+    Summary(Summary),
+}
+
+impl StreamValue {
+    /// Adds another value of the same shape: numbers add, histograms merge. Values of
+    /// different shapes, or explicit histograms with different bounds, are left as they are
+    /// and `false` is returned.
+    pub fn add(&mut self, other: &StreamValue) -> bool {
+        match (self, other) {
+            (StreamValue::Number(total), StreamValue::Number(value)) => {
+                *total += value;
+                true
+            }
+            (StreamValue::Histogram(total), StreamValue::Histogram(value)) => {
+                total.add(value).is_ok()
+            }
+            (StreamValue::ExpHistogram(total), StreamValue::ExpHistogram(value)) => {
+                total.add(value);
+                true
+            }
+            (StreamValue::Summary(total), StreamValue::Summary(value)) => {
+                total.add(value);
+                true
+            }
+            _ => false,
+        }
+    }
+}
 
 /// Two explicit-bucket histograms with different bounds cannot be added bucket-wise.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]

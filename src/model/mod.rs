@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 mod histogram;
 
-pub use histogram::BoundsMismatch;
+pub use histogram::{BoundsMismatch, StreamValue};
 
 /// One attribute value, typed as OTLP's `AnyValue` is: `1` and `"1"` are different values.
 #[derive(Clone, Debug)]

@@ -32,9 +32,10 @@ use foldhash::fast::RandomState;
 use crate::model::{Attributes, InstanceAttributes, InstanceKey, MetricId, StreamKey, StreamPoint};
 use crate::outcome::{Outcome, RejectReason};
 
+pub use crate::model::StreamValue;
 pub use liveness::{Liveness, RetireReason, Retirement, SweepReport};
 pub use stats::{RequestError, Stats, StatsSnapshot};
-pub use stream::{StreamState, StreamValue};
+pub use stream::StreamState;
 
 use stream::{Refusal, Stream};
 

@@ -11,7 +11,8 @@
 use std::sync::Arc;
 
 use crate::model::{
-    BoundsMismatch, ExpHistogram, Histogram, Kind, MetricId, Point, Summary, Temporality, Value,
+    BoundsMismatch, ExpHistogram, Histogram, Kind, MetricId, Point, StreamValue, Summary,
+    Temporality, Value,
 };
 use crate::outcome::DropReason;
 
@@ -178,41 +179,6 @@ enum Accumulator {
     ExpHistogram(Cumulative<ExpHistogram>),
     DeltaExpHistogram(Delta<ExpHistogram>),
     Summary(Cumulative<Summary>),
-}
-
-/// The value a stream reports: a number or a histogram-like total.
-#[derive(Clone, Debug, PartialEq)]
-pub enum StreamValue {
-    Number(f64),
-    Histogram(Histogram),
-    ExpHistogram(ExpHistogram),
-    Summary(Summary),
-}
-
-impl StreamValue {
-    /// Adds another value of the same shape: numbers add, histograms merge. Values of
-    /// different shapes, or explicit histograms with different bounds, are left as they are
-    /// and `false` is returned.
-    pub fn add(&mut self, other: &StreamValue) -> bool {
-        match (self, other) {
-            (StreamValue::Number(total), StreamValue::Number(value)) => {
-                *total += value;
-                true
-            }
-            (StreamValue::Histogram(total), StreamValue::Histogram(value)) => {
-                total.add(value).is_ok()
-            }
-            (StreamValue::ExpHistogram(total), StreamValue::ExpHistogram(value)) => {
-                total.add(value);
-                true
-            }
-            (StreamValue::Summary(total), StreamValue::Summary(value)) => {
-                total.add(value);
-                true
-            }
-            _ => false,
-        }
-    }
 }
 
 /// One stream's state.
