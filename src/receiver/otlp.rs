@@ -37,7 +37,8 @@ pub fn to_batches(request: ExportMetricsServiceRequest) -> (Vec<InstancePoints>,
                 .map(|resource| resource.attributes)
                 .unwrap_or_default(),
         );
-        let mut points = Vec::new();
+        // Sized up front: a point is large, and growing the vector copies every one.
+        let mut points = Vec::with_capacity(count_points(&resource_metrics.scope_metrics));
         for scope_metrics in resource_metrics.scope_metrics {
             let scope = Arc::new(
                 scope_metrics
@@ -56,6 +57,22 @@ pub fn to_batches(request: ExportMetricsServiceRequest) -> (Vec<InstancePoints>,
         batches.push(InstancePoints { resource, points });
     }
     (batches, outcome)
+}
+
+/// How many data points the scopes carry, whatever their kind.
+fn count_points(scopes: &[opentelemetry_proto::tonic::metrics::v1::ScopeMetrics]) -> usize {
+    scopes
+        .iter()
+        .flat_map(|scope| &scope.metrics)
+        .map(|metric| match &metric.data {
+            Some(Data::Gauge(gauge)) => gauge.data_points.len(),
+            Some(Data::Sum(sum)) => sum.data_points.len(),
+            Some(Data::Histogram(histogram)) => histogram.data_points.len(),
+            Some(Data::ExponentialHistogram(histogram)) => histogram.data_points.len(),
+            Some(Data::Summary(summary)) => summary.data_points.len(),
+            None => 0,
+        })
+        .sum()
 }
 
 /// Converts OTLP key/values into an attribute set.

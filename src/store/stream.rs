@@ -167,18 +167,20 @@ impl<T: Additive> Delta<T> {
     }
 }
 
-/// How a stream accumulates, decided by its metric identity.
+/// How a stream accumulates, decided by its metric identity. Histogram and summary state
+/// is boxed: every stream pays for the largest variant, and most streams are numbers (this
+/// keeps a stream at about 100 bytes instead of about 350).
 #[derive(Clone, Debug)]
 enum Accumulator {
     /// Gauges and non-monotonic cumulative sums: the latest value.
     Latest(Option<f64>),
     Counter(Cumulative<f64>),
     DeltaSum(Delta<f64>),
-    Histogram(Cumulative<Histogram>),
-    DeltaHistogram(Delta<Histogram>),
-    ExpHistogram(Cumulative<ExpHistogram>),
-    DeltaExpHistogram(Delta<ExpHistogram>),
-    Summary(Cumulative<Summary>),
+    Histogram(Box<Cumulative<Histogram>>),
+    DeltaHistogram(Box<Delta<Histogram>>),
+    ExpHistogram(Box<Cumulative<ExpHistogram>>),
+    DeltaExpHistogram(Box<Delta<ExpHistogram>>),
+    Summary(Box<Cumulative<Summary>>),
 }
 
 /// One stream's state.
@@ -218,14 +220,16 @@ impl Stream {
             (Kind::Sum, _, true) => Accumulator::Counter(Cumulative::new()),
             (Kind::Sum, _, false) => Accumulator::Latest(None),
             (Kind::Histogram, Some(Temporality::Delta), _) => {
-                Accumulator::DeltaHistogram(Delta { total: None })
+                Accumulator::DeltaHistogram(Box::new(Delta { total: None }))
             }
-            (Kind::Histogram, _, _) => Accumulator::Histogram(Cumulative::new()),
+            (Kind::Histogram, _, _) => Accumulator::Histogram(Box::new(Cumulative::new())),
             (Kind::ExponentialHistogram, Some(Temporality::Delta), _) => {
-                Accumulator::DeltaExpHistogram(Delta { total: None })
+                Accumulator::DeltaExpHistogram(Box::new(Delta { total: None }))
             }
-            (Kind::ExponentialHistogram, _, _) => Accumulator::ExpHistogram(Cumulative::new()),
-            (Kind::Summary, _, _) => Accumulator::Summary(Cumulative::new()),
+            (Kind::ExponentialHistogram, _, _) => {
+                Accumulator::ExpHistogram(Box::new(Cumulative::new()))
+            }
+            (Kind::Summary, _, _) => Accumulator::Summary(Box::new(Cumulative::new())),
         };
         Stream {
             metric,
