@@ -13,7 +13,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use fanin::model::InstanceAttributes;
 use fanin::outcome::Outcome;
 use fanin::receiver::otlp::to_batches;
-use fanin::store::{Store, Transport, Writer};
+use fanin::store::{CollisionPolicy, Store, Transport, Writer};
 use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
@@ -90,6 +90,7 @@ fn loaded_store() -> Store {
     let store = Store::new(
         NonZeroUsize::MIN.saturating_add(1_000_000),
         instance_attributes,
+        CollisionPolicy::Report,
     );
     let writer = Writer {
         transport: Transport::Grpc,

@@ -15,7 +15,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use fanin::model::InstanceAttributes;
 use fanin::outcome::Outcome;
 use fanin::receiver::otlp::to_batches;
-use fanin::store::{Store, Transport, Writer};
+use fanin::store::{CollisionPolicy, Store, Transport, Writer};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
@@ -150,6 +150,7 @@ fn receive_path(criterion: &mut Criterion) {
     let store = Store::new(
         NonZeroUsize::MIN.saturating_add(1_000_000),
         instance_attributes,
+        CollisionPolicy::Report,
     );
     let (batches, outcome) = to_batches(request(1_700_000_001_000_000_000));
     store.ingest(batches, writer, outcome);

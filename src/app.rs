@@ -92,7 +92,11 @@ impl App {
                 .map(|glob| glob.as_str()),
         )
         .map_err(AppError::Config)?;
-        let store = Store::new(config.limits.max_series, instance_attributes);
+        let store = Store::new(
+            config.limits.max_series,
+            instance_attributes,
+            config.collisions.policy,
+        );
         let liveness = Liveness {
             ttl: config.aggregation.instance_ttl,
             local_host: if config.aggregation.pid_check {

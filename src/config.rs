@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use crate::aggregate::Agg;
+pub use crate::store::CollisionPolicy;
 use serde_json::Value as Tree;
 
 /// The default configuration, `config.yaml` at the repository root.
@@ -25,6 +26,7 @@ pub struct Config {
     pub receivers: ReceiversConfig,
     pub query: QueryConfig,
     pub aggregation: AggregationConfig,
+    pub collisions: CollisionsConfig,
     pub limits: LimitsConfig,
     /// How long shutdown waits for requests in flight.
     #[serde(with = "humantime_serde")]
@@ -120,6 +122,13 @@ impl<'de> Deserialize<'de> for Glob {
         let text = String::deserialize(deserializer)?;
         text.parse().map_err(serde::de::Error::custom)
     }
+}
+
+/// What to do about streams written by more than one process.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollisionsConfig {
+    pub policy: CollisionPolicy,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -319,6 +328,7 @@ mod tests {
             ["service.instance.id", "process.pid", "process.*"]
         );
         assert!(config.aggregation.rules.is_empty());
+        assert_eq!(config.collisions.policy, CollisionPolicy::Report);
     }
 
     #[test]

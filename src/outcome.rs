@@ -24,10 +24,13 @@ pub enum RejectReason {
     BoundsChanged,
     /// The point would create a stream past `limits.max_series`.
     SeriesLimit,
+    /// The point is evidence that another process writes the stream (`collisions.policy:
+    /// reject`).
+    Collision,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 9] = [
         RejectReason::TimeZero,
         RejectReason::NoValue,
         RejectReason::BadTemporality,
@@ -36,6 +39,7 @@ impl RejectReason {
         RejectReason::InvalidExponentialHistogram,
         RejectReason::BoundsChanged,
         RejectReason::SeriesLimit,
+        RejectReason::Collision,
     ];
 
     /// The label used in counters and messages.
@@ -49,6 +53,7 @@ impl RejectReason {
             RejectReason::InvalidExponentialHistogram => "invalid_exponential_histogram",
             RejectReason::BoundsChanged => "bounds_changed",
             RejectReason::SeriesLimit => "series_limit",
+            RejectReason::Collision => "collision",
         }
     }
 

@@ -11,7 +11,10 @@ use base64::Engine;
 use serde_json::{Map, Value as Json, json};
 
 use crate::model::{AttrValue, Attributes, ExpBuckets, ExpHistogram, Histogram, Scope, Summary};
-use crate::store::{InstanceView, StatsSnapshot, StreamValue, StreamView, TypeConflict};
+use crate::store::{
+    CollisionView, InheritedState, InstanceView, StatsSnapshot, StreamValue, StreamView,
+    TypeConflict,
+};
 
 /// A double as JSON; non-finite values as proto3 JSON strings.
 pub fn number(value: f64) -> Json {
@@ -177,6 +180,41 @@ pub fn instance(view: &InstanceView) -> Json {
     })
 }
 
+/// `/api/v1/collisions`: colliding streams and inherited-state findings, with the fix.
+pub fn collisions(collisions: &[CollisionView], inherited: &[InheritedState]) -> Json {
+    json!({
+        "fix": crate::store::FIX,
+        "collisions": collisions
+            .iter()
+            .map(|collision| json!({
+                "metric": collision.key.metric.name,
+                "kind": collision.key.metric.kind.as_str(),
+                "instance": attributes(&collision.instance),
+                "attributes": attributes(&collision.key.attributes),
+                "evidence": collision.evidence.iter().map(|evidence| json!({
+                    "kind": evidence.as_str(),
+                    "description": evidence.describe(),
+                })).collect::<Vec<_>>(),
+                "writers": collision.writers,
+                "first_seen_unix_nano": unix_nanos(collision.first_seen),
+                "last_seen_unix_nano": unix_nanos(collision.last_seen),
+                "count": collision.count,
+            }))
+            .collect::<Vec<_>>(),
+        "inherited_state": inherited
+            .iter()
+            .map(|finding| json!({
+                "metric": finding.metric.name,
+                "resource": attributes(&finding.resource),
+                "attributes": attributes(&finding.attributes),
+                "start_time_unix_nano": finding.start,
+                "instances": finding.instances.iter().map(|instance| attributes(instance)).collect::<Vec<_>>(),
+                "explanation": "these instances report the same start time: counts recorded before fork live on in each of them, and their sum over-counts; record after fork",
+            }))
+            .collect::<Vec<_>>(),
+    })
+}
+
 fn counts(pairs: &[(&'static str, u64)]) -> Json {
     Json::Object(
         pairs
@@ -204,6 +242,7 @@ pub fn stats(
         "streams": streams,
         "instances": instances,
         "instances_retired": stats.instances_retired,
+        "collisions": stats.collisions,
         "type_conflicts": conflicts
             .iter()
             .map(|conflict| json!({

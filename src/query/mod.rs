@@ -8,6 +8,7 @@
 //!   live or retired.
 //! - `GET /api/v1/series?metric=NAME`: the raw per-instance streams of one metric.
 //! - `GET /api/v1/stats`: counters of requests and points by outcome, and type conflicts.
+//! - `GET /api/v1/collisions`: streams written by more than one process, and inherited state.
 //! - `GET /healthz` (the process answers) and `GET /readyz` (listeners bound, not shutting
 //!   down).
 //!
@@ -85,6 +86,7 @@ pub fn router(store: Store, rules: Vec<AggregationRule>, shutdown: CancellationT
         .route("/api/v1/instances", get(instances))
         .route("/api/v1/series", get(series))
         .route("/api/v1/stats", get(stats))
+        .route("/api/v1/collisions", get(collisions))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .fallback(
@@ -150,6 +152,19 @@ async fn stats(State(state): State<QueryState>) -> Response {
         &store.type_conflicts(),
     );
     axum::Json(body).into_response()
+}
+
+async fn collisions(State(state): State<QueryState>) -> Response {
+    let mut found = state.store.collisions();
+    found.sort_by_key(|collision| collision.first_seen);
+    let mut inherited = state.store.inherited_state();
+    inherited.sort_by(|a, b| {
+        a.metric
+            .name
+            .cmp(&b.metric.name)
+            .then(a.start.cmp(&b.start))
+    });
+    axum::Json(json::collisions(&found, &inherited)).into_response()
 }
 
 async fn readyz(State(state): State<QueryState>) -> Response {

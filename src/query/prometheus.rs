@@ -537,6 +537,12 @@ fn self_metrics(page: &mut Page, store: &Store) {
             single(stats.instances_retired as f64),
         ),
         family(
+            "fanin_collisions_total",
+            "counter",
+            "Streams found written by more than one process; see /api/v1/collisions.",
+            single(stats.collisions as f64),
+        ),
+        family(
             "fanin_type_conflicts_total",
             "counter",
             "Metric names seen with a second kind, unit or monotonicity.",

@@ -15,6 +15,7 @@
 //! lock (the `Arc<Instance>` is cloned out first); under an instance lock only the metric
 //! registry (`metrics`) is touched, briefly, when a new stream is created.
 
+mod collision;
 mod liveness;
 mod stats;
 mod stream;
@@ -33,9 +34,11 @@ use crate::model::{Attributes, InstanceAttributes, InstanceKey, MetricId, Stream
 use crate::outcome::{Outcome, RejectReason};
 
 pub use crate::model::StreamValue;
+pub use collision::{CollisionView, FIX, InheritedState};
 pub use liveness::{Liveness, RetireReason, Retirement, SweepReport};
 pub use stats::{RequestError, Stats, StatsSnapshot};
 pub use stream::StreamState;
+pub use stream::{CollisionPolicy, Evidence};
 
 use stream::{Refusal, Stream};
 
@@ -88,6 +91,9 @@ struct Shared {
     retired: Mutex<HashMap<RetiredKey, RetiredTotal, RandomState>>,
     /// The most recently evicted instances, for `/api/v1/instances`.
     evicted: Mutex<VecDeque<InstanceView>>,
+    /// Colliding streams, by instance and stream; touched only when a point is evidence.
+    collisions: Mutex<HashMap<(InstanceKey, StreamKey), collision::CollisionRecord>>,
+    collision_policy: CollisionPolicy,
 }
 
 /// How many evicted instances `/api/v1/instances` still lists.
@@ -200,7 +206,11 @@ pub struct StreamView {
 impl Store {
     /// An empty store that keeps at most `max_series` streams; `instance_attributes` says
     /// which resource attributes retired totals leave out.
-    pub fn new(max_series: NonZeroUsize, instance_attributes: InstanceAttributes) -> Store {
+    pub fn new(
+        max_series: NonZeroUsize,
+        instance_attributes: InstanceAttributes,
+        collision_policy: CollisionPolicy,
+    ) -> Store {
         Store {
             shared: Arc::new(Shared {
                 instances: DashMap::with_hasher(RandomState::default()),
@@ -211,6 +221,8 @@ impl Store {
                 instance_attributes,
                 retired: Mutex::new(HashMap::with_hasher(RandomState::default())),
                 evicted: Mutex::new(VecDeque::new()),
+                collisions: Mutex::new(HashMap::new()),
+                collision_policy,
             }),
         }
     }
@@ -266,8 +278,16 @@ impl Store {
             state.last_export = now_monotonic;
             state.last_writer = writer;
             state.exports += 1;
+            let writer_id = collision::writer_id(&writer);
             for point in batch.points {
-                self.apply(&mut state, point, now, outcome);
+                self.apply(
+                    &instance.key,
+                    &mut state,
+                    point,
+                    (&writer, writer_id),
+                    now,
+                    outcome,
+                );
             }
             return;
         }
@@ -309,8 +329,10 @@ impl Store {
 
     fn apply(
         &self,
+        instance: &InstanceKey,
         state: &mut InstanceState,
         point: StreamPoint,
+        (writer, writer_id): (&Writer, u64),
         now: SystemTime,
         outcome: &mut Outcome,
     ) {
@@ -321,8 +343,15 @@ impl Store {
             description,
         } = point;
         let metric = Arc::clone(&key.metric);
+        let policy = self.shared.collision_policy;
         let result = match state.streams.get_mut(&key) {
-            Some(stream) => stream.apply(point),
+            Some(stream) => {
+                let (result, evidence) = stream.apply(point, writer_id, policy);
+                if let Some(evidence) = evidence {
+                    self.record_collision(instance, &key, evidence, writer, now);
+                }
+                result
+            }
             None => {
                 if !self.reserve_stream() {
                     outcome.reject(RejectReason::SeriesLimit, 1, || {
@@ -335,7 +364,8 @@ impl Store {
                 }
                 self.register_metric(&metric, &description, now);
                 let mut stream = Stream::new(Arc::clone(&metric), description);
-                let result = stream.apply(point);
+                // A stream's first point has nothing to contradict: no evidence to record.
+                let (result, _) = stream.apply(point, writer_id, policy);
                 state.streams.insert(key, stream);
                 result
             }
@@ -343,6 +373,14 @@ impl Store {
         match result {
             Ok(()) => outcome.accepted += 1,
             Err(Refusal::Drop(reason)) => outcome.drop_point(reason),
+            Err(Refusal::Collision(evidence)) => outcome.reject(RejectReason::Collision, 1, || {
+                format!(
+                    "metric {:?}: another process writes this stream ({}); {}",
+                    metric.name,
+                    evidence.describe(),
+                    collision::FIX
+                )
+            }),
             Err(Refusal::Bounds(mismatch)) => outcome.reject(RejectReason::BoundsChanged, 1, || {
                 format!(
                     "metric {:?}: a histogram point's {mismatch}; keep one set of bounds per stream",

@@ -44,6 +44,7 @@ pub struct Stats {
     points_dropped: [AtomicU64; DropReason::ALL.len()],
     type_conflicts: AtomicU64,
     instances_retired: AtomicU64,
+    collisions: AtomicU64,
 }
 
 /// A copy of the counters at one moment.
@@ -58,6 +59,8 @@ pub struct StatsSnapshot {
     pub type_conflicts: u64,
     /// Instances retired since start (by TTL or a gone pid).
     pub instances_retired: u64,
+    /// Streams found written by more than one process.
+    pub collisions: u64,
 }
 
 fn add(counter: &AtomicU64, count: u64) {
@@ -99,6 +102,10 @@ impl Stats {
         add(&self.type_conflicts, 1);
     }
 
+    pub(super) fn collision(&self) {
+        add(&self.collisions, 1);
+    }
+
     pub(super) fn instance_retired(&self) {
         add(&self.instances_retired, 1);
     }
@@ -134,6 +141,7 @@ impl Stats {
             points_dropped,
             type_conflicts: read(&self.type_conflicts),
             instances_retired: read(&self.instances_retired),
+            collisions: read(&self.collisions),
         }
     }
 }

@@ -7,6 +7,12 @@
 //!   point's is dropped.
 //! - Gauges and up-down counters (non-monotonic cumulative sums) keep their latest value.
 //! - NO_RECORDED_VALUE marks the stream stale; NaN carries no number. Neither changes totals.
+//!
+//! Applying a point also looks for evidence that a second process writes the stream
+//! (DESIGN.md, "Collisions"): a cumulative value that goes down without a new start time, a
+//! start time that goes back to the one before, an overlapping delta, or a point with the
+//! latest timestamp but another value from another connection. A single worker that
+//! retries, reconnects or restarts shows none of these.
 
 use std::sync::Arc;
 
@@ -23,6 +29,57 @@ pub enum Refusal {
     Drop(DropReason),
     /// The histogram's bounds differ from the stream's.
     Bounds(BoundsMismatch),
+    /// The point is evidence of a second writer, and the policy is to refuse it.
+    Collision(Evidence),
+}
+
+/// Evidence that more than one process writes a stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Evidence {
+    /// A point with the stream's latest timestamp but another value, from another connection.
+    SameTimeOtherValue,
+    /// A cumulative value went down without a new start time.
+    WentDownWithoutNewStart,
+    /// The start time went back to the one before the current one: writers interleaving.
+    StartTimeAlternates,
+    /// A delta point's interval overlaps the previous one.
+    OverlappingDelta,
+}
+
+impl Evidence {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Evidence::SameTimeOtherValue => "same_time_other_value",
+            Evidence::WentDownWithoutNewStart => "went_down_without_new_start",
+            Evidence::StartTimeAlternates => "start_time_alternates",
+            Evidence::OverlappingDelta => "overlapping_delta",
+        }
+    }
+
+    /// What was seen, for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Evidence::SameTimeOtherValue => {
+                "two connections sent different values for the same timestamp"
+            }
+            Evidence::WentDownWithoutNewStart => {
+                "a cumulative value went down without a new start time"
+            }
+            Evidence::StartTimeAlternates => "the start time switches back and forth",
+            Evidence::OverlappingDelta => "delta intervals overlap",
+        }
+    }
+}
+
+/// What to do with a point that is evidence of a collision.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CollisionPolicy {
+    /// Apply it as the per-stream rules say, and report the collision.
+    #[default]
+    Report,
+    /// Refuse it through partial_success, and report the collision.
+    Reject,
 }
 
 /// A value that can be accumulated across points.
@@ -190,6 +247,10 @@ pub struct Stream {
     description: Arc<str>,
     /// Start time of the latest accepted point (0 if the sender gives none).
     start: u64,
+    /// The start time before the current one, to see writers alternating.
+    previous_start: u64,
+    /// Who wrote the latest accepted point (a hash of the connection's peer; 0 unknown).
+    last_writer: u64,
     /// Time of the latest accepted point; 0 before the first.
     last_time: u64,
     resets: u64,
@@ -235,6 +296,8 @@ impl Stream {
             metric,
             description,
             start: 0,
+            previous_start: 0,
+            last_writer: 0,
             last_time: 0,
             resets: 0,
             stale: false,
@@ -246,27 +309,59 @@ impl Stream {
         &self.description
     }
 
-    /// Applies one point.
+    /// Applies one point written by `writer` (a hash of its connection; 0 if unknown) and
+    /// says whether it is evidence of a second writer.
     ///
     /// # Errors
-    /// [`Refusal`] when the point is a duplicate, out of order, an overlapping delta, or a
-    /// histogram with other bounds; the stream is unchanged then.
-    pub fn apply(&mut self, point: Point) -> Result<(), Refusal> {
+    /// [`Refusal`] when the point is a duplicate, out of order, an overlapping delta, a
+    /// histogram with other bounds, or (with [`CollisionPolicy::Reject`]) evidence of a
+    /// collision; the stream is unchanged then.
+    pub fn apply(
+        &mut self,
+        point: Point,
+        writer: u64,
+        policy: CollisionPolicy,
+    ) -> (Result<(), Refusal>, Option<Evidence>) {
+        let refuse = |evidence: Evidence, otherwise: Refusal| match policy {
+            CollisionPolicy::Report => (Err(otherwise), Some(evidence)),
+            CollisionPolicy::Reject => (Err(Refusal::Collision(evidence)), Some(evidence)),
+        };
         if self.last_time != 0 {
             if point.time == self.last_time {
-                return Err(Refusal::Drop(DropReason::Duplicate));
+                let other_writer =
+                    writer != 0 && self.last_writer != 0 && writer != self.last_writer;
+                if other_writer && !self.holds(&point.value) {
+                    return refuse(
+                        Evidence::SameTimeOtherValue,
+                        Refusal::Drop(DropReason::Duplicate),
+                    );
+                }
+                return (Err(Refusal::Drop(DropReason::Duplicate)), None);
             }
             if point.time < self.last_time {
-                return Err(Refusal::Drop(DropReason::OutOfOrder));
+                return (Err(Refusal::Drop(DropReason::OutOfOrder)), None);
             }
             let delta = self.metric.temporality == Some(Temporality::Delta);
             if delta && point.start != 0 && point.start < self.last_time {
-                return Err(Refusal::Drop(DropReason::OverlappingDelta));
+                return refuse(
+                    Evidence::OverlappingDelta,
+                    Refusal::Drop(DropReason::OverlappingDelta),
+                );
             }
         }
         // A start time that changes between two known values marks a new sequence.
         let new_start =
             self.last_time != 0 && self.start != 0 && point.start != 0 && point.start != self.start;
+        let evidence = if new_start && point.start == self.previous_start {
+            Some(Evidence::StartTimeAlternates)
+        } else if !new_start && self.goes_down(&point.value) {
+            Some(Evidence::WentDownWithoutNewStart)
+        } else {
+            None
+        };
+        if let (Some(evidence), CollisionPolicy::Reject) = (evidence, policy) {
+            return (Err(Refusal::Collision(evidence)), Some(evidence));
+        }
         let reset = match point.value {
             Value::NoRecordedValue => {
                 if let Accumulator::Latest(value) = &mut self.accumulator {
@@ -274,17 +369,73 @@ impl Stream {
                 }
                 self.stale = true;
                 self.last_time = point.time;
-                return Ok(());
+                self.last_writer = writer;
+                return (Ok(()), evidence);
             }
-            value => self.accumulate(value, new_start).map_err(Refusal::Bounds)?,
+            value => match self.accumulate(value, new_start) {
+                Ok(reset) => reset,
+                Err(mismatch) => return (Err(Refusal::Bounds(mismatch)), evidence),
+            },
         };
         if reset {
             self.resets += 1;
         }
+        if new_start {
+            self.previous_start = self.start;
+        }
         self.stale = false;
         self.start = point.start;
         self.last_time = point.time;
-        Ok(())
+        self.last_writer = writer;
+        (Ok(()), evidence)
+    }
+
+    /// Whether the stream's latest value is `value` (for delta sums, whose latest point is
+    /// not kept, always true).
+    fn holds(&self, value: &Value) -> bool {
+        let same = |a: f64, b: f64| a == b || (a.is_nan() && b.is_nan());
+        match (&self.accumulator, value) {
+            (Accumulator::Latest(Some(latest)), Value::Number(number)) => same(*latest, *number),
+            (Accumulator::Counter(counter), Value::Number(number)) => {
+                counter.current.is_none_or(|current| same(current, *number))
+            }
+            (Accumulator::Histogram(cumulative), Value::Histogram(histogram)) => cumulative
+                .current
+                .as_ref()
+                .is_none_or(|current| current == histogram),
+            (Accumulator::ExpHistogram(cumulative), Value::ExpHistogram(histogram)) => cumulative
+                .current
+                .as_ref()
+                .is_none_or(|current| current == histogram),
+            (Accumulator::Summary(cumulative), Value::Summary(summary)) => cumulative
+                .current
+                .as_ref()
+                .is_none_or(|current| current == summary),
+            (_, Value::NoRecordedValue) => self.stale,
+            _ => true,
+        }
+    }
+
+    /// Whether a cumulative `value` is lower than the stream's latest.
+    fn goes_down(&self, value: &Value) -> bool {
+        match (&self.accumulator, value) {
+            (Accumulator::Counter(counter), Value::Number(number)) => {
+                counter.current.is_some_and(|current| *number < current)
+            }
+            (Accumulator::Histogram(cumulative), Value::Histogram(histogram)) => cumulative
+                .current
+                .as_ref()
+                .is_some_and(|current| histogram.count < current.count),
+            (Accumulator::ExpHistogram(cumulative), Value::ExpHistogram(histogram)) => cumulative
+                .current
+                .as_ref()
+                .is_some_and(|current| histogram.count < current.count),
+            (Accumulator::Summary(cumulative), Value::Summary(summary)) => cumulative
+                .current
+                .as_ref()
+                .is_some_and(|current| summary.count < current.count),
+            _ => false,
+        }
     }
 
     /// Adds a value to the accumulator. Returns whether it was a reset.
@@ -397,13 +548,16 @@ mod tests {
     ) -> (Option<f64>, Vec<Option<DropReason>>) {
         let refusals = points
             .iter()
-            .map(
-                |&(start, time, value)| match stream.apply(number(start, time, value)) {
+            .map(|&(start, time, value)| {
+                match stream
+                    .apply(number(start, time, value), 0, CollisionPolicy::Report)
+                    .0
+                {
                     Ok(()) => None,
                     Err(Refusal::Drop(reason)) => Some(reason),
                     Err(other) => panic!("unexpected {other:?}"),
-                },
-            )
+                }
+            })
             .collect();
         let value = match stream.state().value {
             Some(StreamValue::Number(value)) => Some(value),
@@ -481,19 +635,31 @@ mod tests {
     #[test]
     fn no_recorded_value_marks_stale_and_keeps_counter_total() {
         let mut stream = counter();
-        stream.apply(number(1, 10, 5.0)).expect("first point");
+        stream
+            .apply(number(1, 10, 5.0), 0, CollisionPolicy::Report)
+            .0
+            .expect("first point");
         let marker = Point {
             start: 1,
             time: 20,
             value: Value::NoRecordedValue,
         };
-        stream.apply(marker.clone()).expect("marker");
+        stream
+            .apply(marker.clone(), 0, CollisionPolicy::Report)
+            .0
+            .expect("marker");
         let state = stream.state();
         assert!(state.stale);
         assert_eq!(state.value, Some(StreamValue::Number(5.0)));
         let mut gauge = Stream::new(metric(Kind::Gauge, None, false), "".into());
-        gauge.apply(number(0, 10, 5.0)).expect("first point");
-        gauge.apply(marker).expect("marker");
+        gauge
+            .apply(number(0, 10, 5.0), 0, CollisionPolicy::Report)
+            .0
+            .expect("first point");
+        gauge
+            .apply(marker, 0, CollisionPolicy::Report)
+            .0
+            .expect("marker");
         assert_eq!(gauge.state().value, None);
     }
 
@@ -523,7 +689,10 @@ mod tests {
             histogram_point(1, 20, &[1.0], &[2, 3]),
             histogram_point(30, 40, &[1.0], &[1, 0]),
         ] {
-            stream.apply(point).expect("accepted");
+            stream
+                .apply(point, 0, CollisionPolicy::Report)
+                .0
+                .expect("accepted");
         }
         let state = stream.state();
         assert_eq!(state.resets, 1);
@@ -543,10 +712,21 @@ mod tests {
             "".into(),
         );
         stream
-            .apply(histogram_point(0, 10, &[1.0], &[1, 1]))
+            .apply(
+                histogram_point(0, 10, &[1.0], &[1, 1]),
+                0,
+                CollisionPolicy::Report,
+            )
+            .0
             .expect("first");
         let before = stream.state();
-        let refusal = stream.apply(histogram_point(10, 20, &[2.0], &[1, 1]));
+        let refusal = stream
+            .apply(
+                histogram_point(10, 20, &[2.0], &[1, 1]),
+                0,
+                CollisionPolicy::Report,
+            )
+            .0;
         assert!(matches!(refusal, Err(Refusal::Bounds(_))));
         assert_eq!(stream.state(), before);
     }

@@ -1,0 +1,195 @@
+//! Collisions: one stream written by more than one process (DESIGN.md, "Collisions"), and
+//! the related inherited-state finding.
+//!
+//! `stream.rs` decides, point by point, whether a point is evidence of a second writer; this
+//! module keeps what was found per stream (evidence kinds, the writers seen, first and last
+//! time, a count), logs each colliding stream once with the fix, and counts it. The registry
+//! is bounded: past [`MAX_COLLISIONS`] streams, new ones are counted and logged but not
+//! listed.
+//!
+//! Inherited state is computed on demand: several instances reporting one counting stream
+//! with the same start time carry counts their parent recorded before forking, and summing
+//! them over-counts.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::stream::Evidence;
+use super::{Store, StreamView, Writer, lock_any};
+use crate::model::{Attributes, InstanceKey, MetricId, StreamKey};
+
+/// Most colliding streams listed at once.
+pub(super) const MAX_COLLISIONS: usize = 10_000;
+/// Most writers listed per colliding stream.
+const MAX_WRITERS: usize = 16;
+
+/// What the store knows about one colliding stream.
+#[derive(Clone, Debug)]
+pub(super) struct CollisionRecord {
+    evidence: Vec<Evidence>,
+    writers: Vec<String>,
+    first_seen: SystemTime,
+    last_seen: SystemTime,
+    count: u64,
+}
+
+/// A colliding stream, for `/api/v1/collisions`.
+#[derive(Clone, Debug)]
+pub struct CollisionView {
+    pub instance: InstanceKey,
+    pub key: StreamKey,
+    pub evidence: Vec<Evidence>,
+    /// Peer addresses (and transport) of the writers seen sending evidence.
+    pub writers: Vec<String>,
+    pub first_seen: SystemTime,
+    pub last_seen: SystemTime,
+    /// Points that were evidence.
+    pub count: u64,
+}
+
+/// Several instances reporting one counting stream with the same start time.
+#[derive(Clone, Debug)]
+pub struct InheritedState {
+    pub metric: Arc<MetricId>,
+    /// The resource without instance attributes.
+    pub resource: Attributes,
+    pub attributes: Attributes,
+    pub start: u64,
+    pub instances: Vec<InstanceKey>,
+}
+
+/// The fix, said once per colliding stream.
+pub const FIX: &str =
+    "give each worker its own service.instance.id, set after fork (the fanin shim does this)";
+
+/// A stable number for a writer's connection, so a stream can tell writers apart; 0 when the
+/// peer is unknown.
+pub(super) fn writer_id(writer: &Writer) -> u64 {
+    match writer.peer {
+        None => 0,
+        Some(peer) => {
+            let mut hasher = std::hash::DefaultHasher::new();
+            peer.hash(&mut hasher);
+            writer.transport.hash(&mut hasher);
+            hasher.finish() | 1
+        }
+    }
+}
+
+fn describe(writer: &Writer) -> String {
+    match writer.peer {
+        Some(peer) => format!("{peer} ({})", writer.transport.as_str()),
+        None => format!("unknown peer ({})", writer.transport.as_str()),
+    }
+}
+
+impl Store {
+    /// Notes a point that is evidence of a collision on `key` of `instance`.
+    pub(super) fn record_collision(
+        &self,
+        instance: &InstanceKey,
+        key: &StreamKey,
+        evidence: Evidence,
+        writer: &Writer,
+        now: SystemTime,
+    ) {
+        let mut collisions = lock_any(&self.shared.collisions);
+        let writer_text = describe(writer);
+        if let Some(record) = collisions.get_mut(&(Arc::clone(instance), key.clone())) {
+            record.count += 1;
+            record.last_seen = now;
+            if !record.evidence.contains(&evidence) {
+                record.evidence.push(evidence);
+            }
+            if record.writers.len() < MAX_WRITERS && !record.writers.contains(&writer_text) {
+                record.writers.push(writer_text);
+            }
+            return;
+        }
+        self.shared.stats.collision();
+        tracing::warn!(
+            metric = %key.metric.name,
+            instance = ?instance,
+            attributes = ?key.attributes,
+            evidence = evidence.as_str(),
+            writer = %writer_text,
+            "More than one process writes this stream ({}); {FIX}",
+            evidence.describe()
+        );
+        if collisions.len() >= MAX_COLLISIONS {
+            return;
+        }
+        collisions.insert(
+            (Arc::clone(instance), key.clone()),
+            CollisionRecord {
+                evidence: vec![evidence],
+                writers: vec![writer_text],
+                first_seen: now,
+                last_seen: now,
+                count: 1,
+            },
+        );
+    }
+
+    /// Every colliding stream found so far.
+    pub fn collisions(&self) -> Vec<CollisionView> {
+        lock_any(&self.shared.collisions)
+            .iter()
+            .map(|((instance, key), record)| CollisionView {
+                instance: Arc::clone(instance),
+                key: key.clone(),
+                evidence: record.evidence.clone(),
+                writers: record.writers.clone(),
+                first_seen: record.first_seen,
+                last_seen: record.last_seen,
+                count: record.count,
+            })
+            .collect()
+    }
+
+    /// Counting streams that several instances report with the same start time.
+    pub fn inherited_state(&self) -> Vec<InheritedState> {
+        let streams: Vec<StreamView> = self.all_streams();
+        let mut groups: HashMap<(Arc<MetricId>, Attributes, Attributes, u64), Vec<InstanceKey>> =
+            HashMap::new();
+        let mut stripped: HashMap<*const Attributes, Attributes> = HashMap::new();
+        for view in streams {
+            if !view.key.metric.counts_events() || view.state.start == 0 {
+                continue;
+            }
+            let resource = stripped
+                .entry(Arc::as_ptr(&view.instance))
+                .or_insert_with(|| self.shared.instance_attributes.strip(&view.instance))
+                .clone();
+            let instances = groups
+                .entry((
+                    view.key.metric,
+                    resource,
+                    view.key.attributes,
+                    view.state.start,
+                ))
+                .or_default();
+            if !instances
+                .iter()
+                .any(|known| Arc::ptr_eq(known, &view.instance))
+            {
+                instances.push(view.instance);
+            }
+        }
+        groups
+            .into_iter()
+            .filter(|(_, instances)| instances.len() > 1)
+            .map(
+                |((metric, resource, attributes, start), instances)| InheritedState {
+                    metric,
+                    resource,
+                    attributes,
+                    start,
+                    instances,
+                },
+            )
+            .collect()
+    }
+}
