@@ -95,6 +95,7 @@ fn loaded_store() -> Store {
     let writer = Writer {
         transport: Transport::Grpc,
         peer: None,
+        pid: None,
     };
     for instance in 0..INSTANCES {
         let (batches, outcome) = to_batches(request(instance));

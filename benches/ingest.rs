@@ -130,6 +130,7 @@ fn receive_path(criterion: &mut Criterion) {
     let writer = Writer {
         transport: Transport::Grpc,
         peer: None,
+        pid: None,
     };
     let mut group = criterion.benchmark_group("receive");
     group.throughput(Throughput::Elements(POINTS_PER_REQUEST as u64));

@@ -7,15 +7,19 @@
 use std::net::SocketAddr;
 
 use axum::serve::ListenerExt;
-use tokio::net::TcpListener;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
 use crate::config::Config;
+use crate::config::FileMode;
 use crate::model::InstanceAttributes;
 use crate::query::grpc::QueryServer;
 use crate::receiver::grpc::GrpcReceiver;
-use crate::store::{Liveness, Store};
+use crate::store::{Liveness, Store, Transport};
 use crate::{query, receiver};
 
 /// Why the app could not start or stopped with an error.
@@ -30,6 +34,8 @@ pub enum AppError {
     },
     #[error("aggregation.instance_attributes: {0}")]
     Config(String),
+    #[error("cannot listen on the unix socket {path}: {message}")]
+    Unix { path: PathBuf, message: String },
     #[error("{listener} server failed: {source}")]
     Serve {
         listener: &'static str,
@@ -46,14 +52,17 @@ pub struct App {
     grpc: TcpListener,
     http: TcpListener,
     query: TcpListener,
+    /// The unix socket listener and its path, when configured.
+    unix: Option<(UnixListener, PathBuf)>,
 }
 
 /// The address each listener actually bound.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Addresses {
     pub grpc: SocketAddr,
     pub http: SocketAddr,
     pub query: SocketAddr,
+    pub unix: Option<PathBuf>,
 }
 
 async fn bind(listener: &'static str, address: SocketAddr) -> Result<TcpListener, AppError> {
@@ -84,6 +93,10 @@ impl App {
         let grpc = bind("OTLP/gRPC", otlp.grpc.listen).await?;
         let http = bind("OTLP/HTTP", otlp.http.listen).await?;
         let query = bind("query", config.query.listen).await?;
+        let unix = match &otlp.unix.path {
+            Some(path) => Some((bind_unix(path, otlp.unix.mode)?, path.clone())),
+            None => None,
+        };
         let instance_attributes = InstanceAttributes::new(
             config
                 .aggregation
@@ -112,6 +125,7 @@ impl App {
             grpc,
             http,
             query,
+            unix,
         })
     }
 
@@ -120,6 +134,7 @@ impl App {
             grpc: local_addr(&self.grpc),
             http: local_addr(&self.http),
             query: local_addr(&self.query),
+            unix: self.unix.as_ref().map(|(_, path)| path.clone()),
         }
     }
 
@@ -140,6 +155,7 @@ impl App {
             grpc,
             http,
             query,
+            unix,
         } = self;
         let otlp = &config.receivers.otlp;
 
@@ -151,6 +167,7 @@ impl App {
             .add_service(GrpcReceiver::service(
                 store.clone(),
                 otlp.grpc.max_request_bytes.get(),
+                Transport::Grpc,
             ))
             .serve_with_incoming_shutdown(
                 TcpIncoming::from(grpc).with_nodelay(Some(true)),
@@ -164,6 +181,19 @@ impl App {
         )
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
 
+        let unix_server = unix.map(|(listener, path)| {
+            let server = tonic::transport::Server::builder()
+                .add_service(GrpcReceiver::service(
+                    store.clone(),
+                    otlp.unix.max_request_bytes.get(),
+                    Transport::Unix,
+                ))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::UnixListenerStream::new(listener),
+                    shutdown.clone().cancelled_owned(),
+                );
+            (server, path)
+        });
         let sweeper = sweep(store.clone(), liveness, shutdown.clone());
         let query_router = query::router(store, config.aggregation.rules.clone(), shutdown.clone());
         let query_server = axum::serve(query.tap_io(set_nodelay), query_router)
@@ -195,9 +225,47 @@ impl App {
                 sweeper.await;
                 Ok(())
             },
+            async {
+                let Some((server, path)) = unix_server else {
+                    return Ok(());
+                };
+                let served = server.await;
+                // Leave no socket file behind: the next fanin would have to tell it is stale.
+                let _ = std::fs::remove_file(&path);
+                served.map_err(|error| serve_error("OTLP/gRPC unix socket")(error.into()))
+            },
         )?;
         Ok(())
     }
+}
+
+/// Binds the unix socket at `path` with `mode`. A socket file left by a process that no
+/// longer listens is replaced; a live one is not taken over, and a file that is not a socket
+/// is never removed.
+fn bind_unix(path: &Path, mode: FileMode) -> Result<UnixListener, AppError> {
+    let error = |message: String| AppError::Unix {
+        path: path.to_path_buf(),
+        message,
+    };
+    if let Ok(metadata) = std::fs::symlink_metadata(path) {
+        if !metadata.file_type().is_socket() {
+            return Err(error(
+                "the path exists and is not a socket; not replacing it".into(),
+            ));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(error(
+                "another process is listening on it; not taking it over".into(),
+            ));
+        }
+        std::fs::remove_file(path)
+            .map_err(|source| error(format!("cannot remove the stale socket: {source}")))?;
+        tracing::info!(path = %path.display(), "Replaced a stale unix socket");
+    }
+    let listener = UnixListener::bind(path).map_err(|source| error(source.to_string()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode.0))
+        .map_err(|source| error(format!("cannot set its mode to {:o}: {source}", mode.0)))?;
+    Ok(listener)
 }
 
 /// Sets `TCP_NODELAY` on an accepted connection: without it, Nagle's algorithm and the

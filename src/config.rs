@@ -44,6 +44,37 @@ pub struct ReceiversConfig {
 pub struct OtlpConfig {
     pub grpc: ListenerConfig,
     pub http: ListenerConfig,
+    pub unix: UnixConfig,
+}
+
+/// OTLP/gRPC over a unix domain socket.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnixConfig {
+    /// Where the socket lives; `None` turns the listener off.
+    pub path: Option<std::path::PathBuf>,
+    /// Permissions of the socket file.
+    pub mode: FileMode,
+    pub max_request_bytes: NonZeroUsize,
+}
+
+/// Unix permission bits written in octal, e.g. `"0660"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMode(pub u32);
+
+impl<'de> Deserialize<'de> for FileMode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<FileMode, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        u32::from_str_radix(text.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|mode| *mode <= 0o777)
+            .map(FileMode)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "{text:?} is not an octal file mode such as \"0660\""
+                ))
+            })
+    }
 }
 
 /// One OTLP listener: where it binds and how large a request it takes.
@@ -329,6 +360,25 @@ mod tests {
         );
         assert!(config.aggregation.rules.is_empty());
         assert_eq!(config.collisions.policy, CollisionPolicy::Report);
+        assert_eq!(config.receivers.otlp.unix.path, None);
+        assert_eq!(config.receivers.otlp.unix.mode, FileMode(0o660));
+    }
+
+    #[test]
+    fn unix_socket_mode_is_octal() {
+        let yaml = DEFAULT_YAML
+            .replace("path: null", "path: /run/fanin.sock")
+            .replace("\"0660\"", "\"0600\"");
+        let config = Config::from_yaml_with_env(&yaml, &no_env).expect("unix config parses");
+        assert_eq!(
+            config.receivers.otlp.unix.path.as_deref(),
+            Some(std::path::Path::new("/run/fanin.sock"))
+        );
+        assert_eq!(config.receivers.otlp.unix.mode, FileMode(0o600));
+        check_error(
+            DEFAULT_YAML.replace("\"0660\"", "\"0999\""),
+            "`receivers.otlp.unix.mode`: \"0999\" is not an octal file mode",
+        );
     }
 
     #[test]

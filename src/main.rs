@@ -126,6 +126,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
             writeln!(stdout, "otlp-grpc listening on {}", addresses.grpc)?;
             writeln!(stdout, "otlp-http listening on {}", addresses.http)?;
             writeln!(stdout, "query listening on {}", addresses.query)?;
+            if let Some(path) = &addresses.unix {
+                writeln!(stdout, "otlp-unix listening on {}", path.display())?;
+            }
             stdout.flush()?;
         }
         tracing::info!(grpc = %addresses.grpc, http = %addresses.http, query = %addresses.query, "fanin started");

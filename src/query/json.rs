@@ -168,6 +168,7 @@ pub fn instance(view: &InstanceView) -> Json {
         "writer": {
             "transport": view.last_writer.transport.as_str(),
             "peer": view.last_writer.peer.map(|peer| peer.to_string()),
+            "pid": view.last_writer.pid,
         },
         "exports": view.exports,
         "streams": view.streams,

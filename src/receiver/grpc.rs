@@ -34,14 +34,19 @@ pub struct GrpcReceiver {
 
 impl GrpcReceiver {
     /// The tonic service, with compression, the size limit and OTLP's status codes.
-    pub fn service(store: Store, max_request_bytes: usize) -> ExportService {
+    /// `transport` (gRPC over TCP, or the unix socket) is what requests are counted under.
+    pub fn service(store: Store, max_request_bytes: usize, transport: Transport) -> ExportService {
         let inner = MetricsServiceServer::new(GrpcReceiver {
             store: store.clone(),
         })
         .accept_compressed(CompressionEncoding::Gzip)
         .accept_compressed(CompressionEncoding::Zstd)
         .max_decoding_message_size(max_request_bytes);
-        ExportService { inner, store }
+        ExportService {
+            inner,
+            store,
+            transport,
+        }
     }
 }
 
@@ -50,6 +55,7 @@ impl GrpcReceiver {
 pub struct ExportService {
     inner: MetricsServiceServer<GrpcReceiver>,
     store: Store,
+    transport: Transport,
 }
 
 impl NamedService for ExportService {
@@ -69,11 +75,12 @@ impl tower::Service<http::Request<tonic::body::Body>> for ExportService {
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         let store = self.store.clone();
+        let transport = self.transport;
         let response = self.inner.call(request);
         Box::pin(async move {
             response
                 .await
-                .map(|response| remap_status(&store, response))
+                .map(|response| remap_status(&store, transport, response))
         })
     }
 }
@@ -84,9 +91,22 @@ impl MetricsService for GrpcReceiver {
         &self,
         request: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        let writer = Writer {
-            transport: Transport::Grpc,
-            peer: request.remote_addr(),
+        // On the unix socket, tonic hands over the kernel's peer credentials (SO_PEERCRED).
+        let unix_peer = request
+            .extensions()
+            .get::<tonic::transport::server::UdsConnectInfo>()
+            .map(|info| info.peer_cred.and_then(|credentials| credentials.pid()));
+        let writer = match unix_peer {
+            Some(pid) => Writer {
+                transport: Transport::Unix,
+                peer: None,
+                pid,
+            },
+            None => Writer {
+                transport: Transport::Grpc,
+                peer: request.remote_addr(),
+                pid: None,
+            },
         };
         let outcome = receive(&self.store, request.into_inner(), writer);
         Ok(Response::new(response(&outcome)))
@@ -95,8 +115,12 @@ impl MetricsService for GrpcReceiver {
 
 /// Rewrites tonic's `OUT_OF_RANGE` (too large) and `INTERNAL` (undecodable) into the codes
 /// OTLP prescribes, and counts the request and any whole-request error.
-pub fn remap_status<B>(store: &Store, mut response: http::Response<B>) -> http::Response<B> {
-    store.stats().request(Transport::Grpc);
+pub fn remap_status<B>(
+    store: &Store,
+    transport: Transport,
+    mut response: http::Response<B>,
+) -> http::Response<B> {
+    store.stats().request(transport);
     let code = response
         .headers()
         .get("grpc-status")

@@ -81,6 +81,7 @@ async fn export(State(receiver): State<Receiver>, request: Request) -> Response 
             let writer = Writer {
                 transport: Transport::Http,
                 peer,
+                pid: None,
             };
             let outcome = receive(&receiver.store, decoded, writer);
             success(encoding, &outcome)

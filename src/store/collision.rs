@@ -64,24 +64,31 @@ pub struct InheritedState {
 pub const FIX: &str =
     "give each worker its own service.instance.id, set after fork (the fanin shim does this)";
 
-/// A stable number for a writer's connection, so a stream can tell writers apart; 0 when the
-/// peer is unknown.
+/// Marks a writer id that is a process id (unix socket peers) rather than a connection.
+pub(super) const PID_WRITER: u64 = 1 << 63;
+
+/// A stable number for a writer, so a stream can tell writers apart: the peer's pid when the
+/// kernel told us (`PID_WRITER` set), else a hash of its connection; 0 when neither is known.
 pub(super) fn writer_id(writer: &Writer) -> u64 {
+    if let Some(pid) = writer.pid {
+        return PID_WRITER | u64::from(pid.unsigned_abs());
+    }
     match writer.peer {
         None => 0,
         Some(peer) => {
             let mut hasher = std::hash::DefaultHasher::new();
             peer.hash(&mut hasher);
             writer.transport.hash(&mut hasher);
-            hasher.finish() | 1
+            (hasher.finish() | 1) & !PID_WRITER
         }
     }
 }
 
 fn describe(writer: &Writer) -> String {
-    match writer.peer {
-        Some(peer) => format!("{peer} ({})", writer.transport.as_str()),
-        None => format!("unknown peer ({})", writer.transport.as_str()),
+    match (writer.pid, writer.peer) {
+        (Some(pid), _) => format!("pid {pid} ({})", writer.transport.as_str()),
+        (None, Some(peer)) => format!("{peer} ({})", writer.transport.as_str()),
+        (None, None) => format!("unknown peer ({})", writer.transport.as_str()),
     }
 }
 

@@ -26,8 +26,8 @@ use nix::sys::signal::kill;
 use nix::unistd::Pid;
 
 use super::{
-    EVICTED_LISTED, Instance, InstanceState, RetiredKey, RetiredTotal, Store, lock, lock_any,
-    view_of,
+    EVICTED_LISTED, Instance, InstanceState, RetiredKey, RetiredTotal, Store, Transport, lock,
+    lock_any, view_of,
 };
 use crate::model::{AttrValue, Attributes};
 
@@ -96,11 +96,10 @@ impl Store {
                     let reason = if now.saturating_duration_since(state.last_export) >= liveness.ttl
                     {
                         Some(RetireReason::Expired)
-                    } else if liveness
-                        .local_host
-                        .as_deref()
-                        .is_some_and(|host| process_gone(&instance.key, host))
-                    {
+                    } else if liveness.local_host.as_deref().is_some_and(|host| {
+                        let local = state.last_writer.transport == Transport::Unix;
+                        process_gone(&instance.key, host, local)
+                    }) {
                         Some(RetireReason::ProcessGone)
                     } else {
                         None
@@ -187,15 +186,16 @@ impl Store {
     }
 }
 
-/// Whether the resource names a process on this host that no longer exists.
-fn process_gone(resource: &Attributes, local_host: &str) -> bool {
+/// Whether the resource names a process on this host that no longer exists. The process is
+/// on this host when its `host.name` is this host's, or when `local_writer` says it wrote
+/// through the unix socket.
+fn process_gone(resource: &Attributes, local_host: &str, local_writer: bool) -> bool {
     let Some(AttrValue::Int(pid)) = resource.get("process.pid") else {
         return false;
     };
-    let Some(AttrValue::Str(host)) = resource.get("host.name") else {
-        return false;
-    };
-    if host != local_host {
+    let on_this_host =
+        matches!(resource.get("host.name"), Some(AttrValue::Str(host)) if host == local_host);
+    if !on_this_host && !local_writer {
         return false;
     }
     // 0 and negative numbers address process groups, not a process.
@@ -224,7 +224,8 @@ mod tests {
     fn own_process_is_alive() {
         assert!(!process_gone(
             &resource(i64::from(std::process::id()), "here"),
-            "here"
+            "here",
+            false
         ));
     }
 
@@ -235,7 +236,11 @@ mod tests {
             .expect("spawn true");
         let pid = i64::from(child.id());
         child.wait().expect("reap");
-        assert!(process_gone(&resource(pid, "here"), "here"));
+        assert!(process_gone(&resource(pid, "here"), "here", false));
+        assert!(
+            process_gone(&resource(pid, "elsewhere"), "here", true),
+            "a unix socket writer is local"
+        );
     }
 
     #[test]
@@ -245,10 +250,10 @@ mod tests {
             .expect("spawn true");
         let pid = i64::from(child.id());
         child.wait().expect("reap");
-        assert!(!process_gone(&resource(pid, "elsewhere"), "here"));
-        assert!(!process_gone(&resource(0, "here"), "here"));
-        assert!(!process_gone(&resource(-1, "here"), "here"));
-        assert!(!process_gone(&resource(1 << 40, "here"), "here"));
+        assert!(!process_gone(&resource(pid, "elsewhere"), "here", false));
+        assert!(!process_gone(&resource(0, "here"), "here", false));
+        assert!(!process_gone(&resource(-1, "here"), "here", false));
+        assert!(!process_gone(&resource(1 << 40, "here"), "here", false));
     }
 
     #[test]

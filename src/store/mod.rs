@@ -47,6 +47,8 @@ use stream::{Refusal, Stream};
 pub enum Transport {
     Grpc,
     Http,
+    /// OTLP/gRPC over the unix socket: the writer is on this host and its pid is known.
+    Unix,
 }
 
 impl Transport {
@@ -54,15 +56,18 @@ impl Transport {
         match self {
             Transport::Grpc => "grpc",
             Transport::Http => "http",
+            Transport::Unix => "unix",
         }
     }
 }
 
-/// Who sent a request: the transport and the peer's address, when known.
+/// Who sent a request: the transport, the peer's address for TCP, and the peer's pid for
+/// the unix socket (from the kernel, `SO_PEERCRED`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Writer {
     pub transport: Transport,
     pub peer: Option<SocketAddr>,
+    pub pid: Option<i32>,
 }
 
 /// A batch of points from one instance, as produced by `receiver::otlp`.

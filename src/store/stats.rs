@@ -38,6 +38,7 @@ impl RequestError {
 pub struct Stats {
     requests_grpc: AtomicU64,
     requests_http: AtomicU64,
+    requests_unix: AtomicU64,
     request_errors: [AtomicU64; RequestError::ALL.len()],
     points_accepted: AtomicU64,
     points_rejected: [AtomicU64; RejectReason::ALL.len()],
@@ -79,6 +80,7 @@ impl Stats {
         match transport {
             super::Transport::Grpc => add(&self.requests_grpc, 1),
             super::Transport::Http => add(&self.requests_http, 1),
+            super::Transport::Unix => add(&self.requests_unix, 1),
         }
     }
 
@@ -129,6 +131,7 @@ impl Stats {
             requests: vec![
                 ("grpc", read(&self.requests_grpc)),
                 ("http", read(&self.requests_http)),
+                ("unix", read(&self.requests_unix)),
             ],
             request_errors: RequestError::ALL
                 .iter()

@@ -22,6 +22,8 @@ use crate::model::{
 };
 use crate::outcome::DropReason;
 
+use super::collision::PID_WRITER;
+
 /// Why a point was not applied to its stream.
 #[derive(Debug, PartialEq)]
 pub enum Refusal {
@@ -36,6 +38,8 @@ pub enum Refusal {
 /// Evidence that more than one process writes a stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Evidence {
+    /// Unix socket peers with different pids write one sequence of the stream.
+    DifferentProcesses,
     /// A point with the stream's latest timestamp but another value, from another connection.
     SameTimeOtherValue,
     /// A cumulative value went down without a new start time.
@@ -49,6 +53,7 @@ pub enum Evidence {
 impl Evidence {
     pub fn as_str(self) -> &'static str {
         match self {
+            Evidence::DifferentProcesses => "different_processes",
             Evidence::SameTimeOtherValue => "same_time_other_value",
             Evidence::WentDownWithoutNewStart => "went_down_without_new_start",
             Evidence::StartTimeAlternates => "start_time_alternates",
@@ -59,6 +64,7 @@ impl Evidence {
     /// What was seen, for messages.
     pub fn describe(self) -> &'static str {
         match self {
+            Evidence::DifferentProcesses => "processes with different pids write it",
             Evidence::SameTimeOtherValue => {
                 "two connections sent different values for the same timestamp"
             }
@@ -249,8 +255,10 @@ pub struct Stream {
     start: u64,
     /// The start time before the current one, to see writers alternating.
     previous_start: u64,
-    /// Who wrote the latest accepted point (a hash of the connection's peer; 0 unknown).
+    /// Who wrote the latest accepted point (`collision::writer_id`; 0 unknown).
     last_writer: u64,
+    /// Who wrote before `last_writer`, when it changed.
+    previous_writer: u64,
     /// Time of the latest accepted point; 0 before the first.
     last_time: u64,
     resets: u64,
@@ -298,6 +306,7 @@ impl Stream {
             start: 0,
             previous_start: 0,
             last_writer: 0,
+            previous_writer: 0,
             last_time: 0,
             resets: 0,
             stale: false,
@@ -352,7 +361,17 @@ impl Stream {
         // A start time that changes between two known values marks a new sequence.
         let new_start =
             self.last_time != 0 && self.start != 0 && point.start != 0 && point.start != self.start;
-        let evidence = if new_start && point.start == self.previous_start {
+        // Two pids on one sequence (no new start time) are two processes: a restarted worker
+        // starts a new sequence. For kinds without start times, a pid that comes back after
+        // another one is the sign.
+        let pids = writer & PID_WRITER != 0 && self.last_writer & PID_WRITER != 0;
+        let other_process = pids && writer != self.last_writer && self.last_time != 0;
+        let evidence = if other_process
+            && ((self.start != 0 && !new_start)
+                || (self.start == 0 && writer == self.previous_writer))
+        {
+            Some(Evidence::DifferentProcesses)
+        } else if new_start && point.start == self.previous_start {
             Some(Evidence::StartTimeAlternates)
         } else if !new_start && self.goes_down(&point.value) {
             Some(Evidence::WentDownWithoutNewStart)
@@ -386,6 +405,9 @@ impl Stream {
         self.stale = false;
         self.start = point.start;
         self.last_time = point.time;
+        if writer != self.last_writer {
+            self.previous_writer = self.last_writer;
+        }
         self.last_writer = writer;
         (Ok(()), evidence)
     }
@@ -661,6 +683,44 @@ mod tests {
             .0
             .expect("marker");
         assert_eq!(gauge.state().value, None);
+    }
+
+    /// Applies `(writer pid, start, time, value)` counter points; returns the evidence found.
+    fn evidence_for(stream: &mut Stream, points: &[(u32, u64, u64, f64)]) -> Vec<Option<Evidence>> {
+        points
+            .iter()
+            .map(|&(pid, start, time, value)| {
+                let writer = PID_WRITER | u64::from(pid);
+                stream
+                    .apply(number(start, time, value), writer, CollisionPolicy::Report)
+                    .1
+            })
+            .collect()
+    }
+
+    #[test]
+    fn two_pids_on_one_sequence_are_two_processes() {
+        let found = evidence_for(&mut counter(), &[(10, 1, 10, 5.0), (11, 1, 20, 6.0)]);
+        assert_eq!(found, vec![None, Some(Evidence::DifferentProcesses)]);
+    }
+
+    #[test]
+    fn a_restart_with_a_new_pid_and_start_is_not_a_collision() {
+        let found = evidence_for(
+            &mut counter(),
+            &[(10, 1, 10, 5.0), (11, 30, 40, 1.0), (11, 30, 50, 2.0)],
+        );
+        assert_eq!(found, vec![None, None, None]);
+    }
+
+    #[test]
+    fn gauge_pids_coming_back_are_two_processes() {
+        let mut gauge = Stream::new(metric(Kind::Gauge, None, false), "".into());
+        let found = evidence_for(
+            &mut gauge,
+            &[(10, 0, 10, 1.0), (11, 0, 20, 2.0), (10, 0, 30, 3.0)],
+        );
+        assert_eq!(found, vec![None, None, Some(Evidence::DifferentProcesses)]);
     }
 
     fn histogram_point(start: u64, time: u64, bounds: &[f64], counts: &[u64]) -> Point {

@@ -1,0 +1,117 @@
+//! The unix-socket receiver: OTLP/gRPC over a unix domain socket, the peer's pid taken from
+//! the kernel and recorded as the writer; socket mode; stale sockets replaced, live ones and
+//! other files left alone.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use common::{export, start_with, test_config};
+use hyper_util::rt::TokioIo;
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+use serde_json::json;
+use tonic::transport::{Channel, Endpoint};
+
+/// A fresh directory under the system temp dir, removed by the caller's `cleanup`.
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fanin-unix-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+async fn unix_client(path: &Path) -> MetricsServiceClient<Channel> {
+    let path = path.to_path_buf();
+    // The URI is required by the API and unused: the connector dials the socket.
+    let channel = Endpoint::from_static("http://fanin.invalid")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await
+        .expect("connect over the unix socket");
+    MetricsServiceClient::new(channel)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exports_over_the_socket_record_the_peer_pid() {
+    let dir = temp_dir("pid");
+    let socket = dir.join("fanin.sock");
+    let path = socket.clone();
+    let fanin = start_with(move |config| config.receivers.otlp.unix.path = Some(path)).await;
+    assert_eq!(fanin.addresses.unix.as_deref(), Some(socket.as_path()));
+    let mode = std::fs::metadata(&socket)
+        .expect("socket exists")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o660);
+
+    let mut client = unix_client(&socket).await;
+    client
+        .export(export("w1").counter("requests", 1, 10, 7).build())
+        .await
+        .expect("export over the unix socket");
+    assert_eq!(fanin.values("requests").await, vec![json!(7.0)]);
+    let (_, body) = fanin.get("/api/v1/instances").await;
+    let writer = &body["instances"][0]["writer"];
+    assert_eq!(writer["transport"], json!("unix"));
+    assert_eq!(writer["pid"], json!(std::process::id()));
+    assert_eq!(fanin.stats().await["requests"]["unix"], json!(1));
+
+    fanin.stop().await;
+    assert!(!socket.exists(), "the socket file is removed on shutdown");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stale_socket_is_replaced_and_a_live_one_is_not_taken() {
+    let dir = temp_dir("stale");
+    let socket = dir.join("fanin.sock");
+    // A listener that went away without removing its file: the file stays, nobody listens.
+    drop(std::os::unix::net::UnixListener::bind(&socket).expect("bind"));
+    assert!(socket.exists());
+    let path = socket.clone();
+    let fanin = start_with(move |config| config.receivers.otlp.unix.path = Some(path)).await;
+    let mut client = unix_client(&socket).await;
+    client
+        .export(export("w1").gauge("up", 10, 1.0).build())
+        .await
+        .expect("export over the replaced socket");
+
+    // fanin now listens there: a second one must refuse rather than steal it.
+    let mut config = test_config();
+    config.receivers.otlp.unix.path = Some(socket.clone());
+    let error = fanin::App::bind(config)
+        .await
+        .err()
+        .expect("a live socket is not taken over");
+    assert!(
+        error
+            .to_string()
+            .contains("another process is listening on it"),
+        "{error}"
+    );
+    assert_eq!(fanin.values("up").await, vec![json!(1.0)]);
+    fanin.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_that_is_not_a_socket_is_never_removed() {
+    let dir = temp_dir("file");
+    let path = dir.join("precious.txt");
+    std::fs::write(&path, "keep me").expect("write");
+    let mut config = test_config();
+    config.receivers.otlp.unix.path = Some(path.clone());
+    let error = fanin::App::bind(config).await.err().expect("not a socket");
+    assert!(error.to_string().contains("is not a socket"), "{error}");
+    assert_eq!(
+        std::fs::read_to_string(&path).expect("still there"),
+        "keep me"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
