@@ -188,7 +188,7 @@ impl Accumulator {
                     if total.add(value).is_err() {
                         // Keep what still adds up; the buckets no longer mean anything.
                         self.bounds_differ = true;
-                        total.count += value.count;
+                        total.count = total.count.saturating_add(value.count);
                         total.sum = total.sum.zip(value.sum).map(|(a, b)| a + b);
                         total.min = total.min.zip(value.min).map(|(a, b)| a.min(b));
                         total.max = total.max.zip(value.max).map(|(a, b)| a.max(b));
@@ -200,7 +200,7 @@ impl Accumulator {
                 Some(total) => total.add(value),
             },
             StreamValue::Summary(value) => {
-                self.summary.0 += value.count;
+                self.summary.0 = self.summary.0.saturating_add(value.count);
                 self.summary.1 += value.sum;
             }
         }

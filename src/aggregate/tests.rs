@@ -255,3 +255,40 @@ fn only_sum_is_defined_for_histograms() {
         "agg=max is defined for numeric metrics only; histogram metrics merge with agg=sum"
     );
 }
+
+#[test]
+fn huge_counts_saturate_instead_of_overflowing() {
+    let huge = |bounds: &[f64]| {
+        StreamValue::Histogram(Histogram {
+            count: u64::MAX,
+            sum: None,
+            min: None,
+            max: None,
+            bounds: bounds.to_vec(),
+            bucket_counts: vec![u64::MAX; bounds.len() + 1],
+        })
+    };
+    match merge(&[huge(&[1.0]), huge(&[2.0])], Shape::Histogram) {
+        Aggregated::Histogram {
+            histogram,
+            bounds_differ,
+        } => {
+            assert!(bounds_differ);
+            assert_eq!(histogram.count, u64::MAX);
+        }
+        other => panic!("{other:?}"),
+    }
+    let summary = StreamValue::Summary(crate::model::Summary {
+        count: u64::MAX,
+        sum: 1.0,
+        quantiles: Vec::new(),
+    });
+    let merged = merge(&[summary.clone(), summary], Shape::Summary);
+    assert_eq!(
+        merged,
+        Aggregated::Summary {
+            count: u64::MAX,
+            sum: 2.0
+        }
+    );
+}
