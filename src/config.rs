@@ -192,18 +192,7 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let mut tree: Tree = serde_saphyr::from_str(text)?;
         expand_env(&mut tree, &mut Vec::new(), env)?;
-        let config: Config = serde_path_to_error::deserialize(tree).map_err(|error| {
-            let path = error.path().to_string();
-            ConfigError::Invalid {
-                path: if path == "." {
-                    "(top level)".into()
-                } else {
-                    path
-                },
-                message: error.into_inner().to_string(),
-            }
-        })?;
-        Ok(config)
+        Config::from_tree(tree)
     }
 
     /// Parses YAML text, expanding `${env:NAME}` from the process environment.
@@ -214,12 +203,71 @@ impl Config {
         Config::from_yaml_with_env(text, &|name| std::env::var(name).ok())
     }
 
+    /// Parses a user's YAML laid over the built-in default: keys the file leaves out keep
+    /// their default, objects merge key by key, anything else (lists included) replaces the
+    /// default. Unknown keys are still errors. Pure, like [`Config::from_yaml_with_env`].
+    ///
+    /// # Errors
+    /// As [`Config::from_yaml_with_env`].
+    pub fn from_yaml_over_default_with_env(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut tree: Tree = serde_saphyr::from_str(DEFAULT_YAML)?;
+        let mut overlay: Tree = serde_saphyr::from_str(text)?;
+        // An empty file reads as null: nothing to change.
+        if !overlay.is_null() {
+            expand_env(&mut overlay, &mut Vec::new(), env)?;
+            merge(&mut tree, overlay);
+        }
+        Config::from_tree(tree)
+    }
+
+    /// [`Config::from_yaml_over_default_with_env`] with the process environment.
+    ///
+    /// # Errors
+    /// As [`Config::from_yaml_with_env`].
+    pub fn from_yaml_over_default(text: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml_over_default_with_env(text, &|name| std::env::var(name).ok())
+    }
+
+    fn from_tree(tree: Tree) -> Result<Config, ConfigError> {
+        serde_path_to_error::deserialize(tree).map_err(|error| {
+            let path = error.path().to_string();
+            ConfigError::Invalid {
+                path: if path == "." {
+                    "(top level)".into()
+                } else {
+                    path
+                },
+                message: error.into_inner().to_string(),
+            }
+        })
+    }
+
     /// The built-in default configuration.
     ///
     /// # Errors
     /// Only if `config.yaml` uses an environment reference that cannot be expanded.
     pub fn default_config() -> Result<Config, ConfigError> {
         Config::from_yaml(DEFAULT_YAML)
+    }
+}
+
+/// Lays `overlay` over `base`: objects merge key by key, anything else replaces.
+fn merge(base: &mut Tree, overlay: Tree) {
+    match (base, overlay) {
+        (Tree::Object(base), Tree::Object(overlay)) => {
+            for (key, value) in overlay {
+                match base.get_mut(&key) {
+                    Some(existing) => merge(existing, value),
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, overlay) => *base = overlay,
     }
 }
 
@@ -405,6 +453,37 @@ mod tests {
                 "  rules:\n    - metric: \"a[\"\n      agg: sum",
             ),
             "`aggregation.rules[0].metric`: \"a[\" is not a valid glob",
+        );
+    }
+
+    #[test]
+    fn a_partial_file_keeps_the_other_defaults() {
+        let config = Config::from_yaml_over_default_with_env(
+            "query:\n  listen: 127.0.0.1:9999\naggregation:\n  rules:\n    - metric: \"a.*\"\n      agg: max\n",
+            &no_env,
+        )
+        .expect("partial config");
+        assert_eq!(config.query.listen.to_string(), "127.0.0.1:9999");
+        assert_eq!(config.aggregation.rules.len(), 1);
+        assert_eq!(
+            config.receivers.otlp.grpc.listen.to_string(),
+            "127.0.0.1:4317"
+        );
+        assert_eq!(config.aggregation.instance_ttl, Duration::from_secs(300));
+        let empty = Config::from_yaml_over_default_with_env("", &no_env).expect("empty file");
+        assert_eq!(empty.limits.max_series.get(), 1_000_000);
+    }
+
+    #[test]
+    fn a_partial_file_still_rejects_typos_by_key() {
+        let error =
+            Config::from_yaml_over_default_with_env("query:\n  lissten: 127.0.0.1:1\n", &no_env)
+                .expect_err("typo");
+        assert!(
+            error
+                .to_string()
+                .contains("config key `query.lissten`: unknown field"),
+            "{error}"
         );
     }
 

@@ -82,7 +82,8 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read config file {}", path.display()))?;
-            Config::from_yaml(&text).with_context(|| format!("config file {}", path.display()))?
+            Config::from_yaml_over_default(&text)
+                .with_context(|| format!("config file {}", path.display()))?
         }
     };
     if let Some(address) = args.grpc_listen {

@@ -243,3 +243,16 @@ fn default_config_is_built_in() {
     assert_eq!(code, Some(0));
     assert_eq!(stdout, include_str!("../config.yaml"));
 }
+
+#[test]
+fn a_partial_config_file_keeps_the_other_defaults() {
+    let path = write_config(
+        "partial",
+        "receivers:\n  otlp:\n    grpc:\n      listen: 127.0.0.1:0\n    http:\n      listen: 127.0.0.1:0\nquery:\n  listen: 127.0.0.1:0\n",
+    );
+    let served = serve(&["--config", path.to_str().expect("utf-8")], &[]);
+    assert_eq!(served.query.ip().to_string(), "127.0.0.1");
+    served.signal(Signal::SIGTERM);
+    assert_eq!(served.wait().code(), Some(0));
+    let _ = std::fs::remove_file(path);
+}
