@@ -12,7 +12,7 @@
 //! - `max`, `min`, `avg` and `count` look at live instances' current values, for any numeric
 //!   kind; histograms and summaries only merge (`sum`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use crate::model::{Attributes, ExpBuckets, ExpHistogram, Histogram, Kind, MetricId, StreamValue};
 
@@ -156,7 +156,10 @@ struct Accumulator {
     bounds_differ: bool,
     exp_histogram: Option<ExpHistogram>,
     summary: (u64, f64),
-    instances: HashSet<usize>,
+    /// Distinct instances seen: contributions of one instance arrive together (see
+    /// [`space`]), so a new instance is a change of index.
+    instances: u64,
+    last_instance: Option<usize>,
     retired_instances: u64,
 }
 
@@ -164,7 +167,10 @@ impl Accumulator {
     fn add(&mut self, contribution: &Contribution) {
         match contribution.source {
             Source::Instance(index) => {
-                self.instances.insert(index);
+                if self.last_instance != Some(index) {
+                    self.instances += 1;
+                    self.last_instance = Some(index);
+                }
             }
             Source::Retired { instances } => {
                 self.retired_instances = self.retired_instances.max(instances);
@@ -207,7 +213,7 @@ impl Accumulator {
     }
 
     fn finish(self, shape: Shape, agg: Agg) -> (Aggregated, u64) {
-        let instances = self.instances.len() as u64 + self.retired_instances;
+        let instances = self.instances + self.retired_instances;
         let value = match shape {
             Shape::Counter | Shape::Current => Aggregated::Number(match agg {
                 Agg::Sum => self.sum,
@@ -254,6 +260,10 @@ impl Accumulator {
 
 /// Aggregates `contributions` with `agg`, grouping by all their attributes or only the keys
 /// in `by`. Groups come out in a stable order (by their attributes).
+///
+/// The contributions of one instance must be adjacent (a store snapshot lists each
+/// instance's streams together): that is how `instances` counts distinct instances without
+/// a set per group.
 ///
 /// # Errors
 /// [`AggregateError::NotNumeric`] when `max`, `min`, `avg` or `count` is asked of a

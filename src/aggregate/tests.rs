@@ -79,6 +79,7 @@ fn max_min_avg_look_at_live_values_only() {
 
 #[test]
 fn one_instance_with_two_streams_counts_once() {
+    // Contributions of one instance are adjacent, as a store snapshot lists them.
     check(
         &[(0, true, 1.0), (0, true, 2.0)],
         Shape::Counter,
