@@ -12,8 +12,10 @@
 //! share of the receive path. Growth is bounded by `limits.max_series` either way.
 //!
 //! Lock order, to stay deadlock-free: a DashMap guard is never held while taking an instance
-//! lock (the `Arc<Instance>` is cloned out first); under an instance lock only the metric
-//! registry (`metrics`) is touched, briefly, when a new stream is created.
+//! lock (the `Arc<Instance>` is cloned out first). Under an instance lock the code may take,
+//! briefly: a `metrics` registry entry (stream creation), the `collisions` mutex (evidence),
+//! and during eviction the `retired` mutex, the `evicted` list and the `instances` shard
+//! (removal). None of these is ever held while waiting for an instance lock.
 
 mod collision;
 mod liveness;
