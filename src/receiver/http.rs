@@ -6,6 +6,10 @@
 //! limit, so a gzip bomb never allocates more than the limit), decode (400), store, 200.
 //! Every answer is encoded like the request: protobuf in, protobuf out; JSON in, JSON out;
 //! errors are a `google.rpc.Status` in that encoding.
+//!
+//! Large or compressed bodies are decompressed, decoded and stored on tokio's blocking pool
+//! ([`BLOCKING_BODY_BYTES`]); small ones inline, where a thread hand-off would cost more
+//! than the work.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -64,6 +68,11 @@ pub fn router(store: Store, max_request_bytes: usize) -> Router {
         })
 }
 
+/// Raw bodies above this size, and every compressed body (which may inflate to the limit),
+/// are decompressed, decoded and stored on tokio's blocking pool: on an async worker, tens
+/// of milliseconds of decoding would stall every other connection that worker serves.
+const BLOCKING_BODY_BYTES: usize = 512 * 1024;
+
 async fn export(State(receiver): State<Receiver>, request: Request) -> Response {
     receiver.store.stats().request(Transport::Http);
     let peer = request
@@ -76,26 +85,46 @@ async fn export(State(receiver): State<Receiver>, request: Request) -> Response 
         Ok(encoding) => encoding,
         Err(error) => return failure(&receiver.store, Encoding::Json, error),
     };
-    match decode(&receiver, encoding, request).await {
-        Ok(decoded) => {
-            let writer = Writer {
-                transport: Transport::Http,
-                peer,
-                pid: None,
-            };
-            let outcome = receive(&receiver.store, decoded, writer);
-            success(encoding, &outcome)
+    let (raw, compression) = match read(&receiver, request).await {
+        Ok(read) => read,
+        Err(error) => return failure(&receiver.store, encoding, error),
+    };
+    let writer = Writer {
+        transport: Transport::Http,
+        peer,
+        pid: None,
+    };
+    let limit = receiver.max_request_bytes;
+    let blocking = raw.len() > BLOCKING_BODY_BYTES || compression != Compression::None;
+    let store = receiver.store.clone();
+    let work = move || -> Result<Outcome, IngestError> {
+        let decoded = decode(raw, compression, encoding, limit)?;
+        Ok(receive(&store, decoded, writer))
+    };
+    let result = if blocking {
+        match tokio::task::spawn_blocking(work).await {
+            Ok(result) => result,
+            Err(error) => {
+                tracing::error!(%error, "Decoding an OTLP/HTTP request failed unexpectedly");
+                return status_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    encoding,
+                    tonic::Code::Internal,
+                    "fanin failed to process the request",
+                );
+            }
         }
+    } else {
+        work()
+    };
+    match result {
+        Ok(outcome) => success(encoding, &outcome),
         Err(error) => failure(&receiver.store, encoding, error),
     }
 }
 
-/// Reads, decompresses and decodes the body, enforcing the size limit at each step.
-async fn decode(
-    receiver: &Receiver,
-    encoding: Encoding,
-    request: Request,
-) -> Result<ExportMetricsServiceRequest, IngestError> {
+/// Checks the content encoding and the declared size, then reads the body within the limit.
+async fn read(receiver: &Receiver, request: Request) -> Result<(Bytes, Compression), IngestError> {
     let limit = receiver.max_request_bytes;
     let compression = content_encoding(request.headers())?;
     let declared = request
@@ -110,6 +139,17 @@ async fn decode(
         });
     }
     let raw = read_body(request.into_body(), limit).await?;
+    Ok((raw, compression))
+}
+
+/// Decompresses (within the limit) and decodes a body. Synchronous: may run on the
+/// blocking pool.
+fn decode(
+    raw: Bytes,
+    compression: Compression,
+    encoding: Encoding,
+    limit: usize,
+) -> Result<ExportMetricsServiceRequest, IngestError> {
     let body = decompress(raw, compression, limit)?;
     match encoding {
         Encoding::Protobuf => Ok(ExportMetricsServiceRequest::decode(body)?),
