@@ -1,4 +1,5 @@
-//! The query API on the query listener: what the store holds, as JSON.
+//! The query API on the query listener: what the store holds, as JSON and in the Prometheus
+//! text format (the same answers are served over gRPC by `grpc.rs` on the OTLP/gRPC listener).
 //!
 //! - `GET /api/v1/query?metric=NAME[&agg=..][&by=..][&match=k=v]`: the total across
 //!   instances (`answer.rs`, then `aggregate::space`).

@@ -1,4 +1,5 @@
-//! Receivers: OTLP over gRPC and HTTP, decoded into the model and handed to the store.
+//! Receivers: OTLP over gRPC (TCP or the unix socket) and HTTP, decoded into the model and
+//! handed to the store.
 //!
 //! The transports (`grpc`, `http`) only move bytes and map errors to their wire; the meaning
 //! lives in `otlp` (protobuf to model, shared by both) and `json` (OTLP/JSON to protobuf).
