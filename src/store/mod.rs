@@ -255,8 +255,15 @@ impl Store {
     ) -> Outcome {
         let now = SystemTime::now();
         let now_monotonic = Instant::now();
+        let writer_id = collision::writer_id(&writer);
         for batch in batches {
-            self.ingest_instance(batch, writer, now, now_monotonic, &mut outcome);
+            self.ingest_instance(
+                batch,
+                (&writer, writer_id),
+                now,
+                now_monotonic,
+                &mut outcome,
+            );
         }
         self.shared.stats.record(&outcome);
         outcome
@@ -265,13 +272,13 @@ impl Store {
     fn ingest_instance(
         &self,
         batch: InstancePoints,
-        writer: Writer,
+        (writer, writer_id): (&Writer, u64),
         now: SystemTime,
         now_monotonic: Instant,
         outcome: &mut Outcome,
     ) {
         loop {
-            let instance = self.instance(&batch.resource, writer, now, now_monotonic);
+            let instance = self.instance(&batch.resource, *writer, now, now_monotonic);
             let mut state = lock(&instance.state);
             if state.evicted {
                 // Evicted between the lookup and the lock: it is gone from the map, and
@@ -283,15 +290,14 @@ impl Store {
             }
             state.last_seen = now;
             state.last_export = now_monotonic;
-            state.last_writer = writer;
+            state.last_writer = *writer;
             state.exports += 1;
-            let writer_id = collision::writer_id(&writer);
             for point in batch.points {
                 self.apply(
                     &instance.key,
                     &mut state,
                     point,
-                    (&writer, writer_id),
+                    (writer, writer_id),
                     now,
                     outcome,
                 );
@@ -349,51 +355,32 @@ impl Store {
             point,
             description,
         } = point;
-        let metric = Arc::clone(&key.metric);
         let policy = self.shared.collision_policy;
-        let result = match state.streams.get_mut(&key) {
+        match state.streams.get_mut(&key) {
             Some(stream) => {
                 let (result, evidence) = stream.apply(point, writer_id, policy);
                 if let Some(evidence) = evidence {
                     self.record_collision(instance, &key, evidence, writer, now);
                 }
-                result
+                count(outcome, result, &key.metric);
             }
             None => {
                 if !self.reserve_stream() {
                     outcome.reject(RejectReason::SeriesLimit, 1, || {
                         format!(
                             "metric {:?}: the store is full ({} streams, limits.max_series); existing streams keep updating",
-                            metric.name, self.shared.max_series
+                            key.metric.name, self.shared.max_series
                         )
                     });
                     return;
                 }
-                self.register_metric(&metric, &description, now);
-                let mut stream = Stream::new(Arc::clone(&metric), description);
+                self.register_metric(&key.metric, &description, now);
+                let mut stream = Stream::new(Arc::clone(&key.metric), description);
                 // A stream's first point has nothing to contradict: no evidence to record.
                 let (result, _) = stream.apply(point, writer_id, policy);
+                count(outcome, result, &key.metric);
                 state.streams.insert(key, stream);
-                result
             }
-        };
-        match result {
-            Ok(()) => outcome.accepted += 1,
-            Err(Refusal::Drop(reason)) => outcome.drop_point(reason),
-            Err(Refusal::Collision(evidence)) => outcome.reject(RejectReason::Collision, 1, || {
-                format!(
-                    "metric {:?}: another process writes this stream ({}); {}",
-                    metric.name,
-                    evidence.describe(),
-                    collision::FIX
-                )
-            }),
-            Err(Refusal::Bounds(mismatch)) => outcome.reject(RejectReason::BoundsChanged, 1, || {
-                format!(
-                    "metric {:?}: a histogram point's {mismatch}; keep one set of bounds per stream",
-                    metric.name
-                )
-            }),
         }
     }
 
@@ -605,6 +592,28 @@ impl Store {
             .iter()
             .map(|entry| Arc::clone(entry.value()))
             .collect()
+    }
+}
+
+/// Counts one applied or refused point in the request's outcome.
+fn count(outcome: &mut Outcome, result: Result<(), Refusal>, metric: &MetricId) {
+    match result {
+        Ok(()) => outcome.accepted += 1,
+        Err(Refusal::Drop(reason)) => outcome.drop_point(reason),
+        Err(Refusal::Collision(evidence)) => outcome.reject(RejectReason::Collision, 1, || {
+            format!(
+                "metric {:?}: another process writes this stream ({}); {}",
+                metric.name,
+                evidence.describe(),
+                collision::FIX
+            )
+        }),
+        Err(Refusal::Bounds(mismatch)) => outcome.reject(RejectReason::BoundsChanged, 1, || {
+            format!(
+                "metric {:?}: a histogram point's {mismatch}; keep one set of bounds per stream",
+                metric.name
+            )
+        }),
     }
 }
 

@@ -178,8 +178,16 @@ impl<T: Additive> Cumulative<T> {
         }
     }
 
-    /// Applies a value; `new_start` says the start time changed. Returns whether it was a reset.
-    fn apply(&mut self, value: T, new_start: bool) -> Result<bool, BoundsMismatch> {
+    /// Whether `value` is lower than the latest one: a reset, or a second writer.
+    fn went_down(&self, value: &T) -> bool {
+        self.current
+            .as_ref()
+            .is_some_and(|current| value.went_down(current))
+    }
+
+    /// Applies a value; `reset` says a new sequence starts (a new start time, or a value that
+    /// [went down](Cumulative::went_down)). Returns whether it was a reset.
+    fn apply(&mut self, value: T, reset: bool) -> Result<bool, BoundsMismatch> {
         for existing in [&self.base, &self.current].into_iter().flatten() {
             existing.check(&value)?;
         }
@@ -187,7 +195,6 @@ impl<T: Additive> Cumulative<T> {
             self.current = Some(value);
             return Ok(false);
         };
-        let reset = new_start || value.went_down(&current);
         if reset {
             match &mut self.base {
                 Some(base) => base.add(&current),
@@ -366,6 +373,9 @@ impl Stream {
         // another one is the sign.
         let pids = writer & PID_WRITER != 0 && self.last_writer & PID_WRITER != 0;
         let other_process = pids && writer != self.last_writer && self.last_time != 0;
+        // Computed once: it is both a reset for the accumulator and, without a new start
+        // time, evidence of a second writer.
+        let went_down = self.goes_down(&point.value);
         let evidence = if other_process
             && ((self.start != 0 && !new_start)
                 || (self.start == 0 && writer == self.previous_writer))
@@ -373,7 +383,7 @@ impl Stream {
             Some(Evidence::DifferentProcesses)
         } else if new_start && point.start == self.previous_start {
             Some(Evidence::StartTimeAlternates)
-        } else if !new_start && self.goes_down(&point.value) {
+        } else if !new_start && went_down {
             Some(Evidence::WentDownWithoutNewStart)
         } else {
             None
@@ -391,7 +401,7 @@ impl Stream {
                 self.last_writer = writer;
                 return (Ok(()), evidence);
             }
-            value => match self.accumulate(value, new_start) {
+            value => match self.accumulate(value, new_start || went_down) {
                 Ok(reset) => reset,
                 Err(mismatch) => return (Err(Refusal::Bounds(mismatch)), evidence),
             },
@@ -441,27 +451,23 @@ impl Stream {
     /// Whether a cumulative `value` is lower than the stream's latest.
     fn goes_down(&self, value: &Value) -> bool {
         match (&self.accumulator, value) {
-            (Accumulator::Counter(counter), Value::Number(number)) => {
-                counter.current.is_some_and(|current| *number < current)
+            (Accumulator::Counter(counter), Value::Number(number)) => counter.went_down(number),
+            (Accumulator::Histogram(cumulative), Value::Histogram(histogram)) => {
+                cumulative.went_down(histogram)
             }
-            (Accumulator::Histogram(cumulative), Value::Histogram(histogram)) => cumulative
-                .current
-                .as_ref()
-                .is_some_and(|current| histogram.count < current.count),
-            (Accumulator::ExpHistogram(cumulative), Value::ExpHistogram(histogram)) => cumulative
-                .current
-                .as_ref()
-                .is_some_and(|current| histogram.count < current.count),
-            (Accumulator::Summary(cumulative), Value::Summary(summary)) => cumulative
-                .current
-                .as_ref()
-                .is_some_and(|current| summary.count < current.count),
+            (Accumulator::ExpHistogram(cumulative), Value::ExpHistogram(histogram)) => {
+                cumulative.went_down(histogram)
+            }
+            (Accumulator::Summary(cumulative), Value::Summary(summary)) => {
+                cumulative.went_down(summary)
+            }
             _ => false,
         }
     }
 
-    /// Adds a value to the accumulator. Returns whether it was a reset.
-    fn accumulate(&mut self, value: Value, new_start: bool) -> Result<bool, BoundsMismatch> {
+    /// Adds a value to the accumulator; `reset` says a new sequence starts. Returns whether
+    /// it was a reset.
+    fn accumulate(&mut self, value: Value, reset: bool) -> Result<bool, BoundsMismatch> {
         // A value of the wrong shape for the stream cannot happen: the kind is part of the
         // stream's identity. It is ignored rather than trusted.
         match (&mut self.accumulator, value) {
@@ -469,11 +475,11 @@ impl Stream {
                 if number.has_number() {
                     *latest = Some(number);
                 }
-                Ok(new_start)
+                Ok(reset)
             }
             (Accumulator::Counter(counter), Value::Number(number)) => {
                 if number.has_number() {
-                    counter.apply(number, new_start)
+                    counter.apply(number, reset)
                 } else {
                     Ok(false)
                 }
@@ -485,20 +491,20 @@ impl Stream {
                 Ok(false)
             }
             (Accumulator::Histogram(cumulative), Value::Histogram(histogram)) => {
-                cumulative.apply(histogram, new_start)
+                cumulative.apply(histogram, reset)
             }
             (Accumulator::DeltaHistogram(delta), Value::Histogram(histogram)) => {
                 delta.apply(histogram).map(|()| false)
             }
             (Accumulator::ExpHistogram(cumulative), Value::ExpHistogram(histogram)) => {
-                cumulative.apply(histogram, new_start)
+                cumulative.apply(histogram, reset)
             }
             (Accumulator::DeltaExpHistogram(delta), Value::ExpHistogram(histogram)) => {
                 delta.apply(histogram).map(|()| false)
             }
             (Accumulator::Summary(cumulative), Value::Summary(summary)) => {
                 if summary.has_number() {
-                    cumulative.apply(summary, new_start)
+                    cumulative.apply(summary, reset)
                 } else {
                     Ok(false)
                 }
