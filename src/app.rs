@@ -1,22 +1,20 @@
-//! Binds the listeners, builds the shared store, and runs the three servers until shutdown.
+//! Binds the listeners, builds the shared store, and runs the servers (OTLP/gRPC, OTLP/HTTP,
+//! the query API, the optional unix socket) and the liveness sweep until shutdown.
 //!
 //! [`App::bind`] returns once every socket listens, so a caller (a test, `main`) may connect
 //! at once and may use port 0 and read the bound address back. [`App::run`] serves until the
 //! cancellation token fires, then stops accepting and lets requests in flight finish.
 
 use std::net::SocketAddr;
-
-use axum::serve::ListenerExt;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use axum::serve::ListenerExt;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
-use crate::config::Config;
-use crate::config::FileMode;
-use crate::model::InstanceAttributes;
+use crate::config::{Config, FileMode};
 use crate::query::grpc::QueryServer;
 use crate::receiver::grpc::GrpcReceiver;
 use crate::store::{Liveness, Store, Transport};
@@ -32,8 +30,6 @@ pub enum AppError {
         #[source]
         source: std::io::Error,
     },
-    #[error("aggregation.instance_attributes: {0}")]
-    Config(String),
     #[error("cannot listen on the unix socket {path}: {message}")]
     Unix { path: PathBuf, message: String },
     #[error("{listener} server failed: {source}")]
@@ -97,17 +93,9 @@ impl App {
             Some(path) => Some((bind_unix(path, otlp.unix.mode)?, path.clone())),
             None => None,
         };
-        let instance_attributes = InstanceAttributes::new(
-            config
-                .aggregation
-                .instance_attributes
-                .iter()
-                .map(|glob| glob.as_str()),
-        )
-        .map_err(AppError::Config)?;
         let store = Store::new(
             config.limits.max_series,
-            instance_attributes,
+            config.aggregation.instance_attributes.clone(),
             config.collisions.policy,
         );
         let liveness = Liveness {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use crate::aggregate::Agg;
+use crate::model::{InstanceAttributes, name_glob};
 pub use crate::store::CollisionPolicy;
 use serde_json::Value as Tree;
 
@@ -98,7 +99,8 @@ pub struct QueryConfig {
 pub struct AggregationConfig {
     /// Resource attribute keys (or globs) that identify a worker and are dropped when
     /// aggregating.
-    pub instance_attributes: Vec<Glob>,
+    #[serde(deserialize_with = "instance_attributes")]
+    pub instance_attributes: InstanceAttributes,
     /// Retire an instance after this long without an export.
     #[serde(with = "humantime_serde")]
     pub instance_ttl: Duration,
@@ -137,15 +139,20 @@ impl Glob {
 impl std::str::FromStr for Glob {
     type Err = String;
     fn from_str(text: &str) -> Result<Glob, String> {
-        let glob = globset::GlobBuilder::new(text)
-            .literal_separator(false)
-            .build()
-            .map_err(|error| format!("{text:?} is not a valid glob: {error}"))?;
+        let glob = name_glob(text)?;
         Ok(Glob {
             text: text.to_string(),
             matcher: glob.compile_matcher(),
         })
     }
+}
+
+/// Reads `aggregation.instance_attributes`: a list of keys or globs, compiled once here.
+fn instance_attributes<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<InstanceAttributes, D::Error> {
+    let patterns = Vec::<String>::deserialize(deserializer)?;
+    InstanceAttributes::new(patterns.iter().map(String::as_str)).map_err(serde::de::Error::custom)
 }
 
 impl<'de> Deserialize<'de> for Glob {
@@ -396,12 +403,7 @@ mod tests {
         assert_eq!(config.shutdown_grace, Duration::from_secs(10));
         assert_eq!(config.aggregation.instance_ttl, Duration::from_secs(300));
         assert!(config.aggregation.pid_check);
-        let instance: Vec<_> = config
-            .aggregation
-            .instance_attributes
-            .iter()
-            .map(Glob::as_str)
-            .collect();
+        let instance: Vec<_> = config.aggregation.instance_attributes.patterns().collect();
         assert_eq!(
             instance,
             ["service.instance.id", "process.pid", "process.*"]
@@ -410,6 +412,14 @@ mod tests {
         assert_eq!(config.collisions.policy, CollisionPolicy::Report);
         assert_eq!(config.receivers.otlp.unix.path, None);
         assert_eq!(config.receivers.otlp.unix.mode, FileMode(0o660));
+    }
+
+    #[test]
+    fn bad_instance_attribute_glob_is_named() {
+        check_error(
+            DEFAULT_YAML.replace("\"process.*\"]", "\"process.[\"]"),
+            "config key `aggregation.instance_attributes`: \"process.[\" is not a valid glob",
+        );
     }
 
     #[test]

@@ -160,7 +160,20 @@ pub type InstanceKey = Arc<Attributes>;
 /// `aggregation.instance_attributes`). Space aggregation drops them.
 #[derive(Clone, Debug)]
 pub struct InstanceAttributes {
+    patterns: Vec<String>,
     globs: globset::GlobSet,
+}
+
+/// A glob over names, where `*` matches any run of characters, dots included: the one way
+/// fanin reads a name pattern (instance attributes, metric rules).
+///
+/// # Errors
+/// A message naming the pattern when it is not a valid glob.
+pub fn name_glob(pattern: &str) -> Result<globset::Glob, String> {
+    globset::GlobBuilder::new(pattern)
+        .literal_separator(false)
+        .build()
+        .map_err(|error| format!("{pattern:?} is not a valid glob: {error}"))
 }
 
 impl InstanceAttributes {
@@ -172,15 +185,21 @@ impl InstanceAttributes {
         patterns: impl IntoIterator<Item = &'a str>,
     ) -> Result<InstanceAttributes, String> {
         let mut builder = globset::GlobSetBuilder::new();
+        let mut kept = Vec::new();
         for pattern in patterns {
-            let glob = globset::GlobBuilder::new(pattern)
-                .literal_separator(false)
-                .build()
-                .map_err(|error| format!("{pattern:?} is not a valid glob: {error}"))?;
-            builder.add(glob);
+            builder.add(name_glob(pattern)?);
+            kept.push(pattern.to_string());
         }
         let globs = builder.build().map_err(|error| error.to_string())?;
-        Ok(InstanceAttributes { globs })
+        Ok(InstanceAttributes {
+            patterns: kept,
+            globs,
+        })
+    }
+
+    /// The patterns, as written.
+    pub fn patterns(&self) -> impl Iterator<Item = &str> {
+        self.patterns.iter().map(String::as_str)
     }
 
     pub fn is_instance_attribute(&self, key: &str) -> bool {
