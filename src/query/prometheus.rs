@@ -22,6 +22,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
+use std::sync::Arc;
 
 use crate::aggregate::{Agg, Aggregated, Shape};
 use crate::config::AggregationRule;
@@ -53,13 +54,13 @@ pub fn render(store: &Store, rules: &[AggregationRule]) -> String {
             .or_default()
             .push(total);
     }
-    let mut summaries = store.metrics();
-    summaries.sort_by(|a, b| a.metric.name.cmp(&b.metric.name));
-    for summary in summaries {
-        let name = &summary.metric.name;
+    let mut identities = store.metric_identities();
+    identities.sort_by(|a, b| a.0.name.cmp(&b.0.name));
+    for (metric, description) in identities {
+        let name = &metric.name;
         let agg = default_agg(rules, name);
         let answer = build(
-            summary.metric.clone(),
+            Arc::clone(&metric),
             agg,
             streams.get(name).map_or(&[][..], Vec::as_slice),
             retired.get(name).map_or(&[][..], Vec::as_slice),
@@ -70,10 +71,10 @@ pub fn render(store: &Store, rules: &[AggregationRule]) -> String {
         let Ok(answer) = answer else {
             continue;
         };
-        let help = if summary.description.is_empty() {
+        let help = if description.is_empty() {
             format!("OpenTelemetry metric {name}")
         } else {
-            summary.description.to_string()
+            description.to_string()
         };
         let family = family_of(&answer.metric, agg, &help, &answer.groups);
         page.add(family);

@@ -497,6 +497,16 @@ impl Store {
             .map(|entry| (Arc::clone(&entry.first), Arc::clone(&entry.description)))
     }
 
+    /// Every metric name's first identity and description, without the instance counts of
+    /// [`Store::metrics`] (which cost a pass over every stream).
+    pub fn metric_identities(&self) -> Vec<(Arc<MetricId>, Arc<str>)> {
+        self.shared
+            .metrics
+            .iter()
+            .map(|entry| (Arc::clone(&entry.first), Arc::clone(&entry.description)))
+            .collect()
+    }
+
     /// Every metric name with its first identity and how many instances report it.
     pub fn metrics(&self) -> Vec<MetricSummary> {
         let mut live: HashMap<String, u64> = HashMap::new();
