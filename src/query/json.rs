@@ -4,13 +4,16 @@
 //! and doubles are numbers, bytes are base64, an empty value is `null`. Doubles JSON cannot
 //! hold (NaN, ±Infinity) are written as the strings `"NaN"`, `"Infinity"`, `"-Infinity"`, as
 //! proto3 JSON does.
+//!
+//! Attributes and exponential histograms are encoded through the query API's messages
+//! (`message.rs`), so every endpoint writes them the same way.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use base64::Engine;
-use serde_json::{Map, Value as Json, json};
+use serde_json::{Value as Json, json};
 
-use crate::model::{AttrValue, Attributes, ExpBuckets, ExpHistogram, Histogram, Scope, Summary};
+use super::message;
+use crate::model::{AttrValue, Attributes, Histogram, Scope, Summary};
 use crate::store::{
     CollisionView, InheritedState, InstanceView, StatsSnapshot, StreamValue, StreamView,
     TypeConflict,
@@ -33,19 +36,6 @@ fn optional_number(value: Option<f64>) -> Json {
     value.map_or(Json::Null, number)
 }
 
-pub fn attr_value(value: &AttrValue) -> Json {
-    match value {
-        AttrValue::Empty => Json::Null,
-        AttrValue::Str(text) => json!(text),
-        AttrValue::Bool(flag) => json!(flag),
-        AttrValue::Int(integer) => json!(integer),
-        AttrValue::Double(double) => number(*double),
-        AttrValue::Bytes(bytes) => json!(base64::engine::general_purpose::STANDARD.encode(bytes)),
-        AttrValue::Array(values) => Json::Array(values.iter().map(attr_value).collect()),
-        AttrValue::Map(attributes) => self::attributes(attributes),
-    }
-}
-
 /// An attribute value as text, the way `match=key=value` compares it and Prometheus labels
 /// carry it: strings as they are, everything else as its JSON form (NaN and infinities as
 /// `NaN`, `Infinity`, `-Infinity`).
@@ -56,17 +46,19 @@ pub fn attr_text(value: &AttrValue) -> String {
             Json::String(text) => text,
             other => other.to_string(),
         },
-        other => attr_value(other).to_string(),
+        other => serde_json::to_string(&message::attribute_value(other)).unwrap_or_default(),
     }
 }
 
+/// Attributes as a JSON object, encoded exactly as the query API's messages encode them.
 pub fn attributes(attributes: &Attributes) -> Json {
-    Json::Object(
-        attributes
-            .iter()
-            .map(|(key, value)| (key.to_string(), attr_value(value)))
-            .collect::<Map<_, _>>(),
-    )
+    to_json(&message::attributes(attributes))
+}
+
+/// The JSON form of a `fanin.v1` message. Those messages hold strings, numbers and maps
+/// with string keys only, which always serialize.
+fn to_json<T: serde::Serialize>(message: &T) -> Json {
+    serde_json::to_value(message).unwrap_or(Json::Null)
 }
 
 /// Nanoseconds since the Unix epoch, the unit OTLP uses for every timestamp.
@@ -92,24 +84,6 @@ fn histogram(histogram: &Histogram) -> Json {
         "max": optional_number(histogram.max),
         "explicit_bounds": histogram.bounds.iter().copied().map(number).collect::<Vec<_>>(),
         "bucket_counts": histogram.bucket_counts,
-    })
-}
-
-fn exp_buckets(buckets: &ExpBuckets) -> Json {
-    json!({ "offset": buckets.offset, "bucket_counts": buckets.counts })
-}
-
-fn exp_histogram(histogram: &ExpHistogram) -> Json {
-    json!({
-        "count": histogram.count,
-        "sum": optional_number(histogram.sum),
-        "min": optional_number(histogram.min),
-        "max": optional_number(histogram.max),
-        "scale": histogram.scale,
-        "zero_count": histogram.zero_count,
-        "zero_threshold": number(histogram.zero_threshold),
-        "positive": exp_buckets(&histogram.positive),
-        "negative": exp_buckets(&histogram.negative),
     })
 }
 
@@ -146,7 +120,10 @@ pub fn stream(view: &StreamView) -> Json {
         None => ("value", Json::Null),
         Some(StreamValue::Number(value)) => ("value", number(*value)),
         Some(StreamValue::Histogram(value)) => ("histogram", histogram(value)),
-        Some(StreamValue::ExpHistogram(value)) => ("exponential_histogram", exp_histogram(value)),
+        Some(StreamValue::ExpHistogram(value)) => (
+            "exponential_histogram",
+            to_json(&message::exp_histogram(value)),
+        ),
         Some(StreamValue::Summary(value)) => ("summary", summary(value)),
     };
     if let Some(map) = object.as_object_mut() {

@@ -103,7 +103,7 @@ fn exp_buckets(buckets: &ExpBuckets) -> pb::ExponentialBuckets {
     }
 }
 
-fn exp_histogram(histogram: &ExpHistogram) -> pb::ExponentialHistogram {
+pub(super) fn exp_histogram(histogram: &ExpHistogram) -> pb::ExponentialHistogram {
     pb::ExponentialHistogram {
         count: histogram.count,
         sum: histogram.sum,
@@ -117,14 +117,16 @@ fn exp_histogram(histogram: &ExpHistogram) -> pb::ExponentialHistogram {
     }
 }
 
-fn attributes(attributes: &Attributes) -> std::collections::BTreeMap<String, pb::AttributeValue> {
+pub(super) fn attributes(
+    attributes: &Attributes,
+) -> std::collections::BTreeMap<String, pb::AttributeValue> {
     attributes
         .iter()
         .map(|(key, value)| (key.to_string(), attribute_value(value)))
         .collect()
 }
 
-fn attribute_value(value: &AttrValue) -> pb::AttributeValue {
+pub(super) fn attribute_value(value: &AttrValue) -> pb::AttributeValue {
     use pb::attribute_value::Value;
     let value = match value {
         AttrValue::Empty => None,
