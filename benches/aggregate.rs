@@ -6,6 +6,8 @@
 //!
 //! Run with `cargo bench --bench aggregate`.
 
+mod common;
+
 use std::num::NonZeroUsize;
 
 use axum::body::Body;
@@ -16,7 +18,6 @@ use fanin::receiver::otlp::to_batches;
 use fanin::store::{CollisionPolicy, Store, Transport, Writer};
 use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::{
     Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric::Data, number_data_point,
 };
@@ -24,20 +25,12 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use common::attr;
+
 const INSTANCES: usize = 64;
 const METRICS: usize = 25;
 /// Attribute combinations per metric: 21 routes × 3 methods.
 const COMBINATIONS: usize = 63;
-
-fn attr(key: &str, value: String) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value)),
-        }),
-        ..Default::default()
-    }
-}
 
 fn request(instance: usize) -> ExportMetricsServiceRequest {
     let metrics = (0..METRICS)

@@ -8,6 +8,8 @@
 //!
 //! Run with `cargo bench --bench ingest`; throughput is in points per second.
 
+mod common;
+
 use std::hint::black_box;
 use std::num::NonZeroUsize;
 
@@ -17,7 +19,7 @@ use fanin::outcome::Outcome;
 use fanin::receiver::otlp::to_batches;
 use fanin::store::{CollisionPolicy, Store, Transport, Writer};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::metrics::v1::{
     Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics,
     Sum, metric::Data, number_data_point,
@@ -25,18 +27,10 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 
+use common::attr;
+
 const POINTS_PER_REQUEST: usize = 1000;
 const POINTS_PER_METRIC: usize = 25;
-
-fn attr(key: &str, value: String) -> KeyValue {
-    KeyValue {
-        key: key.into(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value)),
-        }),
-        ..Default::default()
-    }
-}
 
 fn point_attributes(index: usize) -> Vec<KeyValue> {
     vec![
