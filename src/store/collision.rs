@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::stream::Evidence;
-use super::{Store, StreamView, Writer, lock_any};
+use super::{Store, StreamView, Transport, Writer, lock_any};
 use crate::model::{Attributes, InstanceKey, MetricId, StreamKey};
 
 /// Most colliding streams listed at once.
@@ -93,25 +93,41 @@ fn describe(writer: &Writer) -> String {
 }
 
 impl Store {
-    /// Notes a point that is evidence of a collision on `key` of `instance`.
+    /// Notes a point from `writer` that is evidence of a collision on `key` of `instance`.
+    /// `writer_ids` are the ids of the stream's previous writer and of this one: a previous
+    /// writer known by its pid is listed too, so that both processes are named.
     pub(super) fn record_collision(
         &self,
         instance: &InstanceKey,
         key: &StreamKey,
         evidence: Evidence,
         writer: &Writer,
+        writer_ids: [u64; 2],
         now: SystemTime,
     ) {
         let mut collisions = lock_any(&self.shared.collisions);
         let writer_text = describe(writer);
+        let [earlier, current] = writer_ids;
+        let earlier_text = (earlier & PID_WRITER != 0 && earlier != current)
+            // Only unix socket peers are known by pid.
+            .then(|| {
+                format!(
+                    "pid {} ({})",
+                    earlier & !PID_WRITER,
+                    Transport::Unix.as_str()
+                )
+            });
+        let seen = earlier_text.into_iter().chain([writer_text.clone()]);
         if let Some(record) = collisions.get_mut(&(Arc::clone(instance), key.clone())) {
             record.count += 1;
             record.last_seen = now;
             if !record.evidence.contains(&evidence) {
                 record.evidence.push(evidence);
             }
-            if record.writers.len() < MAX_WRITERS && !record.writers.contains(&writer_text) {
-                record.writers.push(writer_text);
+            for text in seen {
+                if record.writers.len() < MAX_WRITERS && !record.writers.contains(&text) {
+                    record.writers.push(text);
+                }
             }
             return;
         }
@@ -132,7 +148,7 @@ impl Store {
             (Arc::clone(instance), key.clone()),
             CollisionRecord {
                 evidence: vec![evidence],
-                writers: vec![writer_text],
+                writers: seen.collect(),
                 first_seen: now,
                 last_seen: now,
                 count: 1,

@@ -358,9 +358,11 @@ impl Store {
         let policy = self.shared.collision_policy;
         match state.streams.get_mut(&key) {
             Some(stream) => {
+                let earlier_writer = stream.last_writer();
                 let (result, evidence) = stream.apply(point, writer_id, policy);
                 if let Some(evidence) = evidence {
-                    self.record_collision(instance, &key, evidence, writer, now);
+                    let writers = [earlier_writer, writer_id];
+                    self.record_collision(instance, &key, evidence, writer, writers, now);
                 }
                 count(outcome, result, &key.metric);
             }

@@ -422,6 +422,11 @@ impl Stream {
         (Ok(()), evidence)
     }
 
+    /// Who wrote the latest accepted point (`collision::writer_id`; 0 unknown).
+    pub(super) fn last_writer(&self) -> u64 {
+        self.last_writer
+    }
+
     /// Whether the stream's latest value is `value` (for delta sums, whose latest point is
     /// not kept, always true).
     fn holds(&self, value: &Value) -> bool {
