@@ -17,17 +17,22 @@
 //! - [`query`]: the HTTP query API.
 //! - [`config`]: the typed configuration; `config.yaml` is the default.
 //! - [`app`]: binds the listeners and runs the servers until shutdown.
+//! - [`shim`]: the fork-aware client side, a meter provider for pre-fork workers.
+//! - [`sys`]: `fork` and `pthread_atfork`, the crate's only unsafe code.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod aggregate;
 pub mod app;
+pub mod check;
 pub mod config;
 pub mod model;
 pub mod outcome;
 pub mod proto;
 pub mod query;
 pub mod receiver;
+pub mod shim;
 pub mod store;
+pub mod sys;
 
 pub use app::{Addresses, App, AppError};
 pub use config::{Config, ConfigError};

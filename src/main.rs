@@ -30,6 +30,45 @@ enum Command {
     Serve(ServeArgs),
     /// Print the built-in default configuration (config.yaml) and exit.
     DefaultConfig,
+    /// Fork workers through the fork-aware shim and prove fanin saw each as its own
+    /// instance with exact totals and no collision; then show a naive pre-fork setup's
+    /// collision being caught. Exits 1 when a verification fails.
+    Check(CheckArgs),
+}
+
+#[derive(Parser)]
+struct CheckArgs {
+    /// Workers to fork (at least 2).
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    workers: usize,
+    /// A running sidecar's OTLP endpoint (`http://HOST:PORT` or `unix:/PATH`); without it
+    /// `check` starts its own on free loopback ports.
+    #[arg(long, value_name = "ENDPOINT")]
+    target: Option<String>,
+    /// The running sidecar's query API, with --target.
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "http://127.0.0.1:9464",
+        requires = "target"
+    )]
+    query: String,
+    /// OTLP protocol the workers export with.
+    #[arg(long, value_enum, default_value_t = CheckProtocol::Grpc)]
+    protocol: CheckProtocol,
+    /// Export over the sidecar's unix socket (the one `check` starts; for a running sidecar
+    /// give --target unix:/PATH instead).
+    #[arg(long, conflicts_with = "target")]
+    unix: bool,
+    /// How long to wait for each step (an export to show up, a worker to exit).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    timeout: std::time::Duration,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CheckProtocol {
+    Grpc,
+    Http,
 }
 
 #[derive(Parser)]
@@ -55,6 +94,7 @@ fn main() -> ExitCode {
             print!("{}", fanin::config::DEFAULT_YAML);
             ExitCode::SUCCESS
         }
+        Command::Check(args) => check(&args),
         Command::Serve(args) => {
             let config = match load_config(&args) {
                 Ok(config) => config,
@@ -72,6 +112,37 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Runs `fanin check` on this (single) thread: it forks, so no runtime or logger thread
+/// may be started before it.
+fn check(args: &CheckArgs) -> ExitCode {
+    let options = fanin::check::CheckOptions {
+        workers: args.workers,
+        target: args.target.as_ref().map(|endpoint| fanin::check::Target {
+            endpoint: endpoint.clone(),
+            query: args.query.clone(),
+        }),
+        protocol: match args.protocol {
+            CheckProtocol::Grpc => fanin::shim::Protocol::Grpc,
+            CheckProtocol::Http => fanin::shim::Protocol::HttpProtobuf,
+        },
+        unix: args.unix,
+        timeout: args.timeout,
+    };
+    let mut out = std::io::stdout();
+    match fanin::check::run(&options, &mut out) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(error @ fanin::check::CheckError::Usage(_)) => {
+            eprintln!("fanin check: {error}");
+            ExitCode::from(2)
+        }
+        Err(error) => {
+            eprintln!("fanin check: {error}");
+            ExitCode::FAILURE
         }
     }
 }

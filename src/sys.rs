@@ -1,0 +1,90 @@
+//! The only unsafe code in the crate: `fork(2)` and `pthread_atfork(3)`.
+//!
+//! Both are unsafe for the same reason: after a fork, the child holds a copy of every lock
+//! the parent's other threads held at that moment, and none of those threads. Each function
+//! here says what its caller must guarantee.
+
+use std::sync::Once;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use nix::unistd::{ForkResult, Pid};
+
+/// What `fork_process` returned in one of the two processes.
+pub enum Forked {
+    /// In the parent: the child's pid.
+    Parent(Pid),
+    /// In the child.
+    Child,
+}
+
+/// Forks the calling process.
+///
+/// The caller must be single-threaded (see [`thread_count`]), or the child must restrict
+/// itself to async-signal-safe work until it execs or exits: a lock held by another thread
+/// at fork time stays locked forever in the child.
+#[allow(unsafe_code)]
+pub fn fork_process() -> nix::Result<Forked> {
+    // SAFETY: fork itself is always sound to call; the hazard is what the child does next,
+    // which is the caller's contract documented above.
+    match unsafe { nix::unistd::fork() }? {
+        ForkResult::Parent { child } => Ok(Forked::Parent(child)),
+        ForkResult::Child => Ok(Forked::Child),
+    }
+}
+
+/// Threads of the calling process, from `/proc/self/task` (None where /proc is missing).
+pub fn thread_count() -> Option<usize> {
+    std::fs::read_dir("/proc/self/task")
+        .ok()
+        .map(|tasks| tasks.count())
+}
+
+/// Incremented in every child right after a fork, by the hook [`install_fork_hook`]
+/// registers.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+static HOOK_INSTALLED: AtomicBool = AtomicBool::new(false);
+static HOOK: Once = Once::new();
+
+extern "C" fn after_fork_in_child() {
+    // Only an atomic store: the one thing an at-fork child handler may safely do here.
+    FORKS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Registers (once per process image) a `pthread_atfork` child handler that bumps
+/// [`fork_generation`]. Returns whether the hook is in place.
+#[allow(unsafe_code)]
+pub fn install_fork_hook() -> bool {
+    HOOK.call_once(|| {
+        // SAFETY: the handler is a plain `extern "C" fn` with no captured state that only
+        // touches an atomic, which is async-signal-safe; the prepare and parent handlers are
+        // absent.
+        let status = unsafe { libc::pthread_atfork(None, None, Some(after_fork_in_child)) };
+        HOOK_INSTALLED.store(status == 0, Ordering::Relaxed);
+    });
+    HOOK_INSTALLED.load(Ordering::Relaxed)
+}
+
+/// How many forks this process is removed from the one that installed the hook: a value
+/// recorded before a fork differs from the one read after it, in the child only.
+pub fn fork_generation() -> u64 {
+    FORKS.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fork_hook_installs_and_a_single_process_keeps_its_generation() {
+        assert!(install_fork_hook());
+        let before = fork_generation();
+        assert!(install_fork_hook(), "installing twice is harmless");
+        assert_eq!(fork_generation(), before);
+    }
+
+    #[test]
+    fn thread_count_sees_the_test_threads() {
+        let count = thread_count().expect("/proc is mounted");
+        assert!(count >= 1);
+    }
+}
