@@ -605,22 +605,25 @@ impl Worker {
 
     /// Waits (polling, up to `timeout`) for the worker to end, and returns how it ended.
     pub fn wait(&self, timeout: Duration) -> Result<WaitStatus, String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            match waitpid(self.pid, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Ok(WaitStatus::StillAlive) => {
-                    return Err(format!(
-                        "worker {} still running after {timeout:?}",
-                        self.pid
-                    ));
-                }
-                Ok(status) => return Ok(status),
-                Err(nix::Error::EINTR) => {}
-                Err(error) => return Err(format!("waitpid {}: {error}", self.pid)),
+        wait_for(self.pid, timeout)
+    }
+}
+
+/// Waits (polling, up to `timeout`) for child `pid` to end, and returns how it ended; a
+/// child still running at the deadline is left running.
+pub fn wait_for(pid: Pid, timeout: Duration) -> Result<WaitStatus, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
             }
+            Ok(WaitStatus::StillAlive) => {
+                return Err(format!("process {pid} still running after {timeout:?}"));
+            }
+            Ok(status) => return Ok(status),
+            Err(nix::Error::EINTR) => {}
+            Err(error) => return Err(format!("waitpid {pid}: {error}")),
         }
     }
 }

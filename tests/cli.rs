@@ -256,3 +256,76 @@ fn a_partial_config_file_keeps_the_other_defaults() {
     assert_eq!(served.wait().code(), Some(0));
     let _ = std::fs::remove_file(path);
 }
+
+/// `fanin check` with its own sidecar: the shim round and the naive round both pass.
+#[test]
+fn check_proves_the_shim_and_catches_the_naive_collision() {
+    for (args, evidence) in [
+        (&["--workers", "4"][..], "went_down_without_new_start"),
+        (
+            &["--workers", "2", "--protocol", "http"][..],
+            "went_down_without_new_start",
+        ),
+        (&["--workers", "3", "--unix"][..], "different_processes"),
+    ] {
+        let (code, stdout, stderr) = run(&[&["check"], args].concat(), &[]);
+        assert_eq!(code, Some(0), "{args:?}\n{stdout}\n{stderr}");
+        let workers: usize = args[1].parse().expect("worker count");
+        assert!(
+            stdout.contains(&format!("shim   ok      {workers} instances")),
+            "{stdout}"
+        );
+        assert!(stdout.contains("the final values arrived"), "{stdout}");
+        assert!(stdout.contains("collision caught"), "{stdout}");
+        assert!(stdout.contains(evidence), "{args:?}: {stdout}");
+        assert!(stdout.ends_with("result: ok\n"), "{stdout}");
+    }
+}
+
+#[test]
+fn check_needs_two_workers() {
+    let (code, _, stderr) = run(&["check", "--workers", "1"], &[]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("at least 2"), "{stderr}");
+}
+
+/// Against a running sidecar: it passes as configured, and fails when the sidecar drops one
+/// worker's data (a series limit that fits one worker's three streams).
+#[test]
+fn check_against_a_running_sidecar_fails_when_a_worker_is_dropped() {
+    let target = |served: &Served| {
+        [
+            "check".to_string(),
+            "--workers".to_string(),
+            "2".to_string(),
+            "--target".to_string(),
+            format!("http://{}", served.grpc),
+            "--query".to_string(),
+            format!("http://{}", served.query),
+        ]
+    };
+    let served = serve(&ANY_PORT, &[]);
+    let args = target(&served);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, stdout, stderr) = run(&args, &[]);
+    served.signal(Signal::SIGTERM);
+    served.wait();
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+
+    let config = write_config("one-worker", "limits:\n  max_series: 3\n");
+    let config = config.to_str().expect("utf-8 path");
+    let served = serve(&[&["--config", config][..], &ANY_PORT].concat(), &[]);
+    let mut args = target(&served).to_vec();
+    // The right answer never comes: do not wait the default 30 s for it.
+    args.extend(["--timeout".to_string(), "2s".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, stdout, _) = run(&args, &[]);
+    served.signal(Signal::SIGTERM);
+    served.wait();
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("shim   FAILED  fanin.check.requests: expected 30 from 2 instances"),
+        "{stdout}"
+    );
+    assert!(stdout.ends_with("result: FAILED\n"), "{stdout}");
+}

@@ -214,3 +214,36 @@ async fn counts_recorded_before_fork_show_as_inherited_state() {
     assert_eq!(ids, ["w1", "w2", "w3"]);
     fanin.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_connection_for_many_instances_and_a_final_export_on_a_new_one_are_not_collisions() {
+    // A worker forked late shares its parent's keep-alive connection with its siblings; at
+    // exit, a worker's last export often comes on a connection of its own.
+    let fanin = start().await;
+    let mut shared = fanin.grpc_client().await;
+    for (time, values) in [(10, [5, 7, 9]), (20, [6, 9, 12])] {
+        // Each started on its own (own start times): not inherited state either.
+        for ((worker, start), value) in [("w1", 100), ("w2", 101), ("w3", 102)]
+            .into_iter()
+            .zip(values)
+        {
+            shared
+                .export(
+                    export(worker)
+                        .counter("requests", start, time, value)
+                        .build(),
+                )
+                .await
+                .expect("export over the shared connection");
+        }
+    }
+    send(&fanin, export("w2").counter("requests", 101, 30, 13)).await;
+    let body = collisions(&fanin).await;
+    assert_eq!(body["collisions"], json!([]), "{body}");
+    assert_eq!(body["inherited_state"], json!([]), "{body}");
+    assert_eq!(
+        fanin.total("metric=requests").await,
+        json!(6.0 + 13.0 + 12.0)
+    );
+    fanin.stop().await;
+}
