@@ -45,6 +45,10 @@
 //! Blocking calls ([`Shim::force_flush`], [`Shim::shutdown`], the first [`Shim::meter`] in a
 //! process) wait for the network or spawn threads; from async code, call them through
 //! `spawn_blocking`.
+//!
+//! Two limits of the fork model apply, as to any library: fork while no other thread of the
+//! parent is inside a shim call (a lock held at fork time stays held in the child), and
+//! call [`Shim::shutdown`] before `std::process::exit`, which runs no destructors.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
