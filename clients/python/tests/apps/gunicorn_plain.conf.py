@@ -1,0 +1,1 @@
+# gunicorn with no OpenTelemetry hooks: the naive setups.

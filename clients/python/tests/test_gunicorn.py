@@ -1,0 +1,181 @@
+"""gunicorn workers exporting to the real fanin: exact totals through the shim over every
+transport, across recycling and SIGKILL; the naive setups' faults caught."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import eventually
+
+WORKERS = 4
+
+
+def service_name(label: str) -> str:
+    return f"py-{label}-{uuid.uuid4().hex[:8]}"
+
+
+def start_shim_app(gunicorn, fanin, transport, service, args=()):
+    env = {**fanin.endpoint(transport), "APP_SERVICE": service}
+    return gunicorn("shim_app:app", "gunicorn_shim.conf.py", env, args=("-w", str(WORKERS), *args))
+
+
+def wait_for_workers(fanin, service, count=WORKERS):
+    eventually(
+        lambda: fanin.total("app.worker.up", service) == count,
+        lambda: f"app.worker.up = {fanin.total('app.worker.up', service)}, want {count}",
+    )
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc", "unix"])
+def test_shim_workers_add_up_exactly(fanin, gunicorn, transport):
+    service = service_name(transport)
+    server = start_shim_app(gunicorn, fanin, transport, service)
+    wait_for_workers(fanin, service)
+    n = 200
+    pids = {server.request() for _ in range(n)}
+    eventually(
+        lambda: fanin.total("app.requests", service) == n,
+        lambda: f"app.requests = {fanin.total('app.requests', service)}, want {n}",
+    )
+    assert fanin.total("app.latency", service) == n
+    assert fanin.total("app.inflight", service) == 0
+    instances = fanin.instances(service)
+    assert len(instances) == WORKERS, instances
+    ids = sorted(i["attributes"]["service.instance.id"] for i in instances)
+    assert all("-pid-" in id_ for id_ in ids), ids
+    assert len(pids) >= 1
+    if transport == "unix":
+        assert all(i["writer"]["transport"] == "unix" for i in instances), instances
+        assert sorted(i["writer"]["pid"] for i in instances) == sorted(
+            i["attributes"]["process.pid"] for i in instances
+        )
+    assert fanin.findings(service) == ([], [])
+    server.stop()
+    # Stopped workers keep their counts.
+    assert fanin.total("app.requests", service) == n
+
+
+def test_recycled_workers_still_add_up_exactly(fanin, gunicorn):
+    service = service_name("recycle")
+    server = start_shim_app(
+        gunicorn, fanin, "http", service, args=("--max-requests", "15", "--max-requests-jitter", "0")
+    )
+    wait_for_workers(fanin, service)
+    n = 300
+    pids = {server.request() for _ in range(n)}
+    assert len(pids) > WORKERS, "workers were recycled during the run"
+    eventually(
+        lambda: fanin.total("app.requests", service) == n,
+        lambda: f"app.requests = {fanin.total('app.requests', service)}, want {n}",
+    )
+    assert len(fanin.instances(service)) > WORKERS
+    assert fanin.findings(service) == ([], [])
+
+
+def test_a_killed_worker_leaves_the_live_total_and_counts_stay(fanin, gunicorn):
+    service = service_name("kill")
+    server = start_shim_app(gunicorn, fanin, "http", service)
+    wait_for_workers(fanin, service)
+    first = 100
+    pids = [server.request().strip() for _ in range(first)]
+    eventually(
+        lambda: fanin.total("app.requests", service) == first,
+        lambda: f"app.requests = {fanin.total('app.requests', service)}, want {first}",
+    )
+    victim = int(pids[-1])
+    os.kill(victim, signal.SIGKILL)
+
+    seen = []
+
+    def retired_and_replaced():
+        total = fanin.total("app.requests", service)
+        seen.append(total)
+        victim_instance = [
+            i for i in fanin.instances(service) if i["attributes"]["process.pid"] == victim
+        ]
+        return (
+            victim_instance
+            and not victim_instance[0]["live"]
+            and fanin.total("app.worker.up", service) == WORKERS
+        )
+
+    # gunicorn starts a replacement; the dead worker's 1 leaves the live total (4, not 5).
+    eventually(retired_and_replaced, lambda: f"instances: {fanin.instances(service)}")
+    assert seen == sorted(seen), f"the counter total went down: {seen}"
+    second = 50
+    for _ in range(second):
+        server.request()
+    eventually(
+        lambda: fanin.total("app.requests", service) == first + second,
+        lambda: f"app.requests = {fanin.total('app.requests', service)}, want {first + second}",
+    )
+
+
+def naive_python(tmp_path_factory, version: str) -> str:
+    """A virtual environment with OpenTelemetry `version` and gunicorn, made once per run."""
+    root = Path(os.environ.get("FANIN_NAIVE_VENVS", tmp_path_factory.getbasetemp()))
+    venv = root / f"otel-{version}"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+             f"opentelemetry-sdk=={version}",
+             f"opentelemetry-exporter-otlp-proto-http=={version}", "gunicorn==27.0.1"],
+            check=True,
+        )
+    return str(python)
+
+
+def test_naive_sdk_1_43_with_preload_collides(fanin, gunicorn, tmp_path_factory):
+    # SDK 1.43 gives every forked worker the master's resource: one instance, four writers.
+    python = naive_python(tmp_path_factory, "1.43.0")
+    service = service_name("naive143")
+    env = {**fanin.endpoint("http"), "APP_SERVICE": service}
+    server = gunicorn("naive_app:app", "gunicorn_plain.conf.py", env, python=python,
+                      args=("-w", str(WORKERS), "--preload"))
+    n = 200
+    pids = {server.request() for _ in range(n)}
+    assert len(pids) > 1, "requests reached more than one worker"
+    collisions = eventually(
+        lambda: fanin.findings(service)[0], lambda: f"no collision for {service}"
+    )
+    assert collisions[0]["metric"] == "app.requests"
+    assert collisions[0]["evidence"], collisions
+    assert len(fanin.instances(service)) == 1
+    # What a last-write-wins backend keeps: one worker's count, never the total.
+    last_write = fanin.total("app.requests", service, agg="max")
+    print(f"\nnaive SDK 1.43: truth {n}, a last-write-wins backend shows {last_write}")
+    assert last_write < n
+
+
+def test_counts_recorded_before_fork_show_as_inherited_state(fanin, gunicorn):
+    # The current SDK gives each worker its own random service.instance.id, but a count the
+    # master recorded before fork lives on in all of them.
+    service = service_name("inherited")
+    pre_fork = 5
+    env = {**fanin.endpoint("http"), "APP_SERVICE": service, "PRE_FORK_COUNT": str(pre_fork)}
+    server = gunicorn("naive_app:app", "gunicorn_plain.conf.py", env,
+                      args=("-w", str(WORKERS), "--preload"))
+    n = 100
+    for _ in range(n):
+        server.request()
+    findings = eventually(
+        lambda: fanin.findings(service)[1] if len(fanin.findings(service)[1]) else None,
+        lambda: f"no inherited state for {service}",
+    )
+    assert findings[0]["metric"] == "app.requests"
+    assert len(findings[0]["instances"]) >= 2
+    assert fanin.findings(service)[0] == [], "separate instances do not collide"
+    eventually(
+        lambda: fanin.total("app.requests", service) == n + pre_fork * WORKERS,
+        lambda: f"app.requests = {fanin.total('app.requests', service)}",
+    )
+    print(f"\ninherited state: truth {n + pre_fork}, the sum over workers is {n + pre_fork * WORKERS}")
