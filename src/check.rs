@@ -233,28 +233,27 @@ impl Round<'_> {
         let instances = self.sidecar.instances_of(service)?;
         let collisions = self.sidecar.collisions_of(service)?;
 
-        let expected_ids: Vec<String> = pids
+        let mut expected_ids: Vec<String> = pids
             .iter()
             .map(|pid| format!("{}-pid-{pid}", shim::host_name()))
             .collect();
+        expected_ids.sort();
         let mut ids: Vec<String> = instances
             .iter()
             .filter_map(|instance| instance["attributes"]["service.instance.id"].as_str())
             .map(str::to_string)
             .collect();
         ids.sort();
-        let mut expected_sorted = expected_ids.clone();
-        expected_sorted.sort();
         if seen.is_none() {
             problems.push(format!(
                 "{REQUESTS}: expected {truth_requests} from {n} instances, saw {}",
                 describe_total(requests_seen)
             ));
         }
-        if ids != expected_sorted {
+        if ids != expected_ids {
             problems.push(format!(
                 "instances: expected one per worker ({}), saw {} ({})",
-                expected_sorted.join(", "),
+                expected_ids.join(", "),
                 ids.len(),
                 ids.join(", ")
             ));

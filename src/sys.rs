@@ -83,8 +83,19 @@ mod tests {
     }
 
     #[test]
-    fn thread_count_sees_the_test_threads() {
-        let count = thread_count().expect("/proc is mounted");
-        assert!(count >= 1);
+    fn thread_count_sees_another_thread() {
+        let started = std::sync::Barrier::new(2);
+        let finish = std::sync::Barrier::new(2);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                started.wait();
+                finish.wait();
+            });
+            started.wait();
+            // This thread and the one parked on `finish`, at least.
+            let count = thread_count().expect("/proc is mounted");
+            finish.wait();
+            assert!(count >= 2, "{count}");
+        });
     }
 }

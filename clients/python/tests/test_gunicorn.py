@@ -39,7 +39,8 @@ def test_shim_workers_add_up_exactly(fanin, gunicorn, transport):
     server = start_shim_app(gunicorn, fanin, transport, service)
     wait_for_workers(fanin, service)
     n = 200
-    pids = {server.request() for _ in range(n)}
+    for _ in range(n):
+        server.request()
     eventually(
         lambda: fanin.total("app.requests", service) == n,
         lambda: f"app.requests = {fanin.total('app.requests', service)}, want {n}",
@@ -50,7 +51,6 @@ def test_shim_workers_add_up_exactly(fanin, gunicorn, transport):
     assert len(instances) == WORKERS, instances
     ids = sorted(i["attributes"]["service.instance.id"] for i in instances)
     assert all("-pid-" in id_ for id_ in ids), ids
-    assert len(pids) >= 1
     if transport == "unix":
         assert all(i["writer"]["transport"] == "unix" for i in instances), instances
         assert sorted(i["writer"]["pid"] for i in instances) == sorted(
