@@ -4,9 +4,15 @@
 //! - `decode`: prost decode alone, the floor any Rust OTLP receiver pays;
 //! - `decode_convert`: plus validation and conversion into fanin's model;
 //! - `decode_convert_ingest`: plus storing every point into existing streams (the steady
-//!   state of a worker exporting every few seconds).
+//!   state of a worker exporting every few seconds): the path for requests the in-place
+//!   reader declines;
+//! - `read_in_place`: `receiver::wire::parse` alone, the in-place reader;
+//! - `read_in_place_store`: the receive path fanin takes: read in place, then store every
+//!   point into existing streams.
 //!
-//! Run with `cargo bench --bench ingest`; throughput is in points per second.
+//! Run with `cargo bench --bench ingest`; throughput is in points per second. For
+//! instruction counts, run one pass under callgrind and collect `prost_path` and
+//! `in_place_path` (see BENCHMARKS.md).
 
 mod common;
 
@@ -16,7 +22,8 @@ use std::num::NonZeroUsize;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use fanin::model::InstanceAttributes;
 use fanin::outcome::Outcome;
-use fanin::receiver::otlp::to_batches;
+use fanin::receiver::otlp::{store_view, to_batches};
+use fanin::receiver::wire;
 use fanin::store::{CollisionPolicy, Store, Transport, Writer};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
@@ -140,6 +147,40 @@ fn receive_path(criterion: &mut Criterion) {
         })
     });
 
+    group.bench_function("read_in_place", |bench| {
+        bench.iter(|| wire::parse(black_box(&encoded[..])).map(|request| request.points.len()))
+    });
+
+    let store = ready_store(writer);
+    let mut time = 1_700_000_002_000_000_000u64;
+    group.bench_function("decode_convert_ingest", |bench| {
+        bench.iter_batched(
+            || {
+                // Every iteration is a newer export, so each point is applied, not dropped.
+                time += 1_000_000_000;
+                request(time).encode_to_vec()
+            },
+            |bytes| prost_path(&store, &bytes, writer),
+            BatchSize::SmallInput,
+        )
+    });
+
+    let store = ready_store(writer);
+    group.bench_function("read_in_place_store", |bench| {
+        bench.iter_batched(
+            || {
+                time += 1_000_000_000;
+                request(time).encode_to_vec()
+            },
+            |bytes| in_place_path(&store, &bytes, writer),
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+/// A store that already holds the request's 1000 streams.
+fn ready_store(writer: Writer) -> Store {
     let instance_attributes = InstanceAttributes::new(["service.instance.id", "process.*"])
         .unwrap_or_else(|error| panic!("literal globs: {error}"));
     let store = Store::new(
@@ -149,24 +190,24 @@ fn receive_path(criterion: &mut Criterion) {
     );
     let (batches, outcome) = to_batches(request(1_700_000_001_000_000_000));
     store.ingest(batches, writer, outcome);
-    let mut time = 1_700_000_002_000_000_000u64;
-    group.bench_function("decode_convert_ingest", |bench| {
-        bench.iter_batched(
-            || {
-                // Every iteration is a newer export, so each point is applied, not dropped.
-                time += 1_000_000_000;
-                request(time).encode_to_vec()
-            },
-            |bytes| {
-                let decoded = ExportMetricsServiceRequest::decode(&bytes[..]).unwrap_or_default();
-                let (batches, outcome) = to_batches(decoded);
-                let outcome: Outcome = store.ingest(batches, writer, outcome);
-                assert_eq!(outcome.accepted, POINTS_PER_REQUEST as u64);
-            },
-            BatchSize::SmallInput,
-        )
-    });
-    group.finish();
+    store
+}
+
+/// prost decode, conversion, store: what fanin does with a request the reader declines.
+#[inline(never)]
+fn prost_path(store: &Store, bytes: &[u8], writer: Writer) {
+    let decoded = ExportMetricsServiceRequest::decode(bytes).unwrap_or_default();
+    let (batches, outcome) = to_batches(decoded);
+    let outcome: Outcome = store.ingest(batches, writer, outcome);
+    assert_eq!(outcome.accepted, POINTS_PER_REQUEST as u64);
+}
+
+/// Read in place and store: fanin's receive path.
+#[inline(never)]
+fn in_place_path(store: &Store, bytes: &[u8], writer: Writer) {
+    let request = wire::parse(bytes).unwrap_or_else(|declined| panic!("declined: {declined:?}"));
+    let outcome = store_view(store, &request, writer);
+    assert_eq!(outcome.accepted, POINTS_PER_REQUEST as u64);
 }
 
 criterion_group!(benches, receive_path);

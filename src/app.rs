@@ -16,7 +16,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::config::{Config, FileMode};
 use crate::query::grpc::QueryServer;
-use crate::receiver::grpc::GrpcReceiver;
+use crate::receiver::grpc::ExportService;
 use crate::store::{Liveness, Store, Transport};
 use crate::{query, receiver};
 
@@ -152,7 +152,7 @@ impl App {
                 store.clone(),
                 config.aggregation.rules.clone(),
             ))
-            .add_service(GrpcReceiver::service(
+            .add_service(ExportService::new(
                 store.clone(),
                 otlp.grpc.max_request_bytes.get(),
                 Transport::Grpc,
@@ -171,7 +171,7 @@ impl App {
 
         let unix_server = unix.map(|(listener, path)| {
             let server = tonic::transport::Server::builder()
-                .add_service(GrpcReceiver::service(
+                .add_service(ExportService::new(
                     store.clone(),
                     otlp.unix.max_request_bytes.get(),
                     Transport::Unix,

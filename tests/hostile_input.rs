@@ -2,31 +2,20 @@
 //! flips, truncations, splices, odd numbers) go through decoding, conversion, storage and
 //! every query renderer. Mutations come from a fixed-seed generator, so a failure replays.
 
+#[path = "common/mutation.rs"]
+mod mutation;
+
 use std::num::NonZeroUsize;
 
 use fanin::model::InstanceAttributes;
-use fanin::receiver::{json, otlp};
+use fanin::receiver::{json, otlp, receive_protobuf};
 use fanin::store::{CollisionPolicy, Store, Transport, Writer};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-/// xorshift64*: small, deterministic, good enough to pick mutations.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, bound: usize) -> usize {
-        (self.next() % bound.max(1) as u64) as usize
-    }
-}
+use mutation::{Rng, mutate};
 
 /// A request with every kind, built from the OTLP/JSON fixture shape.
 const SEED_JSON: &str = r#"{"resourceMetrics":[{"resource":{"attributes":[
@@ -42,32 +31,6 @@ const SEED_JSON: &str = r#"{"resourceMetrics":[{"resource":{"attributes":[
  {"name":"e","exponentialHistogram":{"aggregationTemporality":2,"dataPoints":[{"startTimeUnixNano":"5","timeUnixNano":"10","count":"3","scale":20,"zeroCount":"1","positive":{"offset":-5,"bucketCounts":["1","1"]},"negative":{"offset":1000,"bucketCounts":["0"]}}]}},
  {"name":"s","summary":{"dataPoints":[{"timeUnixNano":"10","count":"2","sum":3,"quantileValues":[{"quantile":0.5,"value":1}]}]}}
 ]}]}]}"#;
-
-fn mutate(seed: &[u8], rng: &mut Rng, alphabet: &[u8]) -> Vec<u8> {
-    let mut bytes = seed.to_vec();
-    for _ in 0..=rng.below(4) {
-        if bytes.is_empty() {
-            break;
-        }
-        let at = rng.below(bytes.len());
-        match rng.below(6) {
-            0 => bytes[at] ^= 1 << rng.below(8),
-            1 => bytes[at] = alphabet[rng.below(alphabet.len())],
-            2 => bytes.truncate(at),
-            3 => {
-                let end = (at + rng.below(16)).min(bytes.len());
-                let copy = bytes[at..end].to_vec();
-                let to = rng.below(bytes.len());
-                bytes.splice(to..to, copy);
-            }
-            4 => {
-                bytes.remove(at);
-            }
-            _ => bytes.insert(at, alphabet[rng.below(alphabet.len())]),
-        }
-    }
-    bytes
-}
 
 fn store() -> Store {
     let instance_attributes = InstanceAttributes::new(["service.instance.id", "process.*"])
@@ -137,9 +100,20 @@ async fn mutated_protobuf_never_panics() {
             &mut rng,
             &[0x00, 0x01, 0x08, 0x0a, 0x11, 0x7f, 0x80, 0xff],
         );
-        if let Ok(request) = ExportMetricsServiceRequest::decode(&bytes[..]) {
-            decoded += 1;
-            ingest(&store, request, 1000 + (round % 3));
+        // The receive path: read in place, or by prost where the in-place reader declines.
+        let writer = Writer {
+            transport: Transport::Unix,
+            peer: None,
+            pid: Some(1000 + (round % 3)),
+        };
+        let before = store.stream_count();
+        match receive_protobuf(&store, &bytes, writer) {
+            Ok(_) => decoded += 1,
+            Err(_) => assert_eq!(
+                store.stream_count(),
+                before,
+                "a refused body changed the store"
+            ),
         }
         // About one mutated body in thirteen still decodes; require enough to exercise ingest.
     }

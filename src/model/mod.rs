@@ -31,19 +31,26 @@ pub enum AttrValue {
     Map(Attributes),
 }
 
+impl AttrValue {
+    /// The value seen through a borrowed view: how it is compared and hashed, so that an
+    /// owned value and one still in a request buffer agree.
+    pub fn as_ref(&self) -> AttrRef<'_> {
+        match self {
+            AttrValue::Empty => AttrRef::Empty,
+            AttrValue::Str(value) => AttrRef::Str(value),
+            AttrValue::Bool(value) => AttrRef::Bool(*value),
+            AttrValue::Int(value) => AttrRef::Int(*value),
+            AttrValue::Double(value) => AttrRef::Double(*value),
+            AttrValue::Bytes(value) => AttrRef::Bytes(value),
+            AttrValue::Array(values) => AttrRef::Array(values),
+            AttrValue::Map(attributes) => AttrRef::Map(attributes),
+        }
+    }
+}
+
 impl PartialEq for AttrValue {
     fn eq(&self, other: &Self) -> bool {
-        match (self, other) {
-            (AttrValue::Empty, AttrValue::Empty) => true,
-            (AttrValue::Str(a), AttrValue::Str(b)) => a == b,
-            (AttrValue::Bool(a), AttrValue::Bool(b)) => a == b,
-            (AttrValue::Int(a), AttrValue::Int(b)) => a == b,
-            (AttrValue::Double(a), AttrValue::Double(b)) => a.to_bits() == b.to_bits(),
-            (AttrValue::Bytes(a), AttrValue::Bytes(b)) => a == b,
-            (AttrValue::Array(a), AttrValue::Array(b)) => a == b,
-            (AttrValue::Map(a), AttrValue::Map(b)) => a == b,
-            _ => false,
-        }
+        self.as_ref() == other.as_ref()
     }
 }
 
@@ -51,17 +58,111 @@ impl Eq for AttrValue {}
 
 impl Hash for AttrValue {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        std::mem::discriminant(self).hash(state);
+        self.as_ref().hash(state);
+    }
+}
+
+/// A borrowed attribute value: scalars may point into a request buffer, so a stream can be
+/// looked up without copying its attributes. Compares and hashes exactly as [`AttrValue`].
+#[derive(Clone, Copy, Debug)]
+pub enum AttrRef<'a> {
+    Empty,
+    Str(&'a str),
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+    Bytes(&'a [u8]),
+    Array(&'a [AttrValue]),
+    Map(&'a Attributes),
+}
+
+impl AttrRef<'_> {
+    /// An owned copy.
+    pub fn to_owned_value(self) -> AttrValue {
         match self {
-            AttrValue::Empty => {}
-            AttrValue::Str(value) => value.hash(state),
-            AttrValue::Bool(value) => value.hash(state),
-            AttrValue::Int(value) => value.hash(state),
-            AttrValue::Double(value) => value.to_bits().hash(state),
-            AttrValue::Bytes(value) => value.hash(state),
-            AttrValue::Array(values) => values.hash(state),
-            AttrValue::Map(attributes) => attributes.hash(state),
+            AttrRef::Empty => AttrValue::Empty,
+            AttrRef::Str(value) => AttrValue::Str(value.to_owned()),
+            AttrRef::Bool(value) => AttrValue::Bool(value),
+            AttrRef::Int(value) => AttrValue::Int(value),
+            AttrRef::Double(value) => AttrValue::Double(value),
+            AttrRef::Bytes(value) => AttrValue::Bytes(value.to_vec()),
+            AttrRef::Array(values) => AttrValue::Array(values.to_vec()),
+            AttrRef::Map(attributes) => AttrValue::Map(attributes.clone()),
         }
+    }
+
+    fn tag(self) -> u8 {
+        match self {
+            AttrRef::Empty => 0,
+            AttrRef::Str(_) => 1,
+            AttrRef::Bool(_) => 2,
+            AttrRef::Int(_) => 3,
+            AttrRef::Double(_) => 4,
+            AttrRef::Bytes(_) => 5,
+            AttrRef::Array(_) => 6,
+            AttrRef::Map(_) => 7,
+        }
+    }
+}
+
+impl PartialEq for AttrRef<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        match (*self, *other) {
+            (AttrRef::Empty, AttrRef::Empty) => true,
+            (AttrRef::Str(a), AttrRef::Str(b)) => a == b,
+            (AttrRef::Bool(a), AttrRef::Bool(b)) => a == b,
+            (AttrRef::Int(a), AttrRef::Int(b)) => a == b,
+            (AttrRef::Double(a), AttrRef::Double(b)) => a.to_bits() == b.to_bits(),
+            (AttrRef::Bytes(a), AttrRef::Bytes(b)) => a == b,
+            (AttrRef::Array(a), AttrRef::Array(b)) => a == b,
+            (AttrRef::Map(a), AttrRef::Map(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for AttrRef<'_> {}
+
+impl Hash for AttrRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u8(self.tag());
+        match *self {
+            AttrRef::Empty => {}
+            AttrRef::Str(value) => value.hash(state),
+            AttrRef::Bool(value) => value.hash(state),
+            AttrRef::Int(value) => value.hash(state),
+            AttrRef::Double(value) => value.to_bits().hash(state),
+            AttrRef::Bytes(value) => value.hash(state),
+            AttrRef::Array(values) => values.hash(state),
+            AttrRef::Map(attributes) => attributes.hash(state),
+        }
+    }
+}
+
+/// Sorts attribute pairs by key and keeps the last of each repeated key: the one rule by
+/// which both [`Attributes::new`] and borrowed attribute lists become a set.
+pub fn sort_unique<K: AsRef<str>, V>(pairs: &mut Vec<(K, V)>) {
+    if pairs.len() < 2 {
+        return;
+    }
+    // Reversed, a stable sort puts the last occurrence of a key first in its run, and
+    // `dedup` keeps the first of a run.
+    pairs.reverse();
+    pairs.sort_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
+    pairs.dedup_by(|later, earlier| later.0.as_ref() == earlier.0.as_ref());
+}
+
+/// Hashes a sorted, duplicate-free attribute list. Owned [`Attributes`] and borrowed lists
+/// of the same pairs hash alike.
+pub fn hash_pairs<'a, H: Hasher>(
+    state: &mut H,
+    len: usize,
+    pairs: impl Iterator<Item = (&'a str, AttrRef<'a>)>,
+) {
+    state.write_usize(len);
+    for (key, value) in pairs {
+        key.hash(state);
+        value.hash(state);
     }
 }
 
@@ -69,23 +170,46 @@ impl Hash for AttrValue {
 ///
 /// Keys are unique: OTLP forbids duplicates, and when a sender repeats a key anyway the last
 /// occurrence wins, as it would in a map.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Attributes(Vec<(String, AttrValue)>);
+
+impl Hash for Attributes {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_pairs(
+            state,
+            self.0.len(),
+            self.iter().map(|(key, value)| (key, value.as_ref())),
+        );
+    }
+}
 
 impl Attributes {
     /// Builds the set from pairs in any order.
     pub fn new(mut pairs: Vec<(String, AttrValue)>) -> Attributes {
-        // A stable sort keeps duplicates in arrival order, so keeping the last of each run
-        // implements "last occurrence wins".
-        pairs.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut unique: Vec<(String, AttrValue)> = Vec::with_capacity(pairs.len());
-        for pair in pairs {
-            match unique.last_mut() {
-                Some(last) if last.0 == pair.0 => *last = pair,
-                _ => unique.push(pair),
-            }
-        }
-        Attributes(unique)
+        sort_unique(&mut pairs);
+        Attributes(pairs)
+    }
+
+    /// Whether this set holds exactly `pairs`, which are sorted and duplicate-free.
+    pub fn equals_pairs(&self, pairs: &[(&str, AttrRef<'_>)]) -> bool {
+        self.0.len() == pairs.len()
+            && self
+                .0
+                .iter()
+                .zip(pairs)
+                .all(|((key, value), (other_key, other_value))| {
+                    key == other_key && value.as_ref() == *other_value
+                })
+    }
+
+    /// An owned copy of borrowed pairs.
+    pub fn from_pairs(pairs: &[(&str, AttrRef<'_>)]) -> Attributes {
+        Attributes::new(
+            pairs
+                .iter()
+                .map(|(key, value)| ((*key).to_owned(), value.to_owned_value()))
+                .collect(),
+        )
     }
 
     /// The value of `key`, if present.

@@ -1,65 +1,54 @@
 //! OTLP/gRPC: `opentelemetry.proto.collector.metrics.v1.MetricsService/Export`.
 //!
-//! tonic decodes the request (gzip and zstd accepted, inflation capped at the size limit) and
-//! this service hands it to [`receive`]. Two of tonic's own status codes are wrong for OTLP
-//! and are rewritten on the way out by [`ExportService`], a wrapper around this service only
-//! (the query service on the same listener keeps its own codes):
+//! tonic does the gRPC framing (gzip and zstd accepted, inflation capped at the size limit)
+//! and hands over the message as bytes ([`RawCodec`]); [`receive_protobuf`] reads them in
+//! place, as the HTTP receiver does. Two of tonic's own status codes are wrong for OTLP and
+//! are rewritten on the way out by [`remap_status`]:
 //!
 //! - a message over the size limit is `OUT_OF_RANGE`, which OTLP clients retry forever; OTLP
 //!   says `RESOURCE_EXHAUSTED` without RetryInfo (not retried);
-//! - a body that is not valid protobuf is `INTERNAL`; OTLP says `INVALID_ARGUMENT`. This
-//!   service itself never answers `INTERNAL`, so every `INTERNAL` on it is about the input.
+//! - a body tonic cannot unframe or inflate is `INTERNAL`; OTLP says `INVALID_ARGUMENT`.
+//!   This service itself never answers `INTERNAL`, so every `INTERNAL` on it is about the
+//!   input.
 
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
 use std::convert::Infallible;
 use std::task::{Context, Poll};
 
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
-use tonic::codec::CompressionEncoding;
+use bytes::{Buf, Bytes};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder};
 use tonic::server::NamedService;
 use tonic::{Code, Request, Response, Status};
+use tonic_prost::ProstEncoder;
 
-use super::{receive, response};
+use super::{IngestError, receive_protobuf, response};
 use crate::store::{RequestError, Store, Transport, Writer};
 
-/// The gRPC `MetricsService` implementation.
+/// The one method this service answers.
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+
+/// The gRPC `MetricsService`, answering `Export` with OTLP's status codes.
 #[derive(Clone)]
-pub struct GrpcReceiver {
+pub struct ExportService {
     store: Store,
+    transport: Transport,
+    max_request_bytes: usize,
 }
 
-impl GrpcReceiver {
-    /// The tonic service, with compression, the size limit and OTLP's status codes.
-    /// `transport` (gRPC over TCP, or the unix socket) is what requests are counted under.
-    pub fn service(store: Store, max_request_bytes: usize, transport: Transport) -> ExportService {
-        let inner = MetricsServiceServer::new(GrpcReceiver {
-            store: store.clone(),
-        })
-        .accept_compressed(CompressionEncoding::Gzip)
-        .accept_compressed(CompressionEncoding::Zstd)
-        .max_decoding_message_size(max_request_bytes);
+impl ExportService {
+    /// The service; `transport` (gRPC over TCP, or the unix socket) is what requests are
+    /// counted under, and `max_request_bytes` bounds a message after decompression.
+    pub fn new(store: Store, max_request_bytes: usize, transport: Transport) -> ExportService {
         ExportService {
-            inner,
             store,
             transport,
+            max_request_bytes,
         }
     }
 }
 
-/// `MetricsService` with every response passed through [`remap_status`].
-#[derive(Clone)]
-pub struct ExportService {
-    inner: MetricsServiceServer<GrpcReceiver>,
-    store: Store,
-    transport: Transport,
-}
-
 impl NamedService for ExportService {
-    const NAME: &'static str = <MetricsServiceServer<GrpcReceiver> as NamedService>::NAME;
+    const NAME: &'static str = "opentelemetry.proto.collector.metrics.v1.MetricsService";
 }
 
 impl tower::Service<http::Request<tonic::body::Body>> for ExportService {
@@ -69,47 +58,95 @@ impl tower::Service<http::Request<tonic::body::Body>> for ExportService {
         Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send + 'static>,
     >;
 
-    fn poll_ready(&mut self, context: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        tower::Service::<http::Request<tonic::body::Body>>::poll_ready(&mut self.inner, context)
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
-        let store = self.store.clone();
-        let transport = self.transport;
-        let response = self.inner.call(request);
+        let service = self.clone();
         Box::pin(async move {
-            response
-                .await
-                .map(|response| remap_status(&store, transport, response))
+            if request.uri().path() != EXPORT_PATH {
+                let response = Status::unimplemented(format!(
+                    "{} is not a method of this service; fanin receives metrics only",
+                    request.uri().path()
+                ))
+                .into_http();
+                return Ok(remap_status(&service.store, service.transport, response));
+            }
+            let mut grpc = tonic::server::Grpc::new(RawCodec)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .accept_compressed(CompressionEncoding::Zstd)
+                .max_decoding_message_size(service.max_request_bytes);
+            let (store, transport) = (service.store.clone(), service.transport);
+            let export = tower::service_fn(move |request: Request<Bytes>| {
+                let store = store.clone();
+                async move { export(&store, transport, request) }
+            });
+            let response = grpc.unary(export, request).await;
+            Ok(remap_status(&service.store, service.transport, response))
         })
     }
 }
 
-#[tonic::async_trait]
-impl MetricsService for GrpcReceiver {
-    async fn export(
-        &self,
-        request: Request<ExportMetricsServiceRequest>,
-    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
-        // On the unix socket, tonic hands over the kernel's peer credentials (SO_PEERCRED).
-        let unix_peer = request
-            .extensions()
-            .get::<tonic::transport::server::UdsConnectInfo>()
-            .map(|info| info.peer_cred.and_then(|credentials| credentials.pid()));
-        let writer = match unix_peer {
-            Some(pid) => Writer {
-                transport: Transport::Unix,
-                peer: None,
-                pid,
-            },
-            None => Writer {
-                transport: Transport::Grpc,
-                peer: request.remote_addr(),
-                pid: None,
-            },
-        };
-        let outcome = receive(&self.store, request.into_inner(), writer);
-        Ok(Response::new(response(&outcome)))
+/// Stores one `Export` request and answers it.
+fn export(
+    store: &Store,
+    transport: Transport,
+    request: Request<Bytes>,
+) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+    // On the unix socket, tonic hands over the kernel's peer credentials (SO_PEERCRED).
+    let unix_peer = request
+        .extensions()
+        .get::<tonic::transport::server::UdsConnectInfo>()
+        .map(|info| info.peer_cred.and_then(|credentials| credentials.pid()));
+    let writer = match unix_peer {
+        Some(pid) => Writer {
+            transport: Transport::Unix,
+            peer: None,
+            pid,
+        },
+        None => Writer {
+            transport,
+            peer: request.remote_addr(),
+            pid: None,
+        },
+    };
+    match receive_protobuf(store, request.get_ref(), writer) {
+        Ok(outcome) => Ok(Response::new(response(&outcome))),
+        Err(error @ IngestError::Decode(_)) => Err(Status::invalid_argument(error.to_string())),
+        Err(error) => Err(Status::internal(error.to_string())),
+    }
+}
+
+/// Passes the request message through as bytes and encodes responses with prost.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RawCodec;
+
+impl Codec for RawCodec {
+    type Encode = ExportMetricsServiceResponse;
+    type Decode = Bytes;
+    type Encoder = ProstEncoder<ExportMetricsServiceResponse>;
+    type Decoder = RawDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstEncoder::default()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawDecoder
+    }
+}
+
+/// The message bytes, without a copy (tonic's buffer is split off).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RawDecoder;
+
+impl Decoder for RawDecoder {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, buffer: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(buffer.copy_to_bytes(buffer.remaining())))
     }
 }
 
@@ -134,6 +171,10 @@ pub fn remap_status<B>(
             None
         }
         Some(Code::Internal) => Some((Code::InvalidArgument, RequestError::Decode)),
+        Some(Code::InvalidArgument) => {
+            store.stats().request_error(RequestError::Decode);
+            None
+        }
         Some(Code::Unimplemented) => {
             store.stats().request_error(RequestError::Unsupported);
             None

@@ -22,10 +22,9 @@ use axum::routing::post;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use prost::Message;
 
-use super::{IngestError, json, receive, response};
+use super::{IngestError, json, receive, receive_protobuf, response};
 use crate::outcome::Outcome;
 use crate::store::{Store, Transport, Writer};
 
@@ -98,8 +97,11 @@ async fn export(State(receiver): State<Receiver>, request: Request) -> Response 
     let blocking = raw.len() > BLOCKING_BODY_BYTES || compression != Compression::None;
     let store = receiver.store.clone();
     let work = move || -> Result<Outcome, IngestError> {
-        let decoded = decode(raw, compression, encoding, limit)?;
-        Ok(receive(&store, decoded, writer))
+        let body = decompress(raw, compression, limit)?;
+        match encoding {
+            Encoding::Protobuf => receive_protobuf(&store, &body, writer),
+            Encoding::Json => Ok(receive(&store, json::decode_request(&body)?, writer)),
+        }
     };
     let result = if blocking {
         match tokio::task::spawn_blocking(work).await {
@@ -140,21 +142,6 @@ async fn read(receiver: &Receiver, request: Request) -> Result<(Bytes, Compressi
     }
     let raw = read_body(request.into_body(), limit).await?;
     Ok((raw, compression))
-}
-
-/// Decompresses (within the limit) and decodes a body. Synchronous: may run on the
-/// blocking pool.
-fn decode(
-    raw: Bytes,
-    compression: Compression,
-    encoding: Encoding,
-    limit: usize,
-) -> Result<ExportMetricsServiceRequest, IngestError> {
-    let body = decompress(raw, compression, limit)?;
-    match encoding {
-        Encoding::Protobuf => Ok(ExportMetricsServiceRequest::decode(body)?),
-        Encoding::Json => Ok(json::decode_request(&body)?),
-    }
 }
 
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, IngestError> {

@@ -10,10 +10,13 @@ pub mod grpc;
 pub mod http;
 pub mod json;
 pub mod otlp;
+pub mod wire;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
+
+use prost::Message;
 
 use crate::outcome::Outcome;
 use crate::store::{RequestError, Store, Writer};
@@ -60,7 +63,32 @@ impl IngestError {
 /// Converts a decoded request, stores its points, and says what happened to them.
 pub fn receive(store: &Store, request: ExportMetricsServiceRequest, writer: Writer) -> Outcome {
     let (batches, outcome) = otlp::to_batches(request);
-    let outcome = store.ingest(batches, writer, outcome);
+    logged(store.ingest(batches, writer, outcome), writer)
+}
+
+/// Stores a protobuf-encoded request. It is read in place ([`wire`]); a request the
+/// in-place reader declines is decoded by `prost` instead, which also words the error when
+/// the body is not a valid request.
+///
+/// # Errors
+/// [`IngestError::Decode`] when the body is not a valid `ExportMetricsServiceRequest`;
+/// nothing is stored then.
+pub fn receive_protobuf(
+    store: &Store,
+    body: &[u8],
+    writer: Writer,
+) -> Result<Outcome, IngestError> {
+    match wire::parse(body) {
+        Ok(request) => Ok(logged(otlp::store_view(store, &request, writer), writer)),
+        Err(declined) => {
+            tracing::trace!(reason = declined.0, "Request read by prost");
+            let request = ExportMetricsServiceRequest::decode(body)?;
+            Ok(receive(store, request, writer))
+        }
+    }
+}
+
+fn logged(outcome: Outcome, writer: Writer) -> Outcome {
     if outcome.rejected_total() > 0 {
         tracing::debug!(
             rejected = outcome.rejected_total(),

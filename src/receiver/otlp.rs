@@ -13,12 +13,13 @@ use opentelemetry_proto::tonic::metrics::v1::{
     exponential_histogram_data_point, metric::Data, number_data_point,
 };
 
+use super::wire::{self, ValueView};
 use crate::model::{
-    AttrValue, Attributes, ExpBuckets, ExpHistogram, Histogram, Kind, MetricId, Point, Scope,
-    StreamKey, StreamPoint, Summary, Temporality, Value,
+    AttrRef, AttrValue, Attributes, ExpBuckets, ExpHistogram, Histogram, Kind, MetricId, Point,
+    Scope, StreamKey, StreamPoint, Summary, Temporality, Value, sort_unique,
 };
 use crate::outcome::{Outcome, RejectReason};
-use crate::store::InstancePoints;
+use crate::store::{InstancePoints, Store, Writer};
 
 /// `DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK`: the stream was explicitly removed.
 const NO_RECORDED_VALUE: u32 = 1;
@@ -126,10 +127,6 @@ impl MetricContext<'_> {
             description: Arc::clone(&self.description),
         });
     }
-
-    fn name(&self) -> &str {
-        &self.metric.name
-    }
 }
 
 fn convert_metric(
@@ -171,12 +168,58 @@ fn convert_metric(
         ),
         Data::Summary(summary) => (Kind::Summary, false, None, summary.data_points.len()),
     };
+    let Some(metric) = metric_id(name, unit, kind, monotonic, temporality, n_points, outcome)
+    else {
+        return;
+    };
+    let context = MetricContext {
+        scope,
+        metric: Arc::new(metric),
+        description: description.into(),
+    };
+    match data {
+        Data::Gauge(gauge) => context.convert_all(gauge.data_points, number_value, points, outcome),
+        Data::Sum(sum) => context.convert_all(sum.data_points, number_value, points, outcome),
+        Data::Histogram(histogram) => {
+            let value = |point: &HistogramDataPoint| {
+                histogram_value(point.into())
+                    .map(Value::Histogram)
+                    .map_err(|problem| (RejectReason::InvalidHistogram, problem))
+            };
+            context.convert_all(histogram.data_points, value, points, outcome);
+        }
+        Data::ExponentialHistogram(histogram) => {
+            let value = |point: &ExponentialHistogramDataPoint| {
+                exp_histogram_value(point.into())
+                    .map(Value::ExpHistogram)
+                    .map_err(|problem| (RejectReason::InvalidExponentialHistogram, problem))
+            };
+            context.convert_all(histogram.data_points, value, points, outcome);
+        }
+        Data::Summary(summary) => {
+            context.convert_all(summary.data_points, summary_value, points, outcome);
+        }
+    }
+}
+
+/// A metric's identity, or `None` (its points counted as rejected) when its name is empty
+/// or its temporality is neither delta nor cumulative. `temporality` is `None` for the
+/// kinds that have none.
+fn metric_id(
+    name: String,
+    unit: String,
+    kind: Kind,
+    monotonic: bool,
+    temporality: Option<i32>,
+    n_points: usize,
+    outcome: &mut Outcome,
+) -> Option<MetricId> {
     let n_points = n_points as u64;
     if name.is_empty() {
         outcome.reject(RejectReason::EmptyName, n_points, || {
             format!("a {} metric has an empty name", kind.as_str())
         });
-        return;
+        return None;
     }
     let temporality = match temporality {
         None => None,
@@ -188,43 +231,154 @@ fn convert_metric(
                     "metric {name:?}: aggregation_temporality {other} is not DELTA (1) or CUMULATIVE (2)"
                 )
             });
-            return;
+            return None;
         }
     };
-    let context = MetricContext {
-        scope,
-        metric: Arc::new(MetricId {
-            name,
-            kind,
-            unit,
-            monotonic,
-            temporality,
-        }),
-        description: description.into(),
-    };
-    match data {
-        Data::Gauge(gauge) => context.convert_all(gauge.data_points, number_value, points, outcome),
-        Data::Sum(sum) => context.convert_all(sum.data_points, number_value, points, outcome),
-        Data::Histogram(histogram) => {
-            let value = |point: &HistogramDataPoint| {
-                histogram_value(point)
-                    .map(Value::Histogram)
-                    .map_err(|problem| (RejectReason::InvalidHistogram, problem))
-            };
-            context.convert_all(histogram.data_points, value, points, outcome);
-        }
-        Data::ExponentialHistogram(histogram) => {
-            let value = |point: &ExponentialHistogramDataPoint| {
-                exp_histogram_value(point)
-                    .map(Value::ExpHistogram)
-                    .map_err(|problem| (RejectReason::InvalidExponentialHistogram, problem))
-            };
-            context.convert_all(histogram.data_points, value, points, outcome);
-        }
-        Data::Summary(summary) => {
-            context.convert_all(summary.data_points, summary_value, points, outcome);
-        }
+    Some(MetricId {
+        name,
+        kind,
+        unit,
+        monotonic,
+        temporality,
+    })
+}
+
+/// The rules every point kind shares: time 0 is refused; a NO_RECORDED_VALUE point needs no
+/// value; otherwise `value` reads the kind-specific part or says why it cannot be stored.
+fn point(
+    metric: &MetricId,
+    (start, time, flags): (u64, u64, u32),
+    value: impl FnOnce() -> ValueResult,
+    outcome: &mut Outcome,
+) -> Option<Point> {
+    if time == 0 {
+        outcome.reject(RejectReason::TimeZero, 1, || {
+            format!("metric {:?}: a point has time_unix_nano 0", metric.name)
+        });
+        return None;
     }
+    let value = if flags & NO_RECORDED_VALUE != 0 {
+        Value::NoRecordedValue
+    } else {
+        match value() {
+            Ok(value) => value,
+            Err((reason, problem)) => {
+                outcome.reject(reason, 1, || format!("metric {:?}: {problem}", metric.name));
+                return None;
+            }
+        }
+    };
+    Some(Point { start, time, value })
+}
+
+/// Stores a request read in place by [`wire::parse`]: the same rules as [`to_batches`] and
+/// [`Store::ingest`], applied point by point, each point's stream found with attributes
+/// that still point into the request buffer.
+pub fn store_view(store: &Store, request: &wire::Request<'_>, writer: Writer) -> Outcome {
+    let mut ingest = store.begin(writer, Outcome::default());
+    // One buffer for every point's sorted attributes: no allocation per point.
+    let mut sorted: Vec<(&str, AttrRef<'_>)> = Vec::new();
+    for resource in &request.resources {
+        let resource_attributes =
+            Attributes::from_pairs(&request.attributes[resource.attributes.clone()]);
+        ingest.instance(&resource_attributes, |instance| {
+            for scope in &request.scopes[resource.scopes.clone()] {
+                let scope_key = Arc::new(Scope {
+                    name: scope.name.to_owned(),
+                    version: scope.version.to_owned(),
+                    attributes: Attributes::from_pairs(&request.attributes[scope.attributes.clone()]),
+                });
+                for metric in &request.metrics[scope.metrics.clone()] {
+                    let Some(data) = &metric.data else {
+                        instance.outcome().warn(|| format!("metric {:?} has no data (no gauge, sum, histogram, exponential histogram or summary)", metric.name));
+                        continue;
+                    };
+                    let temporality = match data.kind {
+                        Kind::Gauge | Kind::Summary => None,
+                        _ => Some(data.temporality),
+                    };
+                    let Some(metric_key) = metric_id(
+                        metric.name.to_owned(),
+                        metric.unit.to_owned(),
+                        data.kind,
+                        data.monotonic,
+                        temporality,
+                        data.points.len(),
+                        instance.outcome(),
+                    ) else {
+                        continue;
+                    };
+                    let metric_key = Arc::new(metric_key);
+                    let description: Arc<str> = metric.description.into();
+                    let key = instance.metric(&scope_key, &metric_key, &description);
+                    for view in &request.points[data.points.clone()] {
+                        let times = (view.start, view.time, view.flags);
+                        let value = || view_value(request, &view.value);
+                        let Some(point) = point(&metric_key, times, value, instance.outcome())
+                        else {
+                            continue;
+                        };
+                        sorted.clear();
+                        sorted.extend_from_slice(&request.attributes[view.attributes.clone()]);
+                        sort_unique(&mut sorted);
+                        instance.point(&key, &sorted[..], point);
+                    }
+                }
+            }
+        });
+    }
+    ingest.finish()
+}
+
+/// The value of a point read in place.
+fn view_value(request: &wire::Request<'_>, value: &ValueView) -> ValueResult {
+    match value {
+        ValueView::Double(value) => Ok(Value::Number(*value)),
+        ValueView::Int(value) => Ok(Value::Number(*value as f64)),
+        ValueView::Missing => Err(no_value()),
+        ValueView::Histogram(histogram) => histogram_value(HistogramParts {
+            count: histogram.count,
+            sum: histogram.sum,
+            min: histogram.min,
+            max: histogram.max,
+            bounds: &request.bounds[histogram.bounds.clone()],
+            bucket_counts: &request.counts[histogram.bucket_counts.clone()],
+        })
+        .map(Value::Histogram)
+        .map_err(|problem| (RejectReason::InvalidHistogram, problem)),
+        ValueView::Exponential(histogram) => {
+            let side = |buckets: &Option<wire::BucketsView>| {
+                buckets
+                    .as_ref()
+                    .map(|buckets| (buckets.offset, &request.counts[buckets.counts.clone()]))
+            };
+            exp_histogram_value(ExpParts {
+                count: histogram.count,
+                sum: histogram.sum,
+                min: histogram.min,
+                max: histogram.max,
+                scale: histogram.scale,
+                zero_count: histogram.zero_count,
+                zero_threshold: histogram.zero_threshold,
+                positive: side(&histogram.positive),
+                negative: side(&histogram.negative),
+            })
+            .map(Value::ExpHistogram)
+            .map_err(|problem| (RejectReason::InvalidExponentialHistogram, problem))
+        }
+        ValueView::Summary(summary) => Ok(Value::Summary(Summary {
+            count: summary.count,
+            sum: summary.sum,
+            quantiles: request.quantiles[summary.quantiles.clone()].to_vec(),
+        })),
+    }
+}
+
+fn no_value() -> (RejectReason, String) {
+    (
+        RejectReason::NoValue,
+        "a point has neither as_double nor as_int".to_string(),
+    )
 }
 
 /// What every point kind shares, taken out of the point so its value can be read apart.
@@ -266,9 +420,7 @@ impl_data_point!(
 type ValueResult = Result<Value, (RejectReason, String)>;
 
 impl MetricContext<'_> {
-    /// Validates and collects the points of one metric. Every kind follows the same rules:
-    /// time 0 is refused; a NO_RECORDED_VALUE point needs no value; otherwise `value` reads
-    /// the kind-specific part or says why it cannot be stored.
+    /// Validates and collects the points of one metric (see [`point`]).
     fn convert_all<P: DataPoint>(
         &self,
         data_points: Vec<P>,
@@ -276,32 +428,12 @@ impl MetricContext<'_> {
         points: &mut Vec<StreamPoint>,
         outcome: &mut Outcome,
     ) {
-        for mut point in data_points {
-            let common = point.take_common();
-            if common.time == 0 {
-                outcome.reject(RejectReason::TimeZero, 1, || {
-                    format!("metric {:?}: a point has time_unix_nano 0", self.name())
-                });
-                continue;
+        for mut data_point in data_points {
+            let common = data_point.take_common();
+            let times = (common.start, common.time, common.flags);
+            if let Some(point) = point(&self.metric, times, || value(&data_point), outcome) {
+                self.push(common.attributes, point, points);
             }
-            let value = if common.flags & NO_RECORDED_VALUE != 0 {
-                Value::NoRecordedValue
-            } else {
-                match value(&point) {
-                    Ok(value) => value,
-                    Err((reason, problem)) => {
-                        outcome
-                            .reject(reason, 1, || format!("metric {:?}: {problem}", self.name()));
-                        continue;
-                    }
-                }
-            };
-            let point = Point {
-                start: common.start,
-                time: common.time,
-                value,
-            };
-            self.push(common.attributes, point, points);
         }
     }
 }
@@ -310,10 +442,7 @@ fn number_value(point: &NumberDataPoint) -> ValueResult {
     match point.value {
         Some(number_data_point::Value::AsDouble(value)) => Ok(Value::Number(value)),
         Some(number_data_point::Value::AsInt(value)) => Ok(Value::Number(value as f64)),
-        None => Err((
-            RejectReason::NoValue,
-            "a point has neither as_double nor as_int".to_string(),
-        )),
+        None => Err(no_value()),
     }
 }
 
@@ -334,10 +463,33 @@ fn number(value: Option<f64>) -> Option<f64> {
     value.filter(|value| !value.is_nan())
 }
 
+/// The fields of an explicit-bucket histogram point, however they were read.
+struct HistogramParts<'p> {
+    count: u64,
+    sum: Option<f64>,
+    min: Option<f64>,
+    max: Option<f64>,
+    bounds: &'p [f64],
+    bucket_counts: &'p [u64],
+}
+
+impl<'p> From<&'p HistogramDataPoint> for HistogramParts<'p> {
+    fn from(point: &'p HistogramDataPoint) -> Self {
+        HistogramParts {
+            count: point.count,
+            sum: point.sum,
+            min: point.min,
+            max: point.max,
+            bounds: &point.explicit_bounds,
+            bucket_counts: &point.bucket_counts,
+        }
+    }
+}
+
 /// Validates an explicit-bucket histogram point per the rules in metrics.proto.
-fn histogram_value(point: &HistogramDataPoint) -> Result<Histogram, String> {
-    let bounds = &point.explicit_bounds;
-    let mut bucket_counts = point.bucket_counts.clone();
+fn histogram_value(point: HistogramParts<'_>) -> Result<Histogram, String> {
+    let bounds = point.bounds;
+    let mut bucket_counts = point.bucket_counts.to_vec();
     if bucket_counts.is_empty() && bounds.is_empty() {
         // Only count and sum are known: one bucket (-Inf, +Inf).
         bucket_counts.push(point.count);
@@ -369,7 +521,7 @@ fn histogram_value(point: &HistogramDataPoint) -> Result<Histogram, String> {
         sum: number(point.sum),
         min: number(point.min),
         max: number(point.max),
-        bounds: bounds.clone(),
+        bounds: bounds.to_vec(),
         bucket_counts,
     })
 }
@@ -386,40 +538,74 @@ fn index_range(scale: i32) -> (i64, i64) {
     }
 }
 
+/// The fields of an exponential histogram point, however they were read; a side is its
+/// offset and bucket counts.
+struct ExpParts<'p> {
+    count: u64,
+    sum: Option<f64>,
+    min: Option<f64>,
+    max: Option<f64>,
+    scale: i32,
+    zero_count: u64,
+    zero_threshold: f64,
+    positive: Option<(i32, &'p [u64])>,
+    negative: Option<(i32, &'p [u64])>,
+}
+
+impl<'p> From<&'p ExponentialHistogramDataPoint> for ExpParts<'p> {
+    fn from(point: &'p ExponentialHistogramDataPoint) -> Self {
+        let side = |buckets: &'p Option<exponential_histogram_data_point::Buckets>| {
+            buckets
+                .as_ref()
+                .map(|buckets| (buckets.offset, &buckets.bucket_counts[..]))
+        };
+        ExpParts {
+            count: point.count,
+            sum: point.sum,
+            min: point.min,
+            max: point.max,
+            scale: point.scale,
+            zero_count: point.zero_count,
+            zero_threshold: point.zero_threshold,
+            positive: side(&point.positive),
+            negative: side(&point.negative),
+        }
+    }
+}
+
 fn exp_buckets(
-    buckets: &Option<exponential_histogram_data_point::Buckets>,
+    buckets: Option<(i32, &[u64])>,
     scale: i32,
     side: &str,
 ) -> Result<(ExpBuckets, u64), String> {
-    let Some(buckets) = buckets else {
+    let Some((offset, counts)) = buckets else {
         return Ok((ExpBuckets::default(), 0));
     };
-    if !buckets.bucket_counts.is_empty() {
+    if !counts.is_empty() {
         let (lowest, highest) = index_range(scale);
-        let first = i64::from(buckets.offset);
-        let last = first + buckets.bucket_counts.len() as i64 - 1;
+        let first = i64::from(offset);
+        let last = first + counts.len() as i64 - 1;
         if first < lowest || last > highest {
             return Err(format!(
                 "{side} buckets {first}..={last} lie outside {lowest}..={highest}, the indices finite doubles take at scale {scale}"
             ));
         }
     }
-    let total = buckets
-        .bucket_counts
+    let total = counts
         .iter()
         .try_fold(0u64, |total, count| total.checked_add(*count))
         .ok_or_else(|| format!("{side} bucket counts add up to more than 2^64"))?;
     Ok((
         ExpBuckets {
-            offset: buckets.offset,
-            counts: buckets.bucket_counts.clone(),
+            offset,
+            counts: counts.to_vec(),
         },
         total,
     ))
 }
 
 /// Validates an exponential histogram point per the rules in metrics.proto.
-fn exp_histogram_value(point: &ExponentialHistogramDataPoint) -> Result<ExpHistogram, String> {
+fn exp_histogram_value(point: ExpParts<'_>) -> Result<ExpHistogram, String> {
     if !SCALES.contains(&point.scale) {
         return Err(format!(
             "exponential histogram scale {} is outside {}..={}",
@@ -434,8 +620,8 @@ fn exp_histogram_value(point: &ExponentialHistogramDataPoint) -> Result<ExpHisto
             point.zero_threshold
         ));
     }
-    let (positive, n_positive) = exp_buckets(&point.positive, point.scale, "positive")?;
-    let (negative, n_negative) = exp_buckets(&point.negative, point.scale, "negative")?;
+    let (positive, n_positive) = exp_buckets(point.positive, point.scale, "positive")?;
+    let (negative, n_negative) = exp_buckets(point.negative, point.scale, "negative")?;
     let total = point
         .zero_count
         .checked_add(n_positive)
@@ -611,7 +797,7 @@ mod tests {
             explicit_bounds: bounds.to_vec(),
             ..Default::default()
         };
-        match (histogram_value(&point), expected) {
+        match (histogram_value((&point).into()), expected) {
             (Ok(_), Ok(())) => {}
             (Err(problem), Err(expected)) => assert!(problem.contains(expected), "{problem}"),
             (got, expected) => panic!("got {got:?}, expected {expected:?}"),
@@ -659,7 +845,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        match (exp_histogram_value(&point), expected) {
+        match (exp_histogram_value((&point).into()), expected) {
             (Ok(_), Ok(())) => {}
             (Err(problem), Err(expected)) => assert!(problem.contains(expected), "{problem}"),
             (got, expected) => panic!("got {got:?}, expected {expected:?}"),

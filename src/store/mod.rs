@@ -18,6 +18,7 @@
 //! (removal). None of these is ever held while waiting for an instance lock.
 
 mod collision;
+mod ingest;
 mod liveness;
 mod stats;
 mod stream;
@@ -37,12 +38,14 @@ use crate::outcome::{Outcome, RejectReason};
 
 pub use crate::model::StreamValue;
 pub use collision::{CollisionView, FIX, InheritedState};
+pub use ingest::{Ingest, InstanceWriter, MetricKey, PointAttributes};
 pub use liveness::{Liveness, RetireReason, Retirement, SweepReport};
 pub use stats::{RequestError, Stats, StatsSnapshot};
 pub use stream::StreamState;
 pub use stream::{CollisionPolicy, Evidence};
 
-use stream::{Refusal, Stream};
+use ingest::Streams;
+use stream::Refusal;
 
 /// Which transport a request came over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -101,6 +104,8 @@ struct Shared {
     /// Colliding streams, by instance and stream; touched only when a point is evidence.
     collisions: Mutex<HashMap<(InstanceKey, StreamKey), collision::CollisionRecord>>,
     collision_policy: CollisionPolicy,
+    /// Seeds every instance's stream hashes (see `ingest::MetricKey`).
+    stream_hasher: RandomState,
 }
 
 /// How many evicted instances `/api/v1/instances` still lists.
@@ -149,7 +154,7 @@ struct Instance {
 }
 
 struct InstanceState {
-    streams: HashMap<StreamKey, Stream, RandomState>,
+    streams: Streams,
     first_seen: SystemTime,
     last_seen: SystemTime,
     /// Monotonic time of the last export, for `instance_ttl`.
@@ -230,6 +235,7 @@ impl Store {
                 evicted: Mutex::new(VecDeque::new()),
                 collisions: Mutex::new(HashMap::new()),
                 collision_policy,
+                stream_hasher: RandomState::default(),
             }),
         }
     }
@@ -242,206 +248,6 @@ impl Store {
     /// Counters of what was received, accepted, rejected and dropped.
     pub fn stats(&self) -> &Stats {
         &self.shared.stats
-    }
-
-    /// Applies every point of one request. `outcome` already holds what the conversion
-    /// rejected; this adds what was stored, refused or dropped here, and records the whole
-    /// outcome in the counters.
-    pub fn ingest(
-        &self,
-        batches: Vec<InstancePoints>,
-        writer: Writer,
-        mut outcome: Outcome,
-    ) -> Outcome {
-        let now = SystemTime::now();
-        let now_monotonic = Instant::now();
-        let writer_id = collision::writer_id(&writer);
-        for batch in batches {
-            self.ingest_instance(
-                batch,
-                (&writer, writer_id),
-                now,
-                now_monotonic,
-                &mut outcome,
-            );
-        }
-        self.shared.stats.record(&outcome);
-        outcome
-    }
-
-    fn ingest_instance(
-        &self,
-        batch: InstancePoints,
-        (writer, writer_id): (&Writer, u64),
-        now: SystemTime,
-        now_monotonic: Instant,
-        outcome: &mut Outcome,
-    ) {
-        loop {
-            let instance = self.instance(&batch.resource, *writer, now, now_monotonic);
-            let mut state = lock(&instance.state);
-            if state.evicted {
-                // Evicted between the lookup and the lock: it is gone from the map, and
-                // looking it up again creates it afresh.
-                continue;
-            }
-            if state.retired.take().is_some() {
-                tracing::debug!(instance = ?instance.key, "Retired instance exported again; it is live");
-            }
-            state.last_seen = now;
-            state.last_export = now_monotonic;
-            state.last_writer = *writer;
-            state.exports += 1;
-            for point in batch.points {
-                self.apply(
-                    &instance.key,
-                    &mut state,
-                    point,
-                    (writer, writer_id),
-                    now,
-                    outcome,
-                );
-            }
-            return;
-        }
-    }
-
-    /// The instance for `resource`, created on first sight.
-    fn instance(
-        &self,
-        resource: &Attributes,
-        writer: Writer,
-        now: SystemTime,
-        now_monotonic: Instant,
-    ) -> Arc<Instance> {
-        if let Some(existing) = self.shared.instances.get(resource) {
-            return Arc::clone(existing.value());
-        }
-        let key = Arc::new(resource.clone());
-        let entry = self
-            .shared
-            .instances
-            .entry(Arc::clone(&key))
-            .or_insert_with(|| {
-                Arc::new(Instance {
-                    key,
-                    state: Mutex::new(InstanceState {
-                        streams: HashMap::with_hasher(RandomState::default()),
-                        first_seen: now,
-                        last_seen: now,
-                        last_export: now_monotonic,
-                        last_writer: writer,
-                        exports: 0,
-                        retired: None,
-                        evicted: false,
-                    }),
-                })
-            });
-        Arc::clone(entry.value())
-    }
-
-    fn apply(
-        &self,
-        instance: &InstanceKey,
-        state: &mut InstanceState,
-        point: StreamPoint,
-        (writer, writer_id): (&Writer, u64),
-        now: SystemTime,
-        outcome: &mut Outcome,
-    ) {
-        // Taken apart so the point's value moves into the stream instead of being copied.
-        let StreamPoint {
-            key,
-            point,
-            description,
-        } = point;
-        let policy = self.shared.collision_policy;
-        match state.streams.get_mut(&key) {
-            Some(stream) => {
-                let earlier_writer = stream.last_writer();
-                let (result, evidence) = stream.apply(point, writer_id, policy);
-                if let Some(evidence) = evidence {
-                    let writers = [earlier_writer, writer_id];
-                    self.record_collision(instance, &key, evidence, writer, writers, now);
-                }
-                count(outcome, result, &key.metric);
-            }
-            None => {
-                if !self.reserve_stream() {
-                    outcome.reject(RejectReason::SeriesLimit, 1, || {
-                        format!(
-                            "metric {:?}: the store is full ({} streams, limits.max_series); existing streams keep updating",
-                            key.metric.name, self.shared.max_series
-                        )
-                    });
-                    return;
-                }
-                self.register_metric(&key.metric, &description, now);
-                let mut stream = Stream::new(Arc::clone(&key.metric), description);
-                // A stream's first point has nothing to contradict: no evidence to record.
-                let (result, _) = stream.apply(point, writer_id, policy);
-                count(outcome, result, &key.metric);
-                state.streams.insert(key, stream);
-            }
-        }
-    }
-
-    /// Takes one slot under `limits.max_series`; false when the store is full.
-    fn reserve_stream(&self) -> bool {
-        let max = self.shared.max_series;
-        self.shared
-            .n_streams
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_ok()
-    }
-
-    /// Notes a new stream's metric identity and reports a type conflict the first time a
-    /// name arrives with another kind, unit or monotonicity.
-    fn register_metric(&self, metric: &Arc<MetricId>, description: &Arc<str>, now: SystemTime) {
-        let mut entry = self
-            .shared
-            .metrics
-            .entry(metric.name.clone())
-            .or_insert_with(|| MetricEntry {
-                first: Arc::clone(metric),
-                description: Arc::clone(description),
-                conflicts: Vec::new(),
-                evicted_instances: 0,
-            });
-        if description.len() > entry.description.len() {
-            entry.description = Arc::clone(description);
-        }
-        let first = &entry.first;
-        if first.same_type(metric) {
-            return;
-        }
-        let first_description = first.describe();
-        let conflicting = metric.describe();
-        match entry
-            .conflicts
-            .iter_mut()
-            .find(|conflict| conflict.conflicting == conflicting)
-        {
-            Some(conflict) => conflict.streams += 1,
-            None => {
-                tracing::warn!(
-                    metric = %metric.name,
-                    first = %first_description,
-                    conflicting = %conflicting,
-                    "Metric name arrives with two types; both are kept as separate streams. Give them different names"
-                );
-                self.shared.stats.type_conflict();
-                entry.conflicts.push(TypeConflict {
-                    metric: metric.name.clone(),
-                    first: first_description,
-                    conflicting,
-                    first_seen: now,
-                    streams: 1,
-                });
-            }
-        }
     }
 
     /// Every type conflict seen so far.
@@ -517,8 +323,8 @@ impl Store {
             let state = lock(&instance.state);
             let mut names: Vec<&str> = state
                 .streams
-                .keys()
-                .map(|key| key.metric.name.as_str())
+                .iter()
+                .map(|(key, _)| key.metric.name.as_str())
                 .collect();
             names.sort_unstable();
             names.dedup();
@@ -582,7 +388,7 @@ impl Store {
         let mut views = Vec::new();
         for instance in self.all_instances() {
             let state = lock(&instance.state);
-            for (key, stream) in &state.streams {
+            for (key, stream) in state.streams.iter() {
                 if wanted(&key.metric.name) {
                     views.push(StreamView {
                         instance: Arc::clone(&instance.key),

@@ -1,0 +1,393 @@
+//! The write path: one request's points into their instances' streams.
+//!
+//! A receiver opens an [`Ingest`] per request, takes each instance's lock once with
+//! [`Ingest::instance`], and hands over points one at a time. A point's attributes may still
+//! point into the request buffer ([`PointAttributes`] for a sorted `&[(&str, AttrRef)]`):
+//! an existing stream is found without copying them, and they are copied only when a new
+//! stream is created. The stream hash is computed in two parts, scope and metric once per
+//! metric ([`MetricKey`]), then the point attributes, so a point pays only for its own
+//! attributes.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
+
+use foldhash::fast::{FoldHasher, RandomState};
+use hashbrown::HashTable;
+
+use super::stream::Stream;
+use super::{
+    Instance, InstancePoints, InstanceState, MetricEntry, Store, TypeConflict, Writer, collision,
+    count, lock,
+};
+use crate::model::{AttrRef, Attributes, MetricId, Point, Scope, StreamKey, hash_pairs};
+use crate::outcome::{Outcome, RejectReason};
+
+/// One instance's streams, found by a hash computed from their parts (see [`MetricKey`]).
+#[derive(Default)]
+pub(super) struct Streams {
+    table: HashTable<(StreamKey, Stream)>,
+}
+
+impl Streams {
+    pub(super) fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&StreamKey, &Stream)> {
+        self.table.iter().map(|(key, stream)| (key, stream))
+    }
+
+    pub(super) fn drain(&mut self) -> impl Iterator<Item = (StreamKey, Stream)> + '_ {
+        self.table.drain()
+    }
+}
+
+/// The attributes of one point, owned or borrowed from the request, as the store looks them
+/// up. Both forms hash and compare alike, so either finds the same stream.
+pub trait PointAttributes {
+    fn hash_into<H: Hasher>(&self, state: &mut H);
+    /// Whether a stored stream's attributes are these.
+    fn matches(&self, stored: &Attributes) -> bool;
+    /// The owned set, for a new stream.
+    fn into_attributes(self) -> Attributes;
+}
+
+impl PointAttributes for Attributes {
+    fn hash_into<H: Hasher>(&self, state: &mut H) {
+        self.hash(state);
+    }
+
+    fn matches(&self, stored: &Attributes) -> bool {
+        self == stored
+    }
+
+    fn into_attributes(self) -> Attributes {
+        self
+    }
+}
+
+/// Borrowed pairs, sorted by key with no key twice (`model::sort_unique`).
+impl PointAttributes for &[(&str, AttrRef<'_>)] {
+    fn hash_into<H: Hasher>(&self, state: &mut H) {
+        hash_pairs(state, self.len(), self.iter().copied());
+    }
+
+    fn matches(&self, stored: &Attributes) -> bool {
+        stored.equals_pairs(self)
+    }
+
+    fn into_attributes(self) -> Attributes {
+        Attributes::from_pairs(self)
+    }
+}
+
+/// Scope, metric and description shared by the points of one metric, with the stream hash
+/// already fed with scope and metric.
+pub struct MetricKey<'m> {
+    scope: &'m Arc<Scope>,
+    metric: &'m Arc<MetricId>,
+    description: &'m Arc<str>,
+    hasher: FoldHasher<'static>,
+}
+
+/// The hash of a stored stream's key; the same as a [`MetricKey`] plus the point attributes.
+fn stream_hash(build: &RandomState, key: &StreamKey) -> u64 {
+    let mut hasher = metric_hasher(build, &key.scope, &key.metric);
+    key.attributes.hash_into(&mut hasher);
+    hasher.finish()
+}
+
+fn metric_hasher(build: &RandomState, scope: &Scope, metric: &MetricId) -> FoldHasher<'static> {
+    let mut hasher = build.build_hasher();
+    scope.hash(&mut hasher);
+    metric.hash(&mut hasher);
+    hasher
+}
+
+/// One request being written. [`Ingest::finish`] records its outcome in the counters.
+pub struct Ingest<'s> {
+    store: &'s Store,
+    writer: Writer,
+    writer_id: u64,
+    now: SystemTime,
+    now_monotonic: Instant,
+    outcome: Outcome,
+}
+
+/// One instance, locked, while a request writes its points.
+pub struct InstanceWriter<'i> {
+    store: &'i Store,
+    instance: &'i Instance,
+    state: &'i mut InstanceState,
+    writer: &'i Writer,
+    writer_id: u64,
+    now: SystemTime,
+    outcome: &'i mut Outcome,
+}
+
+impl Store {
+    /// Starts writing one request. `outcome` holds what the receiver already refused.
+    pub fn begin(&self, writer: Writer, outcome: Outcome) -> Ingest<'_> {
+        Ingest {
+            store: self,
+            writer,
+            writer_id: collision::writer_id(&writer),
+            now: SystemTime::now(),
+            now_monotonic: Instant::now(),
+            outcome,
+        }
+    }
+
+    /// Applies every point of converted batches (the path for requests decoded into owned
+    /// messages). `outcome` already holds what the conversion rejected; this adds what was
+    /// stored, refused or dropped here, and records the whole outcome in the counters.
+    pub fn ingest(
+        &self,
+        batches: Vec<InstancePoints>,
+        writer: Writer,
+        outcome: Outcome,
+    ) -> Outcome {
+        let mut ingest = self.begin(writer, outcome);
+        for batch in batches {
+            ingest.instance(&batch.resource, |instance| {
+                for point in batch.points {
+                    let metric =
+                        instance.metric(&point.key.scope, &point.key.metric, &point.description);
+                    instance.point(&metric, point.key.attributes, point.point);
+                }
+            });
+        }
+        ingest.finish()
+    }
+}
+
+impl Ingest<'_> {
+    /// What this request has led to so far; receivers add their own rejections here.
+    pub fn outcome(&mut self) -> &mut Outcome {
+        &mut self.outcome
+    }
+
+    /// Locks the instance for `resource` (creating it on first sight, reviving it if it was
+    /// retired) and lets `write` apply its points.
+    pub fn instance<R>(
+        &mut self,
+        resource: &Attributes,
+        write: impl FnOnce(&mut InstanceWriter<'_>) -> R,
+    ) -> R {
+        loop {
+            let instance = self
+                .store
+                .instance(resource, self.writer, self.now, self.now_monotonic);
+            let mut state = lock(&instance.state);
+            if state.evicted {
+                // Evicted between the lookup and the lock: it is gone from the map, and
+                // looking it up again creates it afresh.
+                continue;
+            }
+            if state.retired.take().is_some() {
+                tracing::debug!(instance = ?instance.key, "Retired instance exported again; it is live");
+            }
+            state.last_seen = self.now;
+            state.last_export = self.now_monotonic;
+            state.last_writer = self.writer;
+            state.exports += 1;
+            let mut writer = InstanceWriter {
+                store: self.store,
+                instance: &instance,
+                state: &mut state,
+                writer: &self.writer,
+                writer_id: self.writer_id,
+                now: self.now,
+                outcome: &mut self.outcome,
+            };
+            return write(&mut writer);
+        }
+    }
+
+    /// Ends the request: records its outcome in the counters and returns it.
+    pub fn finish(self) -> Outcome {
+        self.store.shared.stats.record(&self.outcome);
+        self.outcome
+    }
+}
+
+impl InstanceWriter<'_> {
+    /// What this request has led to so far.
+    pub fn outcome(&mut self) -> &mut Outcome {
+        self.outcome
+    }
+
+    /// The key shared by the points of one metric.
+    pub fn metric<'m>(
+        &self,
+        scope: &'m Arc<Scope>,
+        metric: &'m Arc<MetricId>,
+        description: &'m Arc<str>,
+    ) -> MetricKey<'m> {
+        MetricKey {
+            scope,
+            metric,
+            description,
+            hasher: metric_hasher(&self.store.shared.stream_hasher, scope, metric),
+        }
+    }
+
+    /// Applies one point to its stream, creating the stream on first sight.
+    pub fn point<A: PointAttributes>(
+        &mut self,
+        metric: &MetricKey<'_>,
+        attributes: A,
+        point: Point,
+    ) {
+        let hash = {
+            let mut hasher = metric.hasher.clone();
+            attributes.hash_into(&mut hasher);
+            hasher.finish()
+        };
+        let policy = self.store.shared.collision_policy;
+        let found = self.state.streams.table.find_mut(hash, |(key, _)| {
+            attributes.matches(&key.attributes)
+                && key.metric == *metric.metric
+                && key.scope == *metric.scope
+        });
+        if let Some((key, stream)) = found {
+            let earlier_writer = stream.last_writer();
+            let (result, evidence) = stream.apply(point, self.writer_id, policy);
+            if let Some(evidence) = evidence {
+                let writers = [earlier_writer, self.writer_id];
+                self.store.record_collision(
+                    &self.instance.key,
+                    key,
+                    evidence,
+                    self.writer,
+                    writers,
+                    self.now,
+                );
+            }
+            count(self.outcome, result, &key.metric);
+            return;
+        }
+        if !self.store.reserve_stream() {
+            let max = self.store.shared.max_series;
+            self.outcome.reject(RejectReason::SeriesLimit, 1, || {
+                format!(
+                    "metric {:?}: the store is full ({max} streams, limits.max_series); existing streams keep updating",
+                    metric.metric.name
+                )
+            });
+            return;
+        }
+        self.store
+            .register_metric(metric.metric, metric.description, self.now);
+        let mut stream = Stream::new(Arc::clone(metric.metric), Arc::clone(metric.description));
+        // A stream's first point has nothing to contradict: no evidence to record.
+        let (result, _) = stream.apply(point, self.writer_id, policy);
+        count(self.outcome, result, metric.metric);
+        let key = StreamKey {
+            scope: Arc::clone(metric.scope),
+            metric: Arc::clone(metric.metric),
+            attributes: attributes.into_attributes(),
+        };
+        let build = &self.store.shared.stream_hasher;
+        self.state
+            .streams
+            .table
+            .insert_unique(hash, (key, stream), |(key, _)| stream_hash(build, key));
+    }
+}
+
+impl Store {
+    /// The instance for `resource`, created on first sight.
+    fn instance(
+        &self,
+        resource: &Attributes,
+        writer: Writer,
+        now: SystemTime,
+        now_monotonic: Instant,
+    ) -> Arc<Instance> {
+        if let Some(existing) = self.shared.instances.get(resource) {
+            return Arc::clone(existing.value());
+        }
+        let key = Arc::new(resource.clone());
+        let entry = self
+            .shared
+            .instances
+            .entry(Arc::clone(&key))
+            .or_insert_with(|| {
+                Arc::new(Instance {
+                    key,
+                    state: std::sync::Mutex::new(InstanceState {
+                        streams: Streams::default(),
+                        first_seen: now,
+                        last_seen: now,
+                        last_export: now_monotonic,
+                        last_writer: writer,
+                        exports: 0,
+                        retired: None,
+                        evicted: false,
+                    }),
+                })
+            });
+        Arc::clone(entry.value())
+    }
+
+    /// Takes one slot under `limits.max_series`; false when the store is full.
+    fn reserve_stream(&self) -> bool {
+        let max = self.shared.max_series;
+        self.shared
+            .n_streams
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Notes a new stream's metric identity and reports a type conflict the first time a
+    /// name arrives with another kind, unit or monotonicity.
+    fn register_metric(&self, metric: &Arc<MetricId>, description: &Arc<str>, now: SystemTime) {
+        let mut entry = self
+            .shared
+            .metrics
+            .entry(metric.name.clone())
+            .or_insert_with(|| MetricEntry {
+                first: Arc::clone(metric),
+                description: Arc::clone(description),
+                conflicts: Vec::new(),
+                evicted_instances: 0,
+            });
+        if description.len() > entry.description.len() {
+            entry.description = Arc::clone(description);
+        }
+        let first = &entry.first;
+        if first.same_type(metric) {
+            return;
+        }
+        let first_description = first.describe();
+        let conflicting = metric.describe();
+        match entry
+            .conflicts
+            .iter_mut()
+            .find(|conflict| conflict.conflicting == conflicting)
+        {
+            Some(conflict) => conflict.streams += 1,
+            None => {
+                tracing::warn!(
+                    metric = %metric.name,
+                    first = %first_description,
+                    conflicting = %conflicting,
+                    "Metric name arrives with two types; both are kept as separate streams. Give them different names"
+                );
+                self.shared.stats.type_conflict();
+                entry.conflicts.push(TypeConflict {
+                    metric: metric.name.clone(),
+                    first: first_description,
+                    conflicting,
+                    first_seen: now,
+                    streams: 1,
+                });
+            }
+        }
+    }
+}
