@@ -4,11 +4,13 @@
 //! - `query_sum_by`: `GET /api/v1/query?metric=..&by=http.route` on one of 25 metrics;
 //! - `metrics_page`: `GET /metrics`, every metric aggregated and rendered.
 //!
-//! Run with `cargo bench --bench aggregate`.
+//! Run with `cargo bench --bench aggregate`. Besides criterion's estimates it prints the
+//! p50 and p99 latency over every request it timed.
 
 mod common;
 
 use std::num::NonZeroUsize;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -122,13 +124,49 @@ fn query_side(criterion: &mut Criterion) {
     };
     let mut group = criterion.benchmark_group("query_100k_streams");
     group.sample_size(20);
-    group.bench_function("query_sum_by", |bench| {
-        bench.iter(|| runtime.block_on(get("/api/v1/query?metric=app.metric.0&by=http.route")))
-    });
-    group.bench_function("metrics_page", |bench| {
-        bench.iter(|| runtime.block_on(get("/metrics")))
-    });
+    // Every request is timed on its own too, for the percentiles printed at the end.
+    let mut latencies: [(&str, Vec<Duration>); 2] = [
+        (
+            "/api/v1/query?metric=app.metric.0&by=http.route",
+            Vec::new(),
+        ),
+        ("/metrics", Vec::new()),
+    ];
+    for (name, (uri, timings)) in ["query_sum_by", "metrics_page"]
+        .into_iter()
+        .zip(latencies.iter_mut())
+    {
+        group.bench_function(name, |bench| {
+            bench.iter_custom(|iterations| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iterations {
+                    let start = Instant::now();
+                    runtime.block_on(get(uri));
+                    let took = start.elapsed();
+                    timings.push(took);
+                    total += took;
+                }
+                total
+            })
+        });
+    }
     group.finish();
+    for (uri, mut timings) in latencies {
+        timings.sort();
+        let at = |fraction: f64| {
+            let index = ((timings.len() as f64 * fraction).ceil() as usize).saturating_sub(1);
+            timings
+                .get(index)
+                .map_or(f64::NAN, |took| took.as_secs_f64() * 1e3)
+        };
+        println!(
+            "latency {uri}: {} requests, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            timings.len(),
+            at(0.50),
+            at(0.99),
+            at(1.0)
+        );
+    }
 }
 
 criterion_group!(benches, query_side);

@@ -12,9 +12,14 @@
 //! - `max`, `min`, `avg` and `count` look at live instances' current values, for any numeric
 //!   kind; histograms and summaries only merge (`sum`).
 
-use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
 
-use crate::model::{Attributes, ExpBuckets, ExpHistogram, Histogram, Kind, MetricId, StreamValue};
+use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
+
+use crate::model::{
+    AttrValue, Attributes, ExpBuckets, ExpHistogram, Histogram, Kind, MetricId, StreamValue,
+};
 
 /// A space aggregation function.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -97,11 +102,15 @@ pub enum Source {
     Retired { instances: u64 },
 }
 
-/// One value going into the aggregation.
+/// One value going into the aggregation. Its attributes are the resource's (without instance
+/// attributes) and the point's together, the point's winning where both have a key; they are
+/// borrowed, and copied only into the groups they create.
 #[derive(Debug, Clone)]
 pub struct Contribution<'a> {
-    /// Resource attributes without instance attributes, merged with the point attributes.
-    pub attributes: Attributes,
+    /// The resource without instance attributes.
+    pub resource: &'a Attributes,
+    /// The point attributes.
+    pub attributes: &'a Attributes,
     pub source: Source,
     /// Whether the instance is live; retired instances count only for counting kinds.
     pub live: bool,
@@ -269,7 +278,7 @@ impl Accumulator {
 /// [`AggregateError::NotNumeric`] when `max`, `min`, `avg` or `count` is asked of a
 /// histogram or summary.
 pub fn space(
-    contributions: Vec<Contribution>,
+    contributions: Vec<Contribution<'_>>,
     shape: Shape,
     agg: Agg,
     by: Option<&[String]>,
@@ -286,23 +295,43 @@ pub fn space(
         });
     }
     let include_retired = agg == Agg::Sum && shape.counts_retired();
-    let mut groups: HashMap<Attributes, Accumulator, foldhash::fast::RandomState> =
-        HashMap::default();
-    for mut contribution in contributions {
+    // Groups are found by the contribution's pairs as they are merged, so a contribution
+    // that joins an existing group allocates nothing.
+    let build = foldhash::fast::RandomState::default();
+    let mut groups: HashTable<(u64, Attributes, Accumulator)> = HashTable::new();
+    for contribution in &contributions {
         if !contribution.live && !include_retired {
             continue;
         }
-        let key = match by {
-            None => std::mem::take(&mut contribution.attributes),
-            Some(keys) => contribution
-                .attributes
-                .retain(|key| keys.iter().any(|wanted| wanted == key)),
+        let pairs = contribution
+            .resource
+            .merged_iter(contribution.attributes)
+            .filter(|(key, _)| by.is_none_or(|keys| keys.iter().any(|wanted| wanted == key)));
+        let hash = {
+            let mut hasher = build.build_hasher();
+            for (key, value) in pairs.clone() {
+                key.hash(&mut hasher);
+                value.hash(&mut hasher);
+            }
+            hasher.finish()
         };
-        groups.entry(key).or_default().add(&contribution);
+        let entry = groups.entry(
+            hash,
+            |(_, attributes, _)| same_pairs(attributes.iter(), pairs.clone()),
+            |(hash, _, _)| *hash,
+        );
+        match entry {
+            Entry::Occupied(group) => group.into_mut().2.add(contribution),
+            Entry::Vacant(slot) => {
+                let mut accumulator = Accumulator::default();
+                accumulator.add(contribution);
+                slot.insert((hash, Attributes::from_sorted(pairs), accumulator));
+            }
+        }
     }
     let mut result: Vec<Group> = groups
         .into_iter()
-        .map(|(attributes, accumulator)| {
+        .map(|(_, attributes, accumulator)| {
             let (value, instances) = accumulator.finish(shape, agg);
             Group {
                 attributes,
@@ -313,6 +342,20 @@ pub fn space(
         .collect();
     result.sort_by_cached_key(|group| format!("{:?}", group.attributes));
     Ok(result)
+}
+
+/// Whether two pair sequences are equal, pair by pair.
+fn same_pairs<'x, 'y>(
+    mut left: impl Iterator<Item = (&'x str, &'x AttrValue)>,
+    mut right: impl Iterator<Item = (&'y str, &'y AttrValue)>,
+) -> bool {
+    loop {
+        match (left.next(), right.next()) {
+            (None, None) => return true,
+            (Some(a), Some(b)) if a == b => {}
+            _ => return false,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -16,11 +16,13 @@ fn attrs(pairs: &[(&str, &str)]) -> Attributes {
 #[track_caller]
 fn check(values: &[(usize, bool, f64)], shape: Shape, agg: Agg, expected: f64, instances: u64) {
     let stored: Vec<StreamValue> = values.iter().map(|v| StreamValue::Number(v.2)).collect();
+    let (resource, route) = (Attributes::default(), attrs(&[("route", "/a")]));
     let contributions: Vec<Contribution> = values
         .iter()
         .zip(&stored)
         .map(|(&(instance, live, _), value)| Contribution {
-            attributes: attrs(&[("route", "/a")]),
+            resource: &resource,
+            attributes: &route,
             source: Source::Instance(instance),
             live,
             value,
@@ -96,21 +98,30 @@ fn by_groups_on_a_subset() {
         StreamValue::Number(2.0),
         StreamValue::Number(4.0),
     ];
+    let resource = attrs(&[("service.name", "app")]);
+    let points = [
+        attrs(&[("route", "/a"), ("method", "GET")]),
+        attrs(&[("route", "/a"), ("method", "POST")]),
+        attrs(&[("route", "/b"), ("method", "GET")]),
+    ];
     let contributions = vec![
         Contribution {
-            attributes: attrs(&[("route", "/a"), ("method", "GET")]),
+            resource: &resource,
+            attributes: &points[0],
             source: Source::Instance(0),
             live: true,
             value: &values[0],
         },
         Contribution {
-            attributes: attrs(&[("route", "/a"), ("method", "POST")]),
+            resource: &resource,
+            attributes: &points[1],
             source: Source::Instance(1),
             live: true,
             value: &values[1],
         },
         Contribution {
-            attributes: attrs(&[("route", "/b"), ("method", "GET")]),
+            resource: &resource,
+            attributes: &points[2],
             source: Source::Retired { instances: 3 },
             live: false,
             value: &values[2],
@@ -139,6 +150,45 @@ fn by_groups_on_a_subset() {
         space(contributions.clone(), Shape::Counter, Agg::Sum, Some(&[])).expect("sum");
     assert_eq!(everything.len(), 1);
     assert_eq!(everything[0].value, Aggregated::Number(7.0));
+    // Without `by`, a group is the resource and point attributes together.
+    let all = space(contributions, Shape::Counter, Agg::Sum, None).expect("sum");
+    assert_eq!(all.len(), 3);
+    assert_eq!(
+        all[0].attributes,
+        attrs(&[("method", "GET"), ("route", "/a"), ("service.name", "app")])
+    );
+}
+
+#[test]
+fn a_point_attribute_hides_the_resource_attribute_of_its_key() {
+    let values = [StreamValue::Number(1.0), StreamValue::Number(2.0)];
+    let resource = attrs(&[("route", "/resource"), ("service.name", "app")]);
+    let (point, bare) = (attrs(&[("route", "/a")]), Attributes::default());
+    let contribution = |attributes, value| Contribution {
+        resource: &resource,
+        attributes,
+        source: Source::Instance(0),
+        live: true,
+        value,
+    };
+    let groups = space(
+        vec![
+            contribution(&point, &values[0]),
+            contribution(&bare, &values[1]),
+        ],
+        Shape::Current,
+        Agg::Sum,
+        None,
+    )
+    .expect("sum");
+    let keys: Vec<&Attributes> = groups.iter().map(|group| &group.attributes).collect();
+    assert_eq!(
+        keys,
+        [
+            &attrs(&[("route", "/a"), ("service.name", "app")]),
+            &attrs(&[("route", "/resource"), ("service.name", "app")]),
+        ]
+    );
 }
 
 fn histogram(bounds: &[f64], counts: &[u64]) -> StreamValue {
@@ -153,11 +203,13 @@ fn histogram(bounds: &[f64], counts: &[u64]) -> StreamValue {
 }
 
 fn merge(values: &[StreamValue], shape: Shape) -> Aggregated {
+    let empty = Attributes::default();
     let contributions: Vec<Contribution> = values
         .iter()
         .enumerate()
         .map(|(index, value)| Contribution {
-            attributes: Attributes::default(),
+            resource: &empty,
+            attributes: &empty,
             source: Source::Instance(index),
             live: index % 2 == 0,
             value,
@@ -243,8 +295,10 @@ fn exponential_histograms_at_scales_3_and_1_merge_exactly() {
 #[test]
 fn only_sum_is_defined_for_histograms() {
     let values = [histogram(&[1.0], &[1, 1])];
+    let empty = Attributes::default();
     let contributions = vec![Contribution {
-        attributes: Attributes::default(),
+        resource: &empty,
+        attributes: &empty,
         source: Source::Instance(0),
         live: true,
         value: &values[0],

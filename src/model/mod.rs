@@ -240,8 +240,7 @@ impl Attributes {
         )
     }
 
-    /// Both sets in one; where a key is in both, `other`'s value wins. Both are sorted, so
-    /// this is a linear merge.
+    /// Both sets in one; where a key is in both, `other`'s value wins.
     pub fn merged(&self, other: &Attributes) -> Attributes {
         if other.is_empty() {
             return self.clone();
@@ -249,31 +248,60 @@ impl Attributes {
         if self.is_empty() {
             return other.clone();
         }
-        let mut pairs = Vec::with_capacity(self.0.len() + other.0.len());
-        let (mut left, mut right) = (self.0.iter().peekable(), other.0.iter().peekable());
-        loop {
-            let next = match (left.peek(), right.peek()) {
-                (Some(a), Some(b)) => match a.0.cmp(&b.0) {
-                    std::cmp::Ordering::Less => left.next(),
-                    std::cmp::Ordering::Greater => right.next(),
-                    std::cmp::Ordering::Equal => {
-                        left.next();
-                        right.next()
-                    }
-                },
-                (Some(_), None) => left.next(),
-                (None, Some(_)) => right.next(),
-                (None, None) => break,
-            };
-            if let Some(pair) = next {
-                pairs.push(pair.clone());
-            }
+        Attributes::from_sorted(self.merged_iter(other))
+    }
+
+    /// The pairs of both sets in key order, without building the union; where a key is in
+    /// both, `other`'s value wins. Both are sorted, so this is a linear merge.
+    pub fn merged_iter<'a>(
+        &'a self,
+        other: &'a Attributes,
+    ) -> impl Iterator<Item = (&'a str, &'a AttrValue)> + Clone + 'a {
+        MergedPairs {
+            left: self.0.iter().peekable(),
+            right: other.0.iter().peekable(),
         }
+    }
+
+    /// A set of pairs already in key order with no key twice (as [`Attributes::iter`] and
+    /// [`Attributes::merged_iter`] give them).
+    pub fn from_sorted<'a>(pairs: impl Iterator<Item = (&'a str, &'a AttrValue)>) -> Attributes {
+        let pairs: Vec<(String, AttrValue)> = pairs
+            .map(|(key, value)| (key.to_owned(), value.clone()))
+            .collect();
+        debug_assert!(pairs.windows(2).all(|pair| pair[0].0 < pair[1].0));
         Attributes(pairs)
     }
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+}
+
+/// Two sorted pair lists merged, the right one winning ties: [`Attributes::merged_iter`].
+#[derive(Clone)]
+struct MergedPairs<'a> {
+    left: std::iter::Peekable<std::slice::Iter<'a, (String, AttrValue)>>,
+    right: std::iter::Peekable<std::slice::Iter<'a, (String, AttrValue)>>,
+}
+
+impl<'a> Iterator for MergedPairs<'a> {
+    type Item = (&'a str, &'a AttrValue);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let next = match (self.left.peek(), self.right.peek()) {
+            (Some(a), Some(b)) => match a.0.cmp(&b.0) {
+                std::cmp::Ordering::Less => self.left.next(),
+                std::cmp::Ordering::Greater => self.right.next(),
+                std::cmp::Ordering::Equal => {
+                    self.left.next();
+                    self.right.next()
+                }
+            },
+            (Some(_), None) => self.left.next(),
+            (None, _) => self.right.next(),
+        };
+        next.map(|(key, value)| (key.as_str(), value))
     }
 }
 
@@ -437,11 +465,14 @@ impl MetricId {
 
 /// A stream within one instance: scope, metric and point attributes.
 /// The full stream identity is this key plus the instance it is stored under.
+///
+/// The attribute set is shared: the store keeps one copy of each distinct set, however many
+/// instances and metrics use it, so cloning a key copies three pointers.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct StreamKey {
     pub scope: Arc<Scope>,
     pub metric: Arc<MetricId>,
-    pub attributes: Attributes,
+    pub attributes: Arc<Attributes>,
 }
 
 /// An explicit-bucket histogram value.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use crate::aggregate::{self, Agg, AggregateError, Aggregated, Contribution, Group, Shape, Source};
 use crate::config::AggregationRule;
-use crate::model::{Attributes, InstanceAttributes, MetricId};
+use crate::model::{Attributes, InstanceAttributes, MetricId, StreamValue};
 use crate::store::{RetiredView, Store, StreamView};
 
 use super::QueryError;
@@ -74,11 +74,11 @@ pub struct Selection<'a> {
 ///
 /// # Errors
 /// [`AggregateError`] for an aggregation the metric's kind does not have.
-pub fn build(
+pub fn build<'s>(
     metric: Arc<MetricId>,
     agg: Agg,
-    streams: &[StreamView],
-    retired: &[RetiredView],
+    streams: impl IntoIterator<Item = &'s StreamView>,
+    retired: &'s [RetiredView],
     instance_attributes: &InstanceAttributes,
     selection: Selection,
 ) -> Result<Answer, AggregateError> {
@@ -96,12 +96,12 @@ pub fn build(
         same
     };
 
-    let mut instances: HashMap<
-        *const Attributes,
-        (usize, Attributes),
-        foldhash::fast::RandomState,
-    > = HashMap::default();
-    let mut contributions = Vec::with_capacity(streams.len() + retired.len());
+    // Each instance's resource without its instance attributes, computed once: streams
+    // refer to it by index, and contributions borrow it.
+    let mut index_of: HashMap<*const Attributes, usize, foldhash::fast::RandomState> =
+        HashMap::default();
+    let mut resources: Vec<Attributes> = Vec::new();
+    let mut kept: Vec<(usize, &StreamView, &StreamValue)> = Vec::new();
     for view in streams {
         let Some(value) = &view.state.value else {
             continue;
@@ -109,34 +109,42 @@ pub fn build(
         if !keep(&view.key.metric) {
             continue;
         }
-        let next = instances.len();
-        let (index, resource) = instances
+        let index = *index_of
             .entry(Arc::as_ptr(&view.instance))
-            .or_insert_with(|| (next, instance_attributes.strip(&view.instance)));
-        let attributes = resource.merged(&view.key.attributes);
-        if selected(&attributes, selection.matches) {
-            contributions.push(Contribution {
-                attributes,
-                source: Source::Instance(*index),
-                live: view.live,
-                value,
+            .or_insert_with(|| {
+                resources.push(instance_attributes.strip(&view.instance));
+                resources.len() - 1
             });
+        kept.push((index, view, value));
+    }
+    let mut contributions = Vec::with_capacity(kept.len() + retired.len());
+    for (index, view, value) in kept {
+        let contribution = Contribution {
+            resource: &resources[index],
+            attributes: &view.key.attributes,
+            source: Source::Instance(index),
+            live: view.live,
+            value,
+        };
+        if selected(&contribution, selection.matches) {
+            contributions.push(contribution);
         }
     }
     for total in retired {
         if !keep(&total.metric) {
             continue;
         }
-        let attributes = total.resource.merged(&total.attributes);
-        if selected(&attributes, selection.matches) {
-            contributions.push(Contribution {
-                attributes,
-                source: Source::Retired {
-                    instances: total.instances,
-                },
-                live: false,
-                value: &total.value,
-            });
+        let contribution = Contribution {
+            resource: &total.resource,
+            attributes: &total.attributes,
+            source: Source::Retired {
+                instances: total.instances,
+            },
+            live: false,
+            value: &total.value,
+        };
+        if selected(&contribution, selection.matches) {
+            contributions.push(contribution);
         }
     }
     let groups = aggregate::space(contributions, shape, agg, selection.by)?;
@@ -176,11 +184,14 @@ pub fn build(
     })
 }
 
-/// Whether every `match` holds: the attribute exists and renders as the wanted text.
-fn selected(attributes: &Attributes, matches: &[(String, String)]) -> bool {
+/// Whether every `match` holds: the attribute exists and renders as the wanted text. A point
+/// attribute hides a resource attribute of the same key.
+fn selected(contribution: &Contribution<'_>, matches: &[(String, String)]) -> bool {
     matches.iter().all(|(key, wanted)| {
-        attributes
+        contribution
+            .attributes
             .get(key)
+            .or_else(|| contribution.resource.get(key))
             .is_some_and(|value| attr_text(value) == *wanted)
     })
 }

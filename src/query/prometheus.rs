@@ -40,10 +40,14 @@ pub fn render(store: &Store, rules: &[AggregationRule]) -> String {
     let mut page = Page::default();
     self_metrics(&mut page, store);
 
-    let mut streams: HashMap<String, Vec<StreamView>> = HashMap::new();
-    for view in store.all_streams() {
+    // One snapshot of every stream, indexed by metric name (each instance's streams stay
+    // together, as `build` needs).
+    let all_streams = store.all_streams();
+    let mut streams: HashMap<&str, Vec<&StreamView>, foldhash::fast::RandomState> =
+        HashMap::default();
+    for view in &all_streams {
         streams
-            .entry(view.key.metric.name.clone())
+            .entry(view.key.metric.name.as_str())
             .or_default()
             .push(view);
     }
@@ -62,7 +66,7 @@ pub fn render(store: &Store, rules: &[AggregationRule]) -> String {
         let answer = build(
             Arc::clone(&metric),
             agg,
-            streams.get(name).map_or(&[][..], Vec::as_slice),
+            streams.get(name.as_str()).into_iter().flatten().copied(),
             retired.get(name).map_or(&[][..], Vec::as_slice),
             store.instance_attributes(),
             Selection::default(),

@@ -121,7 +121,7 @@ impl MetricContext<'_> {
             key: StreamKey {
                 scope: Arc::clone(self.scope),
                 metric: Arc::clone(&self.metric),
-                attributes: to_attributes(attributes),
+                attributes: Arc::new(to_attributes(attributes)),
             },
             point,
             description: Arc::clone(&self.description),

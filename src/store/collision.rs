@@ -55,7 +55,7 @@ pub struct InheritedState {
     pub metric: Arc<MetricId>,
     /// The resource without instance attributes.
     pub resource: Attributes,
-    pub attributes: Attributes,
+    pub attributes: Arc<Attributes>,
     pub start: u64,
     pub instances: Vec<InstanceKey>,
 }
@@ -175,8 +175,9 @@ impl Store {
     /// Counting streams that several instances report with the same start time.
     pub fn inherited_state(&self) -> Vec<InheritedState> {
         let streams: Vec<StreamView> = self.all_streams();
-        let mut groups: HashMap<(Arc<MetricId>, Attributes, Attributes, u64), Vec<InstanceKey>> =
-            HashMap::new();
+        // Metric, resource without instance attributes, point attributes, start time.
+        type Key = (Arc<MetricId>, Attributes, Arc<Attributes>, u64);
+        let mut groups: HashMap<Key, Vec<InstanceKey>> = HashMap::new();
         let mut stripped: HashMap<*const Attributes, Attributes> = HashMap::new();
         for view in streams {
             if !view.key.metric.counts_events() || view.state.start == 0 {

@@ -19,7 +19,7 @@ use hashbrown::HashTable;
 use super::stream::Stream;
 use super::{
     Instance, InstancePoints, InstanceState, MetricEntry, Store, TypeConflict, Writer, collision,
-    count, lock,
+    count, lock, lock_any,
 };
 use crate::model::{AttrRef, Attributes, MetricId, Point, Scope, StreamKey, hash_pairs};
 use crate::outcome::{Outcome, RejectReason};
@@ -50,20 +50,21 @@ pub trait PointAttributes {
     fn hash_into<H: Hasher>(&self, state: &mut H);
     /// Whether a stored stream's attributes are these.
     fn matches(&self, stored: &Attributes) -> bool;
-    /// The owned set, for a new stream.
-    fn into_attributes(self) -> Attributes;
+    /// A shared set holding these attributes, for a new stream that the store has not seen
+    /// them in before.
+    fn into_shared(self) -> Arc<Attributes>;
 }
 
-impl PointAttributes for Attributes {
+impl PointAttributes for Arc<Attributes> {
     fn hash_into<H: Hasher>(&self, state: &mut H) {
         self.hash(state);
     }
 
     fn matches(&self, stored: &Attributes) -> bool {
-        self == stored
+        **self == *stored
     }
 
-    fn into_attributes(self) -> Attributes {
+    fn into_shared(self) -> Arc<Attributes> {
         self
     }
 }
@@ -78,8 +79,8 @@ impl PointAttributes for &[(&str, AttrRef<'_>)] {
         stored.equals_pairs(self)
     }
 
-    fn into_attributes(self) -> Attributes {
-        Attributes::from_pairs(self)
+    fn into_shared(self) -> Arc<Attributes> {
+        Arc::new(Attributes::from_pairs(self))
     }
 }
 
@@ -288,7 +289,10 @@ impl InstanceWriter<'_> {
         let key = StreamKey {
             scope: Arc::clone(metric.scope),
             metric: Arc::clone(metric.metric),
-            attributes: attributes.into_attributes(),
+            attributes: self.store.shared_attributes(
+                hash_of(&self.store.shared.stream_hasher, &attributes),
+                attributes,
+            ),
         };
         let build = &self.store.shared.stream_hasher;
         self.state
@@ -298,7 +302,37 @@ impl InstanceWriter<'_> {
     }
 }
 
+/// The hash of an attribute set alone, for [`Store::shared_attributes`].
+fn hash_of<A: PointAttributes>(build: &RandomState, attributes: &A) -> u64 {
+    let mut hasher = build.build_hasher();
+    attributes.hash_into(&mut hasher);
+    hasher.finish()
+}
+
 impl Store {
+    /// The store's copy of an attribute set, made from `attributes` on first sight. `hash`
+    /// is [`hash_of`] the set.
+    fn shared_attributes<A: PointAttributes>(&self, hash: u64, attributes: A) -> Arc<Attributes> {
+        let mut sets = lock_any(&self.shared.attribute_sets);
+        if let Some(shared) = sets.find(hash, |set| attributes.matches(set)) {
+            return Arc::clone(shared);
+        }
+        let shared = attributes.into_shared();
+        let build = &self.shared.stream_hasher;
+        sets.insert_unique(hash, Arc::clone(&shared), |set| hash_of(build, set));
+        shared
+    }
+
+    /// How many distinct point attribute sets the store holds.
+    pub fn attribute_set_count(&self) -> usize {
+        lock_any(&self.shared.attribute_sets).len()
+    }
+
+    /// Forgets the shared attribute sets no stream uses any more (after evictions).
+    pub(super) fn forget_unused_attribute_sets(&self) {
+        lock_any(&self.shared.attribute_sets).retain(|set| Arc::strong_count(set) > 1);
+    }
+
     /// The instance for `resource`, created on first sight.
     fn instance(
         &self,
@@ -389,5 +423,115 @@ impl Store {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::num::NonZeroUsize;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::model::{AttrValue, InstanceAttributes, Kind, Temporality, Value};
+    use crate::store::{CollisionPolicy, Liveness, Transport};
+
+    fn store() -> Store {
+        Store::new(
+            NonZeroUsize::new(100).expect("non-zero"),
+            InstanceAttributes::new(["service.instance.id"]).expect("literal glob"),
+            CollisionPolicy::Report,
+        )
+    }
+
+    fn metric(name: &str, kind: Kind, monotonic: bool) -> Arc<MetricId> {
+        Arc::new(MetricId {
+            name: name.into(),
+            kind,
+            unit: String::new(),
+            monotonic,
+            temporality: (kind == Kind::Sum).then_some(Temporality::Cumulative),
+        })
+    }
+
+    /// One point of each metric from `instance`, all with the attributes `route=/a`.
+    fn write(store: &Store, instance: &str, metrics: &[Arc<MetricId>]) {
+        let writer = Writer {
+            transport: Transport::Http,
+            peer: None,
+            pid: None,
+        };
+        let resource = Attributes::new(vec![(
+            "service.instance.id".into(),
+            AttrValue::Str(instance.into()),
+        )]);
+        let scope = Arc::new(Scope::default());
+        let description: Arc<str> = "".into();
+        let mut ingest = store.begin(writer, Outcome::default());
+        ingest.instance(&resource, |instance| {
+            for metric in metrics {
+                let key = instance.metric(&scope, metric, &description);
+                let attributes: &[(&str, AttrRef<'_>)] = &[("route", AttrRef::Str("/a"))];
+                let point = Point {
+                    start: 1,
+                    time: 2,
+                    value: Value::Number(1.0),
+                };
+                instance.point(&key, attributes, point);
+            }
+        });
+        assert_eq!(ingest.finish().accepted, metrics.len() as u64);
+    }
+
+    #[test]
+    fn streams_share_one_copy_of_an_attribute_set() {
+        let store = store();
+        let gauge = metric("inflight", Kind::Gauge, false);
+        let counter = metric("requests", Kind::Sum, true);
+        write(&store, "w1", &[Arc::clone(&gauge), Arc::clone(&counter)]);
+        write(&store, "w2", &[Arc::clone(&gauge)]);
+        let streams = store.all_streams();
+        assert_eq!(streams.len(), 3);
+        assert_eq!(store.attribute_set_count(), 1);
+        assert!(
+            streams
+                .windows(2)
+                .all(|pair| Arc::ptr_eq(&pair[0].key.attributes, &pair[1].key.attributes)),
+            "every stream points at the one shared set"
+        );
+
+        // Evicted: the gauge streams are dropped, the counter's total is kept (and with it
+        // the set); once w1 is gone too, nothing uses the set.
+        let liveness = Liveness {
+            ttl: Duration::from_secs(1),
+            local_host: None,
+        };
+        let later = Instant::now() + Duration::from_secs(10);
+        store.sweep(later, &liveness);
+        let report = store.sweep(later + Duration::from_secs(10), &liveness);
+        assert_eq!(report.evicted, 2);
+        assert_eq!(store.stream_count(), 0);
+        assert_eq!(
+            store.attribute_set_count(),
+            1,
+            "the counter's retired total uses it"
+        );
+
+        write(&store, "w3", &[Arc::clone(&gauge)]);
+        assert_eq!(store.attribute_set_count(), 1, "found again, not copied");
+    }
+
+    #[test]
+    fn sets_no_stream_uses_are_forgotten_after_eviction() {
+        let store = store();
+        write(&store, "w1", &[metric("inflight", Kind::Gauge, false)]);
+        assert_eq!(store.attribute_set_count(), 1);
+        let liveness = Liveness {
+            ttl: Duration::from_secs(1),
+            local_host: None,
+        };
+        let later = Instant::now() + Duration::from_secs(10);
+        store.sweep(later, &liveness);
+        store.sweep(later + Duration::from_secs(10), &liveness);
+        assert_eq!(store.attribute_set_count(), 0);
     }
 }

@@ -123,6 +123,9 @@ impl Store {
                 }
             }
         }
+        if report.evicted > 0 {
+            self.forget_unused_attribute_sets();
+        }
         report
     }
 

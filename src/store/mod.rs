@@ -11,11 +11,16 @@
 //! long (scope, metric, attributes) and hashed once per point, so the hasher is a visible
 //! share of the receive path. Growth is bounded by `limits.max_series` either way.
 //!
+//! Point attribute sets are shared: the store keeps one copy of each distinct set
+//! (`attribute_sets`), and every stream with that set points at it, so 64 workers reporting
+//! the same routes store the routes once.
+//!
 //! Lock order, to stay deadlock-free: a DashMap guard is never held while taking an instance
 //! lock (the `Arc<Instance>` is cloned out first). Under an instance lock the code may take,
-//! briefly: a `metrics` registry entry (stream creation), the `collisions` mutex (evidence),
-//! and during eviction the `retired` mutex, the `evicted` list and the `instances` shard
-//! (removal). None of these is ever held while waiting for an instance lock.
+//! briefly: a `metrics` registry entry and the `attribute_sets` mutex (stream creation), the
+//! `collisions` mutex (evidence), and during eviction the `retired` mutex, the `evicted` list
+//! and the `instances` shard (removal). None of these is ever held while waiting for an
+//! instance lock.
 
 mod collision;
 mod ingest;
@@ -106,6 +111,9 @@ struct Shared {
     collision_policy: CollisionPolicy,
     /// Seeds every instance's stream hashes (see `ingest::MetricKey`).
     stream_hasher: RandomState,
+    /// One copy of each distinct point attribute set, shared by every stream that has it.
+    /// Touched only when a stream is created, and by the sweep after evictions.
+    attribute_sets: Mutex<hashbrown::HashTable<Arc<Attributes>>>,
 }
 
 /// How many evicted instances `/api/v1/instances` still lists.
@@ -117,7 +125,7 @@ const EVICTED_LISTED: usize = 1024;
 struct RetiredKey {
     metric: Arc<MetricId>,
     resource: Attributes,
-    attributes: Attributes,
+    attributes: Arc<Attributes>,
 }
 
 #[derive(Clone, Debug)]
@@ -132,7 +140,7 @@ pub struct RetiredView {
     pub metric: Arc<MetricId>,
     /// The resource without instance attributes.
     pub resource: Attributes,
-    pub attributes: Attributes,
+    pub attributes: Arc<Attributes>,
     pub value: StreamValue,
     /// How many evicted instances are folded in.
     pub instances: u64,
@@ -236,6 +244,7 @@ impl Store {
                 collisions: Mutex::new(HashMap::new()),
                 collision_policy,
                 stream_hasher: RandomState::default(),
+                attribute_sets: Mutex::new(hashbrown::HashTable::new()),
             }),
         }
     }
