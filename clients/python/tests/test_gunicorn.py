@@ -150,10 +150,11 @@ def test_naive_sdk_1_43_with_preload_collides(fanin, gunicorn, tmp_path_factory)
     assert collisions[0]["metric"] == "app.requests"
     assert collisions[0]["evidence"], collisions
     assert len(fanin.instances(service)) == 1
-    # What a last-write-wins backend keeps: one worker's count, never the total.
-    last_write = fanin.total("app.requests", service, agg="max")
-    print(f"\nnaive SDK 1.43: truth {n}, a last-write-wins backend shows {last_write}")
-    assert last_write < n
+    # No assertion on the colliding stream's value: fanin folds every drop it sees into the
+    # stream's base, so the value depends on the order the workers' exports arrive in (when
+    # they arrive in descending order it even equals the truth). The finding is what counts.
+    shown = fanin.total("app.requests", service)
+    print(f"\nnaive SDK 1.43: truth {n}, the one colliding stream shows {shown}")
 
 
 def test_counts_recorded_before_fork_show_as_inherited_state(fanin, gunicorn):
