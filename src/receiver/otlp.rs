@@ -143,7 +143,7 @@ fn convert_metric(
         ..
     } = metric;
     let Some(data) = data else {
-        outcome.warn(|| format!("metric {name:?} has no data (no gauge, sum, histogram, exponential histogram or summary)"));
+        outcome.warn(|| no_data(&name));
         return;
     };
     let (kind, monotonic, temporality, n_points) = match &data {
@@ -286,11 +286,13 @@ pub fn store_view(store: &Store, request: &wire::Request<'_>, writer: Writer) ->
                 let scope_key = Arc::new(Scope {
                     name: scope.name.to_owned(),
                     version: scope.version.to_owned(),
-                    attributes: Attributes::from_pairs(&request.attributes[scope.attributes.clone()]),
+                    attributes: Attributes::from_pairs(
+                        &request.attributes[scope.attributes.clone()],
+                    ),
                 });
                 for metric in &request.metrics[scope.metrics.clone()] {
                     let Some(data) = &metric.data else {
-                        instance.outcome().warn(|| format!("metric {:?} has no data (no gauge, sum, histogram, exponential histogram or summary)", metric.name));
+                        instance.outcome().warn(|| no_data(metric.name));
                         continue;
                     };
                     let temporality = match data.kind {
@@ -372,6 +374,12 @@ fn view_value(request: &wire::Request<'_>, value: &ValueView) -> ValueResult {
             quantiles: request.quantiles[summary.quantiles.clone()].to_vec(),
         })),
     }
+}
+
+fn no_data(name: &str) -> String {
+    format!(
+        "metric {name:?} has no data (no gauge, sum, histogram, exponential histogram or summary)"
+    )
 }
 
 fn no_value() -> (RejectReason, String) {
