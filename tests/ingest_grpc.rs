@@ -104,6 +104,8 @@ async fn malformed_protobuf_is_invalid_argument() {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("decode"), "{}", status.message());
     assert_eq!(fanin.series("requests").await, before);
+    let stats = fanin.stats().await;
+    assert_eq!(stats["request_errors"]["decode"], json!(1), "{stats}");
     fanin.stop().await;
 }
 

@@ -21,7 +21,7 @@ use tonic::server::NamedService;
 use tonic::{Code, Request, Response, Status};
 use tonic_prost::ProstEncoder;
 
-use super::{IngestError, receive_protobuf, response};
+use super::{receive_protobuf, response};
 use crate::store::{RequestError, Store, Transport, Writer};
 
 /// The one method this service answers.
@@ -111,11 +111,10 @@ fn export(
             pid: None,
         },
     };
-    match receive_protobuf(store, request.get_ref(), writer) {
-        Ok(outcome) => Ok(Response::new(response(&outcome))),
-        Err(error @ IngestError::Decode(_)) => Err(Status::invalid_argument(error.to_string())),
-        Err(error) => Err(Status::internal(error.to_string())),
-    }
+    // The only error here is a body that is not a valid request.
+    receive_protobuf(store, request.get_ref(), writer)
+        .map(|outcome| Response::new(response(&outcome)))
+        .map_err(|error| Status::invalid_argument(error.to_string()))
 }
 
 /// Passes the request message through as bytes and encodes responses with prost.
