@@ -1,8 +1,11 @@
 //! Receivers: OTLP over gRPC (TCP or the unix socket) and HTTP, decoded into the model and
 //! handed to the store.
 //!
-//! The transports (`grpc`, `http`) only move bytes and map errors to their wire; the meaning
-//! lives in `otlp` (protobuf to model, shared by both) and `json` (OTLP/JSON to protobuf).
+//! The transports (`grpc`, `http`) only move bytes and map errors to their wire. Protobuf
+//! bodies go to [`receive_protobuf`]: `wire` reads them in place and `otlp::store_view`
+//! stores the view; what `wire` declines, prost decodes and `otlp::to_batches` converts. The
+//! rules for metrics and points live in `otlp`, shared by both paths; `json` turns OTLP/JSON
+//! into prost messages.
 //! A request that decodes always succeeds; points that cannot be stored are reported in
 //! `partial_success`. [`IngestError`] is only for requests refused as a whole.
 
