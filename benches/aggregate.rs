@@ -9,15 +9,13 @@
 
 mod common;
 
-use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use criterion::{Criterion, criterion_group, criterion_main};
-use fanin::model::InstanceAttributes;
 use fanin::outcome::Outcome;
 use fanin::receiver::otlp::to_batches;
-use fanin::store::{CollisionPolicy, Store, Transport, Writer};
+use fanin::store::{Store, Transport, Writer};
 use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::metrics::v1::{
@@ -27,7 +25,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use common::attr;
+use common::{attr, empty_store};
 
 const INSTANCES: usize = 64;
 const METRICS: usize = 25;
@@ -80,13 +78,7 @@ fn request(instance: usize) -> ExportMetricsServiceRequest {
 }
 
 fn loaded_store() -> Store {
-    let instance_attributes = InstanceAttributes::new(["service.instance.id", "process.*"])
-        .unwrap_or_else(|error| panic!("literal globs: {error}"));
-    let store = Store::new(
-        NonZeroUsize::MIN.saturating_add(1_000_000),
-        instance_attributes,
-        CollisionPolicy::Report,
-    );
+    let store = empty_store();
     let writer = Writer {
         transport: Transport::Grpc,
         peer: None,

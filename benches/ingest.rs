@@ -17,14 +17,12 @@
 mod common;
 
 use std::hint::black_box;
-use std::num::NonZeroUsize;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use fanin::model::InstanceAttributes;
 use fanin::outcome::Outcome;
 use fanin::receiver::otlp::{store_view, to_batches};
 use fanin::receiver::wire;
-use fanin::store::{CollisionPolicy, Store, Transport, Writer};
+use fanin::store::{Store, Transport, Writer};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::metrics::v1::{
@@ -34,7 +32,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 
-use common::attr;
+use common::{attr, empty_store};
 
 const POINTS_PER_REQUEST: usize = 1000;
 const POINTS_PER_METRIC: usize = 25;
@@ -181,13 +179,7 @@ fn receive_path(criterion: &mut Criterion) {
 
 /// A store that already holds the request's 1000 streams.
 fn ready_store(writer: Writer) -> Store {
-    let instance_attributes = InstanceAttributes::new(["service.instance.id", "process.*"])
-        .unwrap_or_else(|error| panic!("literal globs: {error}"));
-    let store = Store::new(
-        NonZeroUsize::MIN.saturating_add(1_000_000),
-        instance_attributes,
-        CollisionPolicy::Report,
-    );
+    let store = empty_store();
     let (batches, outcome) = to_batches(request(1_700_000_001_000_000_000));
     store.ingest(batches, writer, outcome);
     store

@@ -1,5 +1,9 @@
 //! Helpers shared by the benchmark targets.
 
+use std::num::NonZeroUsize;
+
+use fanin::model::InstanceAttributes;
+use fanin::store::{CollisionPolicy, Store};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 
 /// A string attribute.
@@ -11,4 +15,16 @@ pub fn attr(key: &str, value: String) -> KeyValue {
         }),
         ..Default::default()
     }
+}
+
+/// An empty store with room for a million streams and the default instance attributes.
+#[allow(dead_code)] // the load generator talks to a running fanin instead
+pub fn empty_store() -> Store {
+    let instance_attributes = InstanceAttributes::new(["service.instance.id", "process.*"])
+        .unwrap_or_else(|error| panic!("literal globs: {error}"));
+    Store::new(
+        NonZeroUsize::MIN.saturating_add(1_000_000),
+        instance_attributes,
+        CollisionPolicy::Report,
+    )
 }
