@@ -21,7 +21,9 @@ use super::{
     Instance, InstancePoints, InstanceState, MetricEntry, Store, TypeConflict, Writer, collision,
     count, lock, lock_any,
 };
-use crate::model::{AttrRef, Attributes, MetricId, Point, Scope, StreamKey, hash_pairs};
+use crate::model::{
+    AttrRef, Attributes, MetricId, Point, Scope, StreamKey, StreamPoint, hash_pairs,
+};
 use crate::outcome::{Outcome, RejectReason};
 
 /// One instance's streams, found by a hash computed from their parts (see [`MetricKey`]).
@@ -153,10 +155,22 @@ impl Store {
         let mut ingest = self.begin(writer, outcome);
         for batch in batches {
             ingest.instance(&batch.resource, |instance| {
-                for point in batch.points {
-                    let metric =
-                        instance.metric(&point.key.scope, &point.key.metric, &point.description);
-                    instance.point(&metric, point.key.attributes, point.point);
+                // The points of one metric come together and share its scope and identity:
+                // its key is made once for the run.
+                let mut points = batch.points.into_iter().peekable();
+                while let Some(first) = points.next() {
+                    let scope = Arc::clone(&first.key.scope);
+                    let metric = Arc::clone(&first.key.metric);
+                    let key = instance.metric(&scope, &metric, &first.description);
+                    instance.point(&key, first.key.attributes, first.point);
+                    let same_metric = |point: &StreamPoint| {
+                        Arc::ptr_eq(&point.key.metric, &metric)
+                            && Arc::ptr_eq(&point.key.scope, &scope)
+                            && Arc::ptr_eq(&point.description, key.description)
+                    };
+                    while let Some(point) = points.next_if(same_metric) {
+                        instance.point(&key, point.key.attributes, point.point);
+                    }
                 }
             });
         }

@@ -109,7 +109,8 @@ struct Shared {
     /// Colliding streams, by instance and stream; touched only when a point is evidence.
     collisions: Mutex<HashMap<(InstanceKey, StreamKey), collision::CollisionRecord>>,
     collision_policy: CollisionPolicy,
-    /// Seeds every instance's stream hashes (see `ingest::MetricKey`).
+    /// Seeds the stream hashes of every instance (see `ingest::MetricKey`) and the hashes of
+    /// `attribute_sets`.
     stream_hasher: RandomState,
     /// One copy of each distinct point attribute set, shared by every stream that has it.
     /// Touched only when a stream is created, and by the sweep after evictions.
