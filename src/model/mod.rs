@@ -240,17 +240,6 @@ impl Attributes {
         )
     }
 
-    /// Both sets in one; where a key is in both, `other`'s value wins.
-    pub fn merged(&self, other: &Attributes) -> Attributes {
-        if other.is_empty() {
-            return self.clone();
-        }
-        if self.is_empty() {
-            return other.clone();
-        }
-        Attributes::from_sorted(self.merged_iter(other))
-    }
-
     /// The pairs of both sets in key order, without building the union; where a key is in
     /// both, `other`'s value wins. Both are sorted, so this is a linear merge.
     pub fn merged_iter<'a>(
@@ -612,11 +601,11 @@ mod tests {
     }
 
     #[test]
-    fn merged_prefers_the_second_set() {
+    fn merged_pairs_prefer_the_second_set() {
         let resource = attrs(&[("a", AttrValue::Int(1)), ("b", AttrValue::Int(1))]);
         let point = attrs(&[("b", AttrValue::Int(2)), ("c", AttrValue::Int(3))]);
         assert_eq!(
-            resource.merged(&point),
+            Attributes::from_sorted(resource.merged_iter(&point)),
             attrs(&[
                 ("a", AttrValue::Int(1)),
                 ("b", AttrValue::Int(2)),
