@@ -382,6 +382,15 @@ impl Kind {
             Kind::Summary => "summary",
         }
     }
+
+    /// Whether points of this kind carry an aggregation temporality (gauges and summaries
+    /// do not).
+    pub fn has_temporality(self) -> bool {
+        matches!(
+            self,
+            Kind::Sum | Kind::Histogram | Kind::ExponentialHistogram
+        )
+    }
 }
 
 /// How successive points of a stream relate. Gauges and summaries have none.

@@ -19,7 +19,7 @@ use crate::model::{
     Scope, StreamKey, StreamPoint, Summary, Temporality, Value, sort_unique,
 };
 use crate::outcome::{Outcome, RejectReason};
-use crate::store::{InstancePoints, Store, Writer};
+use crate::store::{InstancePoints, InstanceWriter, Store, Writer};
 
 /// `DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK`: the stream was explicitly removed.
 const NO_RECORDED_VALUE: u32 = 1;
@@ -291,45 +291,53 @@ pub fn store_view(store: &Store, request: &wire::Request<'_>, writer: Writer) ->
                     ),
                 });
                 for metric in &request.metrics[scope.metrics.clone()] {
-                    let Some(data) = &metric.data else {
-                        instance.outcome().warn(|| no_data(metric.name));
-                        continue;
-                    };
-                    let temporality = match data.kind {
-                        Kind::Gauge | Kind::Summary => None,
-                        _ => Some(data.temporality),
-                    };
-                    let Some(metric_key) = metric_id(
-                        metric.name.to_owned(),
-                        metric.unit.to_owned(),
-                        data.kind,
-                        data.monotonic,
-                        temporality,
-                        data.points.len(),
-                        instance.outcome(),
-                    ) else {
-                        continue;
-                    };
-                    let metric_key = Arc::new(metric_key);
-                    let description: Arc<str> = metric.description.into();
-                    let key = instance.metric(&scope_key, &metric_key, &description);
-                    for view in &request.points[data.points.clone()] {
-                        let times = (view.start, view.time, view.flags);
-                        let value = || view_value(request, &view.value);
-                        let Some(point) = point(&metric_key, times, value, instance.outcome())
-                        else {
-                            continue;
-                        };
-                        sorted.clear();
-                        sorted.extend_from_slice(&request.attributes[view.attributes.clone()]);
-                        sort_unique(&mut sorted);
-                        instance.point(&key, &sorted[..], point);
-                    }
+                    store_metric(instance, request, &scope_key, metric, &mut sorted);
                 }
             }
         });
     }
     ingest.finish()
+}
+
+/// Stores the points of one metric read in place. `sorted` is scratch space for each
+/// point's attributes.
+fn store_metric<'a>(
+    instance: &mut InstanceWriter<'_>,
+    request: &wire::Request<'a>,
+    scope: &Arc<Scope>,
+    metric: &wire::MetricView<'a>,
+    sorted: &mut Vec<(&'a str, AttrRef<'a>)>,
+) {
+    let Some(data) = &metric.data else {
+        instance.outcome().warn(|| no_data(metric.name));
+        return;
+    };
+    let temporality = data.kind.has_temporality().then_some(data.temporality);
+    let Some(identity) = metric_id(
+        metric.name.to_owned(),
+        metric.unit.to_owned(),
+        data.kind,
+        data.monotonic,
+        temporality,
+        data.points.len(),
+        instance.outcome(),
+    ) else {
+        return;
+    };
+    let identity = Arc::new(identity);
+    let description: Arc<str> = metric.description.into();
+    let key = instance.metric(scope, &identity, &description);
+    for view in &request.points[data.points.clone()] {
+        let times = (view.start, view.time, view.flags);
+        let value = || view_value(request, &view.value);
+        let Some(point) = point(&identity, times, value, instance.outcome()) else {
+            continue;
+        };
+        sorted.clear();
+        sorted.extend_from_slice(&request.attributes[view.attributes.clone()]);
+        sort_unique(sorted);
+        instance.point(&key, &sorted[..], point);
+    }
 }
 
 /// The value of a point read in place.

@@ -494,10 +494,6 @@ impl<'a> Request<'a> {
             monotonic: false,
             points: start..start,
         };
-        let has_temporality = matches!(
-            kind,
-            Kind::Sum | Kind::Histogram | Kind::ExponentialHistogram
-        );
         let mut reader = Reader::new(body);
         while let Some((field, wire)) = reader.key()? {
             match field {
@@ -511,7 +507,7 @@ impl<'a> Request<'a> {
                     };
                     self.points.push(point);
                 }
-                2 if has_temporality => view.temporality = reader.int32_field(wire)?,
+                2 if kind.has_temporality() => view.temporality = reader.int32_field(wire)?,
                 3 if kind == Kind::Sum => view.monotonic = reader.varint_field(wire)? != 0,
                 _ => reader.skip(wire)?,
             }
