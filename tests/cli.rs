@@ -323,9 +323,9 @@ fn check_against_a_running_sidecar_fails_when_a_worker_is_dropped() {
     served.signal(Signal::SIGTERM);
     served.wait();
     assert_eq!(code, Some(1), "{stdout}");
-    assert!(
-        stdout.contains("shim   FAILED  fanin.check.requests: expected 30 from 2 instances"),
-        "{stdout}"
-    );
+    // Which streams get the three places depends on how the two workers' exports
+    // interleave: when they arrive together, each worker's `requests` stream gets in and
+    // `inflight` or `latency` misses one instance. Some metric always does.
+    assert!(stdout.contains("shim   FAILED  fanin.check."), "{stdout}");
     assert!(stdout.ends_with("result: FAILED\n"), "{stdout}");
 }
