@@ -17,7 +17,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::config::{Config, FileMode};
 use crate::query::grpc::QueryServer;
 use crate::receiver::grpc::ExportService;
-use crate::store::{Liveness, Store, Transport};
+use crate::store::{Liveness, Store, StoreSettings, Transport};
 use crate::{query, receiver};
 
 /// Why the app could not start or stopped with an error.
@@ -93,18 +93,18 @@ impl App {
             Some(path) => Some((bind_unix(path, otlp.unix.mode)?, path.clone())),
             None => None,
         };
-        let store = Store::new(
-            config.limits.max_series,
-            config.aggregation.instance_attributes.clone(),
-            config.collisions.policy,
-        );
-        let liveness = Liveness {
-            ttl: config.aggregation.instance_ttl,
+        let store = Store::new(StoreSettings {
+            max_series: config.limits.max_series,
+            instance_attributes: config.aggregation.instance_attributes.clone(),
+            collision_policy: config.collisions.policy,
             local_host: if config.aggregation.pid_check {
                 local_host_name()
             } else {
                 None
             },
+        });
+        let liveness = Liveness {
+            ttl: config.aggregation.instance_ttl,
         };
         Ok(App {
             config,

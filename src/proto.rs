@@ -32,6 +32,7 @@ pub mod json {
                 Some(series::Result::Value(value)) => {
                     map.serialize_entry("value", &Double(*value))?
                 }
+                Some(series::Result::IntValue(value)) => map.serialize_entry("value", value)?,
                 Some(series::Result::Histogram(histogram)) => {
                     map.serialize_entry("histogram", histogram)?
                 }

@@ -31,7 +31,7 @@ async fn four_workers_counter_is_the_sum() {
     assert_eq!(body["kind"], json!("sum"));
     assert_eq!(
         body["series"],
-        json!([{"attributes": {"service.name": "app"}, "value": 100.0, "instances": 4}])
+        json!([{"attributes": {"service.name": "app"}, "value": 100, "instances": 4}])
     );
     fanin.stop().await;
 }
@@ -42,11 +42,11 @@ async fn inflight_sum_is_512_and_max_is_128() {
     for worker in WORKERS {
         send(&fanin, export(worker).up_down("inflight", 1, 10, 128)).await;
     }
-    assert_eq!(fanin.total("metric=inflight").await, json!(512.0));
-    assert_eq!(fanin.total("metric=inflight&agg=max").await, json!(128.0));
-    assert_eq!(fanin.total("metric=inflight&agg=min").await, json!(128.0));
+    assert_eq!(fanin.total("metric=inflight").await, json!(512));
+    assert_eq!(fanin.total("metric=inflight&agg=max").await, json!(128));
+    assert_eq!(fanin.total("metric=inflight&agg=min").await, json!(128));
     assert_eq!(fanin.total("metric=inflight&agg=avg").await, json!(128.0));
-    assert_eq!(fanin.total("metric=inflight&agg=count").await, json!(4.0));
+    assert_eq!(fanin.total("metric=inflight&agg=count").await, json!(4));
     fanin.stop().await;
 }
 
@@ -70,7 +70,7 @@ async fn restart_drop_and_retry_keep_the_total_exact() {
         assert_eq!(response.partial_success, None);
     }
     // w1 counted 8 before the restart, 3 up to the drop, then 6: 17; w2 100.
-    assert_eq!(fanin.total("metric=requests").await, json!(117.0));
+    assert_eq!(fanin.total("metric=requests").await, json!(117));
     fanin.stop().await;
 }
 
@@ -82,7 +82,7 @@ async fn delta_and_cumulative_workers_add_up() {
     send(&fanin, export("delta").delta_counter("requests", 0, 10, 4)).await;
     send(&fanin, export("delta").delta_counter("requests", 10, 20, 6)).await;
     let (_, body) = fanin.query("metric=requests").await;
-    assert_eq!(body["series"][0]["value"], json!(25.0));
+    assert_eq!(body["series"][0]["value"], json!(25));
     assert_eq!(body["series"][0]["instances"], json!(2));
     fanin.stop().await;
 }
@@ -112,17 +112,17 @@ async fn by_and_match_select_groups() {
     assert_eq!(
         json!(by_route),
         json!([
-            {"attributes": {"route": "/a"}, "value": 3.0, "instances": 2},
-            {"attributes": {"route": "/b"}, "value": 4.0, "instances": 1},
+            {"attributes": {"route": "/a"}, "value": 3, "instances": 2},
+            {"attributes": {"route": "/b"}, "value": 4, "instances": 1},
         ])
     );
-    assert_eq!(fanin.total("metric=requests&by=").await, json!(7.0));
+    assert_eq!(fanin.total("metric=requests&by=").await, json!(7));
     let get_only = fanin
         .query_series("metric=requests&by=method&match=method=GET")
         .await;
     assert_eq!(
         json!(get_only),
-        json!([{"attributes": {"method": "GET"}, "value": 5.0, "instances": 2}])
+        json!([{"attributes": {"method": "GET"}, "value": 5, "instances": 2}])
     );
     assert_eq!(
         fanin.query_series("metric=requests&match=route=/c").await,
@@ -265,12 +265,12 @@ async fn worker_whose_pid_is_gone_is_retired_at_once() {
     .await;
     assert_eq!(
         fanin.total("metric=requests").await,
-        json!(20.0),
+        json!(20),
         "counter keeps w4's share"
     );
     assert_eq!(
         fanin.total("metric=inflight").await,
-        json!(384.0),
+        json!(384),
         "w4's in-flight leaves"
     );
     let (_, metrics) = fanin.get("/api/v1/metrics").await;
@@ -331,7 +331,7 @@ async fn pid_check_can_be_switched_off() {
         },
     )
     .await;
-    assert_eq!(fanin.total("metric=inflight").await, json!(7.0));
+    assert_eq!(fanin.total("metric=inflight").await, json!(7));
     assert_eq!(fanin.stats().await["instances_retired"], json!(1));
     fanin.stop().await;
 }
@@ -374,7 +374,7 @@ async fn silent_worker_is_retired_after_the_ttl_and_evicted_without_losing_count
                 // Retired, evicted or not: its counter share stays, its in-flight share left.
                 assert_eq!(w4["retired"]["reason"], json!("instance_ttl"));
                 let (_, inflight) = fanin.query("metric=inflight").await;
-                assert_eq!(inflight["series"][0]["value"], json!(30.0));
+                assert_eq!(inflight["series"][0]["value"], json!(30));
             }
             (w4["evicted"] == json!(true)).then_some(())
         }
@@ -383,7 +383,7 @@ async fn silent_worker_is_retired_after_the_ttl_and_evicted_without_losing_count
     let (_, body) = fanin.query("metric=requests").await;
     assert_eq!(
         body["series"],
-        json!([{"attributes": {"route": "/a", "service.name": "app"}, "value": 20.0, "instances": 4}])
+        json!([{"attributes": {"route": "/a", "service.name": "app"}, "value": 20, "instances": 4}])
     );
     assert_eq!(fanin.stats().await["instances_retired"], json!(1));
     fanin.stop().await;
@@ -401,7 +401,7 @@ async fn retired_worker_that_exports_again_is_not_counted_twice() {
     send(&fanin, export("w1").counter("requests", 1, 20, 6)).await;
     let (_, body) = fanin.get("/api/v1/instances").await;
     assert_eq!(body["instances"][0]["live"], json!(true));
-    assert_eq!(fanin.total("metric=requests").await, json!(6.0));
+    assert_eq!(fanin.total("metric=requests").await, json!(6));
     fanin.stop().await;
 }
 

@@ -116,7 +116,7 @@ async fn serve_on_port_zero_takes_exports_and_stops_on_sigterm() {
         .await
         .expect("body");
     let series: serde_json::Value = serde_json::from_str(&text).expect("JSON");
-    assert_eq!(series["streams"][0]["value"], serde_json::json!(1.0));
+    assert_eq!(series["streams"][0]["value"], serde_json::json!(1));
     let grpc = tokio::net::TcpStream::connect(served.grpc).await;
     assert!(grpc.is_ok(), "the gRPC listener accepts connections");
     drop(grpc);

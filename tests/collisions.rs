@@ -34,9 +34,9 @@ fn evidence_kinds(collision: &Value) -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn workers_sharing_a_resource_and_start_time_collide() {
-    // SDK <= 1.43 with a provider built before fork: every worker has the parent's resource
-    // and start time, and their cumulative counts interleave.
+async fn workers_sharing_a_resource_and_start_time_collide_and_every_answer_says_so() {
+    // SDK <= 1.43 with a value recorded before fork: every worker has the parent's resource
+    // and start time, and their cumulative counts interleave in one run.
     let fanin = start().await;
     send(&fanin, export("shared").counter("requests", 100, 10, 50)).await;
     send(&fanin, export("shared").counter("requests", 100, 20, 7)).await;
@@ -47,6 +47,7 @@ async fn workers_sharing_a_resource_and_start_time_collide() {
     assert_eq!(found[0]["metric"], json!("requests"));
     assert_eq!(found[0]["instance"]["service.instance.id"], json!("shared"));
     assert_eq!(evidence_kinds(&found[0]), ["went_down_without_new_start"]);
+    assert_eq!(found[0]["repaired"], json!(false), "{body}");
     assert!(
         found[0]["writers"]
             .as_array()
@@ -58,19 +59,57 @@ async fn workers_sharing_a_resource_and_start_time_collide() {
             .is_some_and(|fix| fix.contains("service.instance.id"))
     );
     assert_eq!(fanin.stats().await["collisions"], json!(1));
-    let (_, page) = fanin.get("/metrics").await;
+
+    // The total cannot be right, and every answer that includes the stream says which
+    // stream and what to do: the query over HTTP and gRPC, the raw series, /metrics.
+    let (_, answer) = fanin.query("metric=requests").await;
+    let note = unreliable_note(&answer["notes"]).expect("a note on the HTTP answer");
+    assert!(note.contains("service.instance.id=shared"), "{note}");
+    assert!(note.contains("set after fork"), "{note}");
+    let mut query = fanin.query_client().await;
+    let grpc = query
+        .query(fanin::proto::v1::QueryRequest {
+            metric: "requests".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("gRPC query")
+        .into_inner();
     assert!(
-        page.as_str()
-            .is_some_and(|page| page.contains("fanin_collisions_total 1\n")),
-        "{page}"
+        grpc.notes
+            .iter()
+            .any(|note| note.starts_with("unreliable total"))
     );
+    let series = &fanin.series("requests").await[0];
+    assert_eq!(
+        series["unreliable"]["evidence"],
+        json!("went_down_without_new_start")
+    );
+    let (_, page) = fanin.get("/metrics").await;
+    let page = page.as_str().unwrap_or_default().to_string();
+    assert!(page.contains("fanin_collisions_total 1\n"), "{page}");
+    assert!(page.contains("fanin_unreliable_streams 1\n"), "{page}");
+    // Another metric's answer is not burdened with it.
+    send(&fanin, export("w1").counter("jobs", 100, 10, 1)).await;
+    let (_, jobs) = fanin.query("metric=jobs").await;
+    assert_eq!(unreliable_note(&jobs["notes"]), None, "{jobs}");
     fanin.stop().await;
 }
 
+fn unreliable_note(notes: &Value) -> Option<String> {
+    notes
+        .as_array()?
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|note| note.starts_with("unreliable total"))
+        .map(str::to_string)
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn alternating_start_times_collide() {
+async fn writers_with_their_own_start_times_collide_and_are_repaired() {
+    // SDK <= 1.43 without pre-fork values: one resource, but each worker its own start.
     let fanin = start().await;
-    for (start, time, value) in [(100, 10, 5), (200, 20, 9), (100, 30, 6), (200, 40, 10)] {
+    for (start, time, value) in [(100, 200, 5), (150, 210, 9), (100, 300, 6), (150, 310, 10)] {
         send(
             &fanin,
             export("shared").counter("requests", start, time, value),
@@ -80,10 +119,15 @@ async fn alternating_start_times_collide() {
     let body = collisions(&fanin).await;
     assert_eq!(
         evidence_kinds(&body["collisions"][0]),
-        ["start_time_alternates"],
+        ["runs_overlap"],
         "{body}"
     );
+    assert_eq!(body["collisions"][0]["repaired"], json!(true));
     assert!(body["collisions"][0]["count"].as_u64() >= Some(2));
+    let (_, answer) = fanin.query("metric=requests").await;
+    assert_eq!(answer["series"][0]["value"], json!(6 + 10));
+    assert_eq!(answer["notes"], json!([]), "a repaired total needs no note");
+    assert_eq!(fanin.series("requests").await[0]["runs"], json!(2));
     fanin.stop().await;
 }
 
@@ -102,9 +146,9 @@ async fn same_timestamp_with_another_value_from_another_connection_collides() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn overlapping_deltas_collide() {
+async fn overlapping_deltas_from_two_writers_both_count() {
     let fanin = start().await;
-    send(&fanin, export("shared").delta_counter("requests", 0, 20, 3)).await;
+    send(&fanin, export("shared").delta_counter("requests", 5, 20, 3)).await;
     send(
         &fanin,
         export("shared").delta_counter("requests", 10, 30, 4),
@@ -113,9 +157,11 @@ async fn overlapping_deltas_collide() {
     let body = collisions(&fanin).await;
     assert_eq!(
         evidence_kinds(&body["collisions"][0]),
-        ["overlapping_delta"],
+        ["chains_overlap"],
         "{body}"
     );
+    assert_eq!(body["collisions"][0]["repaired"], json!(true));
+    assert_eq!(fanin.total("metric=requests").await, json!(7));
     fanin.stop().await;
 }
 
@@ -146,7 +192,7 @@ async fn one_worker_retrying_reconnecting_and_restarting_is_not_a_collision() {
     assert_eq!(body["collisions"], json!([]), "{body}");
     assert_eq!(body["inherited_state"], json!([]), "{body}");
     assert_eq!(fanin.stats().await["collisions"], json!(0));
-    assert_eq!(fanin.total("metric=requests").await, json!(13.0));
+    assert_eq!(fanin.total("metric=requests").await, json!(13));
     fanin.stop().await;
 }
 
@@ -170,7 +216,7 @@ async fn reject_policy_refuses_the_second_writer_and_says_what_to_fix() {
     assert!(message.contains("service.instance.id"), "{message}");
     assert_eq!(
         fanin.total("metric=requests").await,
-        json!(50.0),
+        json!(50),
         "nothing was folded"
     );
     assert_eq!(
@@ -241,9 +287,99 @@ async fn one_connection_for_many_instances_and_a_final_export_on_a_new_one_are_n
     let body = collisions(&fanin).await;
     assert_eq!(body["collisions"], json!([]), "{body}");
     assert_eq!(body["inherited_state"], json!([]), "{body}");
-    assert_eq!(
-        fanin.total("metric=requests").await,
-        json!(6.0 + 13.0 + 12.0)
-    );
+    assert_eq!(fanin.total("metric=requests").await, json!(6 + 13 + 12));
+    fanin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn workers_whose_first_measurement_fell_in_one_millisecond_are_not_inherited_state() {
+    // An SDK that stamps whole milliseconds (JavaScript) gives independent workers that
+    // started together one start time; without a pid nothing proves inheritance.
+    let fanin = start().await;
+    let start_ms = 1_700_000_000_123_000_000;
+    for (worker, value) in [("w1", 4), ("w2", 6)] {
+        send(
+            &fanin,
+            export(worker).counter("jobs", start_ms, start_ms + 10, value),
+        )
+        .await;
+    }
+    assert_eq!(collisions(&fanin).await["inherited_state"], json!([]));
+    fanin.stop().await;
+}
+
+/// Two processes of this host that the test started (and ends, by pid, when dropped).
+struct Processes(Vec<std::process::Child>);
+
+impl Processes {
+    fn start() -> Processes {
+        Processes(
+            (0..2)
+                .map(|_| {
+                    std::process::Command::new("sleep")
+                        .arg("60")
+                        .spawn()
+                        .expect("spawn sleep")
+                })
+                .collect(),
+        )
+    }
+
+    /// An export from the instance of process `index`, naming its pid and this host.
+    fn export(&self, index: usize) -> common::Export {
+        let host = nix::unistd::gethostname()
+            .expect("host name")
+            .into_string()
+            .expect("utf-8 host name");
+        export(&format!("w{index}"))
+            .resource_attr(common::int_attr(
+                "process.pid",
+                i64::from(self.0[index].id()),
+            ))
+            .resource_attr(common::string_attr("host.name", &host))
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn whole_millis_since_epoch(offset: std::time::Duration, later: bool) -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970");
+    let at = if later { now + offset } else { now - offset };
+    at.as_millis() as u64 * 1_000_000
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_start_time_before_the_process_started_proves_inherited_state() {
+    let fanin = start().await;
+    let processes = Processes::start();
+    // Recorded ten seconds before either process existed: a parent's count, even though
+    // the start time has only millisecond precision.
+    let inherited = whole_millis_since_epoch(std::time::Duration::from_secs(10), false);
+    // Recorded a few seconds after both started: each process's own, even though equal.
+    let own = whole_millis_since_epoch(std::time::Duration::from_secs(3), true);
+    for index in 0..2 {
+        let request = processes
+            .export(index)
+            .counter("inherited", inherited, own + 10, 5)
+            .counter("own", own, own + 10, 5);
+        send(&fanin, request).await;
+    }
+    let findings = collisions(&fanin).await["inherited_state"].clone();
+    let metrics: Vec<&str> = findings
+        .as_array()
+        .expect("findings")
+        .iter()
+        .filter_map(|finding| finding["metric"].as_str())
+        .collect();
+    assert_eq!(metrics, ["inherited"], "{findings}");
     fanin.stop().await;
 }

@@ -176,13 +176,13 @@ fn a_killed_worker_is_retired_and_its_counts_stay() -> Outcome {
     reap(&workers[1])
 }
 
-/// Two processes exporting one stream (same resource) over the unix socket: the kernel
-/// names both peers, and the collision lists both pids.
+/// Two processes exporting one stream (same resource and start time) over the unix socket:
+/// the kernel names both peers, the collision lists both pids, and their runs add up.
 fn two_processes_on_the_unix_socket_collide_naming_both_pids() -> Outcome {
     let (sidecar, _, unix) = sidecar("")?;
     let socket = unix.trim_start_matches("unix:").to_string();
     let mut workers = Vec::new();
-    for (time, value) in [(10, 40), (20, 25)] {
+    for (time, value) in [(110, 40), (120, 25)] {
         let socket = socket.clone();
         workers.push(
             fork_worker(move |link| {
@@ -225,6 +225,16 @@ fn two_processes_on_the_unix_socket_collide_naming_both_pids() -> Outcome {
     let kinds = found["evidence"].to_string();
     ensure(kinds.contains("different_processes"), || {
         format!("evidence {kinds}")
+    })?;
+    // The pids tell the writers apart: one run each, and the total is exact.
+    ensure(found["repaired"] == Value::Bool(true), || {
+        format!("not repaired: {found}")
+    })?;
+    let total = sidecar
+        .total("requests", "match=service.name=app")
+        .map_err(|error| error.to_string())?;
+    ensure(total.map(|(value, _)| value) == Some(65.0), || {
+        format!("requests = {total:?}, want 40 + 25")
     })
 }
 

@@ -9,7 +9,7 @@ use std::num::NonZeroUsize;
 
 use fanin::model::InstanceAttributes;
 use fanin::receiver::{json, otlp, receive_protobuf};
-use fanin::store::{CollisionPolicy, Store, Transport, Writer};
+use fanin::store::{CollisionPolicy, Store, StoreSettings, Transport, Writer};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
@@ -35,11 +35,12 @@ const SEED_JSON: &str = r#"{"resourceMetrics":[{"resource":{"attributes":[
 fn store() -> Store {
     let instance_attributes = InstanceAttributes::new(["service.instance.id", "process.*"])
         .unwrap_or_else(|error| panic!("literal globs: {error}"));
-    Store::new(
-        NonZeroUsize::new(10_000).expect("non-zero"),
+    Store::new(StoreSettings {
+        max_series: NonZeroUsize::new(10_000).expect("non-zero"),
         instance_attributes,
-        CollisionPolicy::Report,
-    )
+        collision_policy: CollisionPolicy::Report,
+        local_host: None,
+    })
 }
 
 fn ingest(store: &Store, request: ExportMetricsServiceRequest, pid: i32) {

@@ -5,16 +5,9 @@ mod common;
 
 use common::{TestFanin, export, start};
 use fanin::proto::v1 as pb;
-use fanin::proto::v1::query_service_client::QueryServiceClient;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use serde_json::json;
 use tonic::Code;
-
-async fn client(fanin: &TestFanin) -> QueryServiceClient<tonic::transport::Channel> {
-    QueryServiceClient::connect(fanin.grpc_url())
-        .await
-        .expect("connect to the query service")
-}
 
 fn typed(key: &str, value: any_value::Value) -> KeyValue {
     KeyValue {
@@ -84,7 +77,7 @@ fn request(
 async fn grpc_and_http_answer_alike() {
     let fanin = start().await;
     load(&fanin).await;
-    let mut grpc = client(&fanin).await;
+    let mut grpc = fanin.query_client().await;
     let questions = [
         ("metric=requests", request("requests", "", None, &[])),
         (
@@ -124,7 +117,7 @@ async fn grpc_and_http_answer_alike() {
         http["series"][0]["attributes"]["deployment.blob"],
         json!("AQID")
     );
-    assert_eq!(http["series"][0]["value"], json!(23.0));
+    assert_eq!(http["series"][0]["value"], json!(23));
 
     let metrics = grpc
         .metrics(pb::MetricsRequest {})
@@ -141,7 +134,7 @@ async fn grpc_and_http_answer_alike() {
 async fn grpc_errors_match_http_errors() {
     let fanin = start().await;
     load(&fanin).await;
-    let mut grpc = client(&fanin).await;
+    let mut grpc = fanin.query_client().await;
     let status = grpc
         .query(request("nope", "", None, &[]))
         .await
@@ -177,7 +170,7 @@ async fn grpc_errors_match_http_errors() {
 async fn queries_are_not_counted_as_exports() {
     let fanin = start().await;
     load(&fanin).await;
-    let mut grpc = client(&fanin).await;
+    let mut grpc = fanin.query_client().await;
     for _ in 0..5 {
         let _ = grpc.query(request("nope", "", None, &[])).await;
     }

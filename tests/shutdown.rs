@@ -66,7 +66,9 @@ async fn request_in_flight_completes_after_shutdown_begins() {
     assert_eq!(streams.len(), 1);
     assert_eq!(
         streams[0].state.value,
-        Some(fanin::store::StreamValue::Number(21.0))
+        Some(fanin::store::StreamValue::Number(
+            fanin::model::Number::Int(21)
+        ))
     );
     drop(connection);
     fanin.stop().await;

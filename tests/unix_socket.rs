@@ -55,7 +55,7 @@ async fn exports_over_the_socket_record_the_peer_pid() {
         .export(export("w1").counter("requests", 1, 10, 7).build())
         .await
         .expect("export over the unix socket");
-    assert_eq!(fanin.values("requests").await, vec![json!(7.0)]);
+    assert_eq!(fanin.values("requests").await, vec![json!(7)]);
     let (_, body) = fanin.get("/api/v1/instances").await;
     let writer = &body["instances"][0]["writer"];
     assert_eq!(writer["transport"], json!("unix"));

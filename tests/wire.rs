@@ -19,7 +19,7 @@ use fanin::model::InstanceAttributes;
 use fanin::outcome::Outcome;
 use fanin::receiver::otlp::{store_view, to_batches};
 use fanin::receiver::wire::{self, Declined, ValueView};
-use fanin::store::{CollisionPolicy, Store, Transport, Writer};
+use fanin::store::{CollisionPolicy, Store, StoreSettings, Transport, Writer};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{
     AnyValue, EntityRef, InstrumentationScope, KeyValue, any_value,
@@ -555,11 +555,12 @@ fn assert_same_reading(bytes: &[u8], view: &wire::Request<'_>) {
 fn store() -> Store {
     let instance_attributes =
         InstanceAttributes::new(["service.instance.id"]).expect("literal glob");
-    Store::new(
-        NonZeroUsize::new(1_000).expect("non-zero"),
+    Store::new(StoreSettings {
+        max_series: NonZeroUsize::new(1_000).expect("non-zero"),
         instance_attributes,
-        CollisionPolicy::Report,
-    )
+        collision_policy: CollisionPolicy::Report,
+        local_host: None,
+    })
 }
 
 const WRITER: Writer = Writer {

@@ -3,7 +3,7 @@
 use std::num::NonZeroUsize;
 
 use fanin::model::InstanceAttributes;
-use fanin::store::{CollisionPolicy, Store};
+use fanin::store::{CollisionPolicy, Store, StoreSettings};
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 
 /// A string attribute.
@@ -22,9 +22,10 @@ pub fn attr(key: &str, value: String) -> KeyValue {
 pub fn empty_store() -> Store {
     let instance_attributes = InstanceAttributes::new(["service.instance.id", "process.*"])
         .unwrap_or_else(|error| panic!("literal globs: {error}"));
-    Store::new(
-        NonZeroUsize::MIN.saturating_add(1_000_000),
+    Store::new(StoreSettings {
+        max_series: NonZeroUsize::MIN.saturating_add(1_000_000),
         instance_attributes,
-        CollisionPolicy::Report,
-    )
+        collision_policy: CollisionPolicy::Report,
+        local_host: None,
+    })
 }

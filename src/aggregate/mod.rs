@@ -18,7 +18,8 @@ use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 
 use crate::model::{
-    AttrValue, Attributes, ExpBuckets, ExpHistogram, Histogram, Kind, MetricId, StreamValue,
+    AttrValue, Attributes, ExpBuckets, ExpHistogram, Histogram, Kind, MetricId, Number,
+    StreamValue, Total,
 };
 
 /// A space aggregation function.
@@ -88,7 +89,8 @@ impl Shape {
         !matches!(self, Shape::Current)
     }
 
-    fn is_numeric(self) -> bool {
+    /// Numbers rather than histograms or summaries: every aggregation applies.
+    pub fn is_numeric(self) -> bool {
         matches!(self, Shape::Counter | Shape::Current)
     }
 }
@@ -120,7 +122,9 @@ pub struct Contribution<'a> {
 /// The aggregated value of one group.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Aggregated {
-    Number(f64),
+    /// Exact while every part is an integer (`sum`, `max`, `min`, `count`); `avg` is a
+    /// double.
+    Number(Total),
     /// Merged explicit-bucket histogram. With `bounds_differ`, instances disagreed on the
     /// bucket bounds: count, sum, min and max are merged, the buckets are not.
     Histogram {
@@ -157,9 +161,9 @@ pub enum AggregateError {
 
 #[derive(Default)]
 struct Accumulator {
-    sum: f64,
-    min: f64,
-    max: f64,
+    sum: Total,
+    min: Option<Number>,
+    max: Option<Number>,
     values: u64,
     histogram: Option<Histogram>,
     bounds_differ: bool,
@@ -187,14 +191,14 @@ impl Accumulator {
         }
         match contribution.value {
             StreamValue::Number(value) => {
-                if self.values == 0 {
-                    self.min = *value;
-                    self.max = *value;
-                } else {
-                    self.min = self.min.min(*value);
-                    self.max = self.max.max(*value);
+                let value = *value;
+                if self.min.is_none_or(|min| value.is_below(min)) {
+                    self.min = Some(value);
                 }
-                self.sum += value;
+                if self.max.is_none_or(|max| max.is_below(value)) {
+                    self.max = Some(value);
+                }
+                self.sum.add(value);
                 self.values += 1;
             }
             StreamValue::Histogram(value) => match &mut self.histogram {
@@ -226,10 +230,10 @@ impl Accumulator {
         let value = match shape {
             Shape::Counter | Shape::Current => Aggregated::Number(match agg {
                 Agg::Sum => self.sum,
-                Agg::Max => self.max,
-                Agg::Min => self.min,
-                Agg::Avg => self.sum / self.values as f64,
-                Agg::Count => self.values as f64,
+                Agg::Max => self.max.map_or(Total::default(), Total::from),
+                Agg::Min => self.min.map_or(Total::default(), Total::from),
+                Agg::Avg => Total::Double(self.sum.as_f64() / self.values as f64),
+                Agg::Count => Total::Int(i128::from(self.values)),
             }),
             Shape::Histogram => {
                 let histogram = self.histogram.unwrap_or(Histogram {

@@ -15,7 +15,10 @@ fn attrs(pairs: &[(&str, &str)]) -> Attributes {
 /// `(instance, live, value)` numbers, all in one group.
 #[track_caller]
 fn check(values: &[(usize, bool, f64)], shape: Shape, agg: Agg, expected: f64, instances: u64) {
-    let stored: Vec<StreamValue> = values.iter().map(|v| StreamValue::Number(v.2)).collect();
+    let stored: Vec<StreamValue> = values
+        .iter()
+        .map(|v| StreamValue::Number(Number::Double(v.2)))
+        .collect();
     let (resource, route) = (Attributes::default(), attrs(&[("route", "/a")]));
     let contributions: Vec<Contribution> = values
         .iter()
@@ -30,8 +33,57 @@ fn check(values: &[(usize, bool, f64)], shape: Shape, agg: Agg, expected: f64, i
         .collect();
     let groups = space(contributions.clone(), shape, agg, None).expect("numeric aggregation");
     assert_eq!(groups.len(), 1);
-    assert_eq!(groups[0].value, Aggregated::Number(expected));
+    match groups[0].value {
+        Aggregated::Number(total) => assert_eq!(total.as_f64(), expected),
+        ref other => panic!("not a number: {other:?}"),
+    }
     assert_eq!(groups[0].instances, instances);
+}
+
+/// Integer values of live instances, summed (or counted) into one group.
+#[track_caller]
+fn check_exact(values: &[Number], agg: Agg, expected: Total) {
+    let stored: Vec<StreamValue> = values.iter().copied().map(StreamValue::Number).collect();
+    let attributes = Attributes::default();
+    let contributions = stored
+        .iter()
+        .enumerate()
+        .map(|(index, value)| Contribution {
+            resource: &attributes,
+            attributes: &attributes,
+            source: Source::Instance(index),
+            live: true,
+            value,
+        })
+        .collect();
+    let groups = space(contributions, Shape::Counter, agg, None).expect("numeric");
+    assert_eq!(groups[0].value, Aggregated::Number(expected));
+}
+
+#[test]
+fn integers_aggregate_exactly() {
+    let big = (1i64 << 53) + 1;
+    check_exact(
+        &[Number::Int(big), Number::Int(2)],
+        Agg::Sum,
+        Total::Int(i128::from(big) + 2),
+    );
+    check_exact(
+        &[Number::Int(big), Number::Int(2)],
+        Agg::Max,
+        Total::Int(i128::from(big)),
+    );
+    check_exact(
+        &[Number::Int(i64::MAX); 2],
+        Agg::Sum,
+        Total::Int(2 * i128::from(i64::MAX)),
+    );
+    check_exact(&[Number::Int(3); 4], Agg::Count, Total::Int(4));
+    check_exact(
+        &[Number::Int(3), Number::Double(0.5)],
+        Agg::Sum,
+        Total::Double(3.5),
+    );
 }
 
 const INFLIGHT: [(usize, bool, f64); 4] = [
@@ -94,9 +146,9 @@ fn one_instance_with_two_streams_counts_once() {
 #[test]
 fn by_groups_on_a_subset() {
     let values = [
-        StreamValue::Number(1.0),
-        StreamValue::Number(2.0),
-        StreamValue::Number(4.0),
+        StreamValue::Number(Number::Int(1)),
+        StreamValue::Number(Number::Int(2)),
+        StreamValue::Number(Number::Int(4)),
     ];
     let resource = attrs(&[("service.name", "app")]);
     let points = [
@@ -142,14 +194,22 @@ fn by_groups_on_a_subset() {
     assert_eq!(
         got,
         vec![
-            (attrs(&[("route", "/a")]), Aggregated::Number(3.0), 2),
-            (attrs(&[("route", "/b")]), Aggregated::Number(4.0), 3),
+            (
+                attrs(&[("route", "/a")]),
+                Aggregated::Number(Total::Int(3)),
+                2
+            ),
+            (
+                attrs(&[("route", "/b")]),
+                Aggregated::Number(Total::Int(4)),
+                3
+            ),
         ]
     );
     let everything =
         space(contributions.clone(), Shape::Counter, Agg::Sum, Some(&[])).expect("sum");
     assert_eq!(everything.len(), 1);
-    assert_eq!(everything[0].value, Aggregated::Number(7.0));
+    assert_eq!(everything[0].value, Aggregated::Number(Total::Int(7)));
     // Without `by`, a group is the resource and point attributes together.
     let all = space(contributions, Shape::Counter, Agg::Sum, None).expect("sum");
     assert_eq!(all.len(), 3);
@@ -161,7 +221,10 @@ fn by_groups_on_a_subset() {
 
 #[test]
 fn a_point_attribute_hides_the_resource_attribute_of_its_key() {
-    let values = [StreamValue::Number(1.0), StreamValue::Number(2.0)];
+    let values = [
+        StreamValue::Number(Number::Int(1)),
+        StreamValue::Number(Number::Int(2)),
+    ];
     let resource = attrs(&[("route", "/resource"), ("service.name", "app")]);
     let (point, bare) = (attrs(&[("route", "/a")]), Attributes::default());
     let contribution = |attributes, value| Contribution {

@@ -4,12 +4,12 @@
 //! The store uses these to accumulate delta points and to fold a reset stream's previous
 //! value into its base; space aggregation uses them to merge instances. Pure arithmetic.
 
-use super::{ExpBuckets, ExpHistogram, Histogram, Summary};
+use super::{ExpBuckets, ExpHistogram, Histogram, Number, Summary};
 
 /// The value a stream reports: a number or a histogram-like total.
 #[derive(Clone, Debug, PartialEq)]
 pub enum StreamValue {
-    Number(f64),
+    Number(Number),
     Histogram(Histogram),
     ExpHistogram(ExpHistogram),
     Summary(Summary),
@@ -22,7 +22,7 @@ impl StreamValue {
     pub fn add(&mut self, other: &StreamValue) -> bool {
         match (self, other) {
             (StreamValue::Number(total), StreamValue::Number(value)) => {
-                *total += value;
+                *total = total.plus(*value);
                 true
             }
             (StreamValue::Histogram(total), StreamValue::Histogram(value)) => {

@@ -12,8 +12,10 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 mod histogram;
+mod number;
 
 pub use histogram::{BoundsMismatch, StreamValue};
+pub use number::{Number, Total};
 
 /// One attribute value, typed as OTLP's `AnyValue` is: `1` and `"1"` are different values.
 #[derive(Clone, Debug)]
@@ -521,8 +523,8 @@ pub struct Summary {
 /// What a point carries.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value {
-    /// Gauges and sums. Integers are converted to `f64`, exact up to 2^53.
-    Number(f64),
+    /// Gauges and sums, integer or double as sent.
+    Number(Number),
     Histogram(Histogram),
     ExpHistogram(ExpHistogram),
     Summary(Summary),

@@ -118,6 +118,10 @@ pub fn build<'s>(
         kept.push((index, view, value));
     }
     let mut contributions = Vec::with_capacity(kept.len() + retired.len());
+    let mut unreliable: Vec<&StreamView> = Vec::new();
+    // max, min, avg and count look at each writer's current value: a stream several
+    // processes write (one run each) contributes each live run.
+    let by_run = agg != Agg::Sum && shape.is_numeric();
     for (index, view, value) in kept {
         let contribution = Contribution {
             resource: &resources[index],
@@ -126,7 +130,21 @@ pub fn build<'s>(
             live: view.live,
             value,
         };
-        if selected(&contribution, selection.matches) {
+        if !selected(&contribution, selection.matches) {
+            continue;
+        }
+        if view.state.unreliable.is_some() {
+            unreliable.push(view);
+        }
+        if by_run && !view.state.runs.is_empty() {
+            let runs = view.state.runs.iter().filter(|run| run.live);
+            for value in runs.filter_map(|run| run.value.as_ref()) {
+                contributions.push(Contribution {
+                    value,
+                    ..contribution.clone()
+                });
+            }
+        } else {
             contributions.push(contribution);
         }
     }
@@ -150,6 +168,16 @@ pub fn build<'s>(
     let groups = aggregate::space(contributions, shape, agg, selection.by)?;
 
     let mut notes = Vec::new();
+    if !unreliable.is_empty() {
+        notes.push(unreliable_note(&unreliable));
+    }
+    let too_large = |group: &Group| matches!(group.value, Aggregated::Number(total) if total.to_number().is_none());
+    if groups.iter().any(too_large) {
+        notes.push(
+            "an integer total is outside the 64-bit range and is given as the nearest double"
+                .to_string(),
+        );
+    }
     if shape == Shape::Summary {
         notes.push(format!(
             "summary quantiles cannot be merged across instances: each instance's are at /api/v1/series?metric={}",
@@ -182,6 +210,55 @@ pub fn build<'s>(
         groups,
         notes,
     })
+}
+
+/// Most unreliable streams a note names; the rest are counted.
+const NAMED_STREAMS: usize = 3;
+
+/// The note for streams whose writers cannot be told apart: which, why, and the fix.
+fn unreliable_note(streams: &[&StreamView]) -> String {
+    let named: Vec<String> = streams
+        .iter()
+        .take(NAMED_STREAMS)
+        .map(|view| {
+            let evidence = view
+                .state
+                .unreliable
+                .map_or("", |evidence| evidence.describe());
+            format!(
+                "{} of instance {} ({evidence})",
+                pairs(&view.key.attributes),
+                instance_name(&view.instance)
+            )
+        })
+        .collect();
+    let more = match streams.len().saturating_sub(NAMED_STREAMS) {
+        0 => String::new(),
+        more => format!(" and {more} more"),
+    };
+    format!(
+        "unreliable total: {} stream(s) in this answer are written by several processes that fanin cannot tell apart: {}{more}. Fix: {}; see /api/v1/collisions",
+        streams.len(),
+        named.join("; "),
+        crate::store::FIX
+    )
+}
+
+/// An instance as a reader knows it: its `service.instance.id`, else its whole resource.
+fn instance_name(resource: &Attributes) -> String {
+    match resource.get("service.instance.id") {
+        Some(id) => format!("service.instance.id={}", attr_text(id)),
+        None => pairs(resource),
+    }
+}
+
+/// `{key=value, ...}`, values as `match` compares them.
+fn pairs(attributes: &Attributes) -> String {
+    let pairs: Vec<String> = attributes
+        .iter()
+        .map(|(key, value)| format!("{key}={}", attr_text(value)))
+        .collect();
+    format!("{{{}}}", pairs.join(", "))
 }
 
 /// Whether every `match` holds: the attribute exists and renders as the wanted text. A point

@@ -13,9 +13,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde_json::{Value as Json, json};
 
 use super::message;
-use crate::model::{AttrValue, Attributes, Histogram, Scope, Summary};
+use crate::model::{AttrValue, Attributes, Histogram, Number, Scope, Summary};
 use crate::store::{
-    CollisionView, InheritedState, InstanceView, StatsSnapshot, StreamValue, StreamView,
+    CollisionView, InheritedState, InstanceView, RunState, StatsSnapshot, StreamValue, StreamView,
     TypeConflict,
 };
 
@@ -29,6 +29,14 @@ pub fn number(value: f64) -> Json {
         json!("-Infinity")
     } else {
         json!(value)
+    }
+}
+
+/// A point's or stream's number: integers exactly, doubles as [`number`] writes them.
+pub fn exact(value: Number) -> Json {
+    match value {
+        Number::Int(value) => json!(value),
+        Number::Double(value) => number(value),
     }
 }
 
@@ -115,21 +123,52 @@ pub fn stream(view: &StreamView) -> Json {
         "time_unix_nano": view.state.last_time,
         "resets": view.state.resets,
         "stale": view.state.stale,
+        "runs": view.state.runs.len().max(1),
+        "unreliable": view.state.unreliable.map(|evidence| json!({
+            "evidence": evidence.as_str(),
+            "description": evidence.describe(),
+            "fix": crate::store::FIX,
+        })),
     });
-    let (key, value) = match &view.state.value {
-        None => ("value", Json::Null),
-        Some(StreamValue::Number(value)) => ("value", number(*value)),
-        Some(StreamValue::Histogram(value)) => ("histogram", histogram(value)),
-        Some(StreamValue::ExpHistogram(value)) => (
-            "exponential_histogram",
-            to_json(&message::exp_histogram(value)),
-        ),
-        Some(StreamValue::Summary(value)) => ("summary", summary(value)),
+    if view.state.runs.len() > 1
+        && let Some(map) = object.as_object_mut()
+    {
+        let parts = view.state.runs.iter().map(run).collect::<Vec<_>>();
+        map.insert("parts".to_string(), Json::Array(parts));
+    }
+    let key = match &view.state.value {
+        None | Some(StreamValue::Number(_)) => "value",
+        Some(StreamValue::Histogram(_)) => "histogram",
+        Some(StreamValue::ExpHistogram(_)) => "exponential_histogram",
+        Some(StreamValue::Summary(_)) => "summary",
     };
+    let value = view.state.value.as_ref().map_or(Json::Null, stream_value);
     if let Some(map) = object.as_object_mut() {
         map.insert(key.to_string(), value);
     }
     object
+}
+
+/// One writer's run (or delta chain) of a stream written by several.
+fn run(run: &RunState) -> Json {
+    json!({
+        "start_time_unix_nano": run.start,
+        "time_unix_nano": run.last_time,
+        "pid": run.pid,
+        "live": run.live,
+        "refused": run.refused,
+        "value": run.value.as_ref().map_or(Json::Null, stream_value),
+    })
+}
+
+/// A stream's or run's value, in the member [`stream`] names for its shape.
+fn stream_value(value: &StreamValue) -> Json {
+    match value {
+        StreamValue::Number(value) => exact(*value),
+        StreamValue::Histogram(value) => histogram(value),
+        StreamValue::ExpHistogram(value) => to_json(&message::exp_histogram(value)),
+        StreamValue::Summary(value) => summary(value),
+    }
 }
 
 pub fn instance(view: &InstanceView) -> Json {
@@ -172,7 +211,14 @@ pub fn collisions(collisions: &[CollisionView], inherited: &[InheritedState]) ->
                 "evidence": collision.evidence.iter().map(|evidence| json!({
                     "kind": evidence.as_str(),
                     "description": evidence.describe(),
+                    "repairable": evidence.repairable(),
                 })).collect::<Vec<_>>(),
+                "repaired": collision.repaired,
+                "effect": if collision.repaired {
+                    "repaired: fanin keeps each writer's run (start time, pid or delta chain) apart, so the total is exact"
+                } else {
+                    "unreliable: the writers share a start time (or carry none) and cannot be told apart, so the total is wrong; answers that include this stream say so in their notes"
+                },
                 "writers": collision.writers,
                 "first_seen_unix_nano": unix_nanos(collision.first_seen),
                 "last_seen_unix_nano": unix_nanos(collision.last_seen),

@@ -3,7 +3,7 @@
 //! JSON, so the two cannot drift apart.
 
 use crate::aggregate::Aggregated;
-use crate::model::{AttrValue, Attributes, ExpBuckets, ExpHistogram, Histogram};
+use crate::model::{AttrValue, Attributes, ExpBuckets, ExpHistogram, Histogram, Number};
 use crate::proto::v1 as pb;
 use crate::store::MetricSummary;
 
@@ -48,7 +48,12 @@ pub fn metric_info(summary: &MetricSummary, default_agg: &str) -> pb::MetricInfo
 
 fn result(value: &Aggregated) -> pb::series::Result {
     match value {
-        Aggregated::Number(value) => pb::series::Result::Value(*value),
+        Aggregated::Number(total) => match total.to_number() {
+            Some(Number::Int(value)) => pb::series::Result::IntValue(value),
+            Some(Number::Double(value)) => pb::series::Result::Value(value),
+            // An integer total outside the int64 range: the answer's notes say so.
+            None => pb::series::Result::Value(total.as_f64()),
+        },
         Aggregated::Histogram {
             histogram,
             bounds_differ,

@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use crate::aggregate::{Agg, Aggregated, Shape};
 use crate::config::AggregationRule;
-use crate::model::{Attributes, ExpHistogram, Histogram, MetricId};
+use crate::model::{Attributes, ExpHistogram, Histogram, MetricId, Total};
 use crate::store::{RetiredView, Store, StreamView};
 
 use super::answer::{Selection, build, default_agg};
@@ -38,11 +38,15 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Renders every metric in the store and fanin's own.
 pub fn render(store: &Store, rules: &[AggregationRule]) -> String {
     let mut page = Page::default();
-    self_metrics(&mut page, store);
-
     // One snapshot of every stream, indexed by metric name (each instance's streams stay
     // together, as `build` needs).
     let all_streams = store.all_streams();
+    let unreliable = all_streams
+        .iter()
+        .filter(|view| view.state.unreliable.is_some())
+        .count();
+    self_metrics(&mut page, store, unreliable);
+
     let mut streams: HashMap<&str, Vec<&StreamView>, foldhash::fast::RandomState> =
         HashMap::default();
     for view in &all_streams {
@@ -99,11 +103,12 @@ struct Sample {
     name: String,
     /// Sorted by label name.
     labels: Vec<(String, String)>,
-    value: f64,
+    /// Integers are written exactly, however large.
+    value: Total,
 }
 
 impl Sample {
-    fn new(name: impl Into<String>, labels: Vec<(String, String)>, value: f64) -> Sample {
+    fn new(name: impl Into<String>, labels: Vec<(String, String)>, value: Total) -> Sample {
         Sample {
             name: name.into(),
             labels,
@@ -151,7 +156,10 @@ impl Page {
                 }
                 self.text.push('}');
             }
-            let _ = writeln!(self.text, " {}", format_value(sample.value));
+            let _ = match sample.value {
+                Total::Int(value) => writeln!(self.text, " {value}"),
+                Total::Double(value) => writeln!(self.text, " {}", format_value(value)),
+            };
         }
     }
 }
@@ -206,8 +214,16 @@ fn family_of(
                 );
             }
             Aggregated::Summary { count, sum } => {
-                samples.push(Sample::new(format!("{name}_sum"), labels.clone(), *sum));
-                samples.push(Sample::new(format!("{name}_count"), labels, *count as f64));
+                samples.push(Sample::new(
+                    format!("{name}_sum"),
+                    labels.clone(),
+                    Total::Double(*sum),
+                ));
+                samples.push(Sample::new(
+                    format!("{name}_count"),
+                    labels,
+                    count_of(*count),
+                ));
             }
         }
     }
@@ -241,21 +257,25 @@ fn histogram_samples(
         samples.push(Sample::new(
             bucket_name.clone(),
             with_le(format_value(*bound)),
-            running as f64,
+            count_of(running),
         ));
     }
     samples.push(Sample::new(
         bucket_name,
         with_le("+Inf".to_string()),
-        count as f64,
+        count_of(count),
     ));
     if let Some(sum) = sum {
-        samples.push(Sample::new(format!("{name}_sum"), labels.to_vec(), sum));
+        samples.push(Sample::new(
+            format!("{name}_sum"),
+            labels.to_vec(),
+            Total::Double(sum),
+        ));
     }
     samples.push(Sample::new(
         format!("{name}_count"),
         labels.to_vec(),
-        count as f64,
+        count_of(count),
     ));
 }
 
@@ -447,6 +467,10 @@ fn per_unit_word(unit: &str) -> String {
     .to_string()
 }
 
+fn count_of(count: u64) -> Total {
+    Total::Int(i128::from(count))
+}
+
 fn format_value(value: f64) -> String {
     if value.is_nan() {
         "NaN".to_string()
@@ -470,28 +494,28 @@ fn escape_label_value(text: &str) -> String {
 }
 
 /// fanin's own counters and gauges.
-fn self_metrics(page: &mut Page, store: &Store) {
+fn self_metrics(page: &mut Page, store: &Store, unreliable_streams: usize) {
     type Labels = Vec<(String, String)>;
     let stats = store.stats().snapshot();
-    let family = |name: &str, kind: &'static str, help: &str, samples: Vec<(Labels, f64)>| Family {
+    let family = |name: &str, kind: &'static str, help: &str, samples: Vec<(Labels, u64)>| Family {
         name: name.to_string(),
         kind,
         help: help.to_string(),
         samples: samples
             .into_iter()
-            .map(|(labels, value)| Sample::new(name, labels, value))
+            .map(|(labels, value)| Sample::new(name, labels, count_of(value)))
             .collect(),
     };
-    let by = |label: &str, pairs: &[(&'static str, u64)]| -> Vec<(Labels, f64)> {
+    let by = |label: &str, pairs: &[(&'static str, u64)]| -> Vec<(Labels, u64)> {
         pairs
             .iter()
-            .map(|(value, count)| (vec![(label.to_string(), value.to_string())], *count as f64))
+            .map(|(value, count)| (vec![(label.to_string(), value.to_string())], *count))
             .collect()
     };
-    let single = |value: f64| vec![(Vec::new(), value)];
+    let single = |value: usize| vec![(Vec::new(), value as u64)];
     let (live, retired) = store.instance_counts();
     let state =
-        |state: &str, count: usize| (vec![("state".to_string(), state.to_string())], count as f64);
+        |state: &str, count: usize| (vec![("state".to_string(), state.to_string())], count as u64);
     let families = [
         family(
             "fanin_requests_total",
@@ -509,7 +533,7 @@ fn self_metrics(page: &mut Page, store: &Store) {
             "fanin_points_accepted_total",
             "counter",
             "Data points stored.",
-            single(stats.points_accepted as f64),
+            vec![(Vec::new(), stats.points_accepted)],
         ),
         family(
             "fanin_points_rejected_total",
@@ -527,7 +551,7 @@ fn self_metrics(page: &mut Page, store: &Store) {
             "fanin_streams",
             "gauge",
             "Streams stored.",
-            single(store.stream_count() as f64),
+            single(store.stream_count()),
         ),
         family(
             "fanin_instances",
@@ -539,19 +563,25 @@ fn self_metrics(page: &mut Page, store: &Store) {
             "fanin_instances_retired_total",
             "counter",
             "Instances retired, by TTL or because their process was gone.",
-            single(stats.instances_retired as f64),
+            vec![(Vec::new(), stats.instances_retired)],
         ),
         family(
             "fanin_collisions_total",
             "counter",
             "Streams found written by more than one process; see /api/v1/collisions.",
-            single(stats.collisions as f64),
+            vec![(Vec::new(), stats.collisions)],
+        ),
+        family(
+            "fanin_unreliable_streams",
+            "gauge",
+            "Streams whose writers fanin cannot tell apart, so their totals are unreliable; see the notes of /api/v1/query and /api/v1/collisions.",
+            single(unreliable_streams),
         ),
         family(
             "fanin_type_conflicts_total",
             "counter",
             "Metric names seen with a second kind, unit or monotonicity.",
-            single(stats.type_conflicts as f64),
+            vec![(Vec::new(), stats.type_conflicts)],
         ),
     ];
     for family in families {

@@ -15,8 +15,8 @@ use opentelemetry_proto::tonic::metrics::v1::{
 
 use super::wire::{self, ValueView};
 use crate::model::{
-    AttrRef, AttrValue, Attributes, ExpBuckets, ExpHistogram, Histogram, Kind, MetricId, Point,
-    Scope, StreamKey, StreamPoint, Summary, Temporality, Value, sort_unique,
+    AttrRef, AttrValue, Attributes, ExpBuckets, ExpHistogram, Histogram, Kind, MetricId, Number,
+    Point, Scope, StreamKey, StreamPoint, Summary, Temporality, Value, sort_unique,
 };
 use crate::outcome::{Outcome, RejectReason};
 use crate::store::{InstancePoints, InstanceWriter, Store, Writer};
@@ -343,8 +343,8 @@ fn store_metric<'a>(
 /// The value of a point read in place.
 fn view_value(request: &wire::Request<'_>, value: &ValueView) -> ValueResult {
     match value {
-        ValueView::Double(value) => Ok(Value::Number(*value)),
-        ValueView::Int(value) => Ok(Value::Number(*value as f64)),
+        ValueView::Double(value) => Ok(Value::Number(Number::Double(*value))),
+        ValueView::Int(value) => Ok(Value::Number(Number::Int(*value))),
         ValueView::Missing => Err(no_value()),
         ValueView::Histogram(histogram) => histogram_value(HistogramParts {
             count: histogram.count,
@@ -456,8 +456,8 @@ impl MetricContext<'_> {
 
 fn number_value(point: &NumberDataPoint) -> ValueResult {
     match point.value {
-        Some(number_data_point::Value::AsDouble(value)) => Ok(Value::Number(value)),
-        Some(number_data_point::Value::AsInt(value)) => Ok(Value::Number(value as f64)),
+        Some(number_data_point::Value::AsDouble(value)) => Ok(Value::Number(Number::Double(value))),
+        Some(number_data_point::Value::AsInt(value)) => Ok(Value::Number(Number::Int(value))),
         None => Err(no_value()),
     }
 }
@@ -725,7 +725,7 @@ mod tests {
     }
 
     #[test]
-    fn int_and_double_values_become_numbers() {
+    fn int_and_double_values_keep_their_type() {
         let (points, outcome) = convert_one(sum_metric(
             2,
             vec![
@@ -738,7 +738,13 @@ mod tests {
             .iter()
             .map(|point| point.point.value.clone())
             .collect();
-        assert_eq!(values, vec![Value::Number(7.0), Value::Number(1.5)]);
+        assert_eq!(
+            values,
+            vec![
+                Value::Number(Number::Int(7)),
+                Value::Number(Number::Double(1.5))
+            ]
+        );
         assert_eq!(
             points[0].key.metric.temporality,
             Some(Temporality::Cumulative)

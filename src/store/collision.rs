@@ -7,6 +7,10 @@
 //! is bounded: past [`MAX_COLLISIONS`] streams, new ones are counted and logged but not
 //! listed.
 //!
+//! A collision is *repaired* when every piece of evidence is of a kind the store's runs,
+//! pids or delta chains separate (the stream's total stays exact); otherwise the stream is
+//! marked unreliable and every answer that includes it says so.
+//!
 //! Inherited state is computed on demand: several instances reporting one counting stream
 //! with the same start time carry counts their parent recorded before forking, and summing
 //! them over-counts.
@@ -17,7 +21,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use super::stream::Evidence;
-use super::{Store, StreamView, Transport, Writer, lock_any};
+use super::{Store, StreamView, Transport, Writer, lock_any, process};
 use crate::model::{Attributes, InstanceKey, MetricId, StreamKey};
 
 /// Most colliding streams listed at once.
@@ -41,6 +45,8 @@ pub struct CollisionView {
     pub instance: InstanceKey,
     pub key: StreamKey,
     pub evidence: Vec<Evidence>,
+    /// Runs, pids or delta chains tell the writers apart, so the stream's total is exact.
+    pub repaired: bool,
     /// Peer addresses (and transport) of the writers seen sending evidence.
     pub writers: Vec<String>,
     pub first_seen: SystemTime,
@@ -64,8 +70,19 @@ pub struct InheritedState {
 pub const FIX: &str =
     "give each worker its own service.instance.id, set after fork (the fanin shim does this)";
 
+const NANOS_PER_MILLI: u64 = 1_000_000;
+
+/// How far a start time must be from a process's start, as `/proc` gives it, to say which
+/// came first: several times the error of that reading.
+const START_MARGIN: u64 = 100 * NANOS_PER_MILLI;
+
 /// Marks a writer id that is a process id (unix socket peers) rather than a connection.
 pub(super) const PID_WRITER: u64 = 1 << 63;
+
+/// The pid a writer id names, when it names one.
+pub(super) fn pid_of(writer: u64) -> Option<u32> {
+    (writer & PID_WRITER != 0).then_some((writer & !PID_WRITER) as u32)
+}
 
 /// A stable number for a writer, so a stream can tell writers apart: the peer's pid when the
 /// kernel told us (`PID_WRITER` set), else a hash of its connection; 0 when neither is known.
@@ -82,6 +99,24 @@ pub(super) fn writer_id(writer: &Writer) -> u64 {
             (hasher.finish() | 1) & !PID_WRITER
         }
     }
+}
+
+/// Logs a colliding stream: once when found, and again if its total turns unreliable.
+fn log_collision(instance: &InstanceKey, key: &StreamKey, evidence: Evidence, writer: &str) {
+    let effect = if evidence.repairable() {
+        "fanin keeps the writers apart and the total is exact, but"
+    } else {
+        "fanin cannot tell the writers apart and the total is unreliable:"
+    };
+    tracing::warn!(
+        metric = %key.metric.name,
+        instance = ?instance,
+        attributes = ?key.attributes,
+        evidence = evidence.as_str(),
+        writer = %writer,
+        "More than one process writes this stream ({}); {effect} {FIX}",
+        evidence.describe()
+    );
 }
 
 fn describe(writer: &Writer) -> String {
@@ -108,20 +143,19 @@ impl Store {
         let mut collisions = lock_any(&self.shared.collisions);
         let writer_text = describe(writer);
         let [earlier, current] = writer_ids;
-        let earlier_text = (earlier & PID_WRITER != 0 && earlier != current)
-            // Only unix socket peers are known by pid.
-            .then(|| {
-                format!(
-                    "pid {} ({})",
-                    earlier & !PID_WRITER,
-                    Transport::Unix.as_str()
-                )
-            });
+        // Only unix socket peers are known by pid.
+        let earlier_text = pid_of(earlier)
+            .filter(|_| earlier != current)
+            .map(|pid| format!("pid {pid} ({})", Transport::Unix.as_str()));
         let seen = earlier_text.into_iter().chain([writer_text.clone()]);
         if let Some(record) = collisions.get_mut(&(Arc::clone(instance), key.clone())) {
             record.count += 1;
             record.last_seen = now;
             if !record.evidence.contains(&evidence) {
+                let was_repaired = record.evidence.iter().all(|known| known.repairable());
+                if was_repaired && !evidence.repairable() {
+                    log_collision(instance, key, evidence, &writer_text);
+                }
                 record.evidence.push(evidence);
             }
             for text in seen {
@@ -132,15 +166,7 @@ impl Store {
             return;
         }
         self.shared.stats.collision();
-        tracing::warn!(
-            metric = %key.metric.name,
-            instance = ?instance,
-            attributes = ?key.attributes,
-            evidence = evidence.as_str(),
-            writer = %writer_text,
-            "More than one process writes this stream ({}); {FIX}",
-            evidence.describe()
-        );
+        log_collision(instance, key, evidence, &writer_text);
         if collisions.len() >= MAX_COLLISIONS {
             return;
         }
@@ -164,6 +190,7 @@ impl Store {
                 instance: Arc::clone(instance),
                 key: key.clone(),
                 evidence: record.evidence.clone(),
+                repaired: record.evidence.iter().all(|evidence| evidence.repairable()),
                 writers: record.writers.clone(),
                 first_seen: record.first_seen,
                 last_seen: record.last_seen,
@@ -172,7 +199,16 @@ impl Store {
             .collect()
     }
 
-    /// Counting streams that several instances report with the same start time.
+    /// Counting streams that several instances report with one start time that they did
+    /// not each record on their own.
+    ///
+    /// An equal start time alone is not proof: two independent workers whose first
+    /// measurement fell in the same millisecond share one too. The proof, where the pid and
+    /// host are known, is a start time earlier than the process's own start (from `/proc`);
+    /// a start time later than it clears that instance. Otherwise the start time must have
+    /// sub-millisecond precision: independent processes do not meet to the nanosecond, and
+    /// SDKs that stamp whole milliseconds run where no memory is inherited (Node's `cluster`
+    /// starts new processes).
     pub fn inherited_state(&self) -> Vec<InheritedState> {
         let streams: Vec<StreamView> = self.all_streams();
         // Metric, resource without instance attributes, point attributes, start time.
@@ -180,40 +216,82 @@ impl Store {
         let mut groups: HashMap<Key, Vec<InstanceKey>> = HashMap::new();
         let mut stripped: HashMap<*const Attributes, Attributes> = HashMap::new();
         for view in streams {
-            if !view.key.metric.counts_events() || view.state.start == 0 {
+            if !view.key.metric.counts_events() {
                 continue;
             }
             let resource = stripped
                 .entry(Arc::as_ptr(&view.instance))
                 .or_insert_with(|| self.shared.instance_attributes.strip(&view.instance))
                 .clone();
-            let instances = groups
-                .entry((
-                    view.key.metric,
-                    resource,
-                    view.key.attributes,
-                    view.state.start,
-                ))
-                .or_default();
-            if !instances
-                .iter()
-                .any(|known| Arc::ptr_eq(known, &view.instance))
-            {
-                instances.push(view.instance);
+            let starts = std::iter::once(view.state.start)
+                .chain(view.state.runs.iter().map(|run| run.start))
+                .filter(|start| *start != 0);
+            for start in starts {
+                let key = (
+                    Arc::clone(&view.key.metric),
+                    resource.clone(),
+                    Arc::clone(&view.key.attributes),
+                    start,
+                );
+                let instances = groups.entry(key).or_default();
+                if !instances
+                    .iter()
+                    .any(|known| Arc::ptr_eq(known, &view.instance))
+                {
+                    instances.push(Arc::clone(&view.instance));
+                }
             }
         }
+        let mut started: HashMap<i32, Option<u64>> = HashMap::new();
         groups
             .into_iter()
             .filter(|(_, instances)| instances.len() > 1)
-            .map(
-                |((metric, resource, attributes, start), instances)| InheritedState {
+            .filter_map(|((metric, resource, attributes, start), instances)| {
+                let mut proven = false;
+                let mut kept = Vec::with_capacity(instances.len());
+                for instance in instances {
+                    match self.recorded_before_start(&instance, start, &mut started) {
+                        Some(true) => {
+                            proven = true;
+                            kept.push(instance);
+                        }
+                        Some(false) => {}
+                        None => kept.push(instance),
+                    }
+                }
+                let precise = start % NANOS_PER_MILLI != 0;
+                (kept.len() > 1 && (proven || precise)).then_some(InheritedState {
                     metric,
                     resource,
                     attributes,
                     start,
-                    instances,
-                },
-            )
+                    instances: kept,
+                })
+            })
             .collect()
+    }
+
+    /// Whether `start` is before the start of the process `instance` names: `Some(true)`
+    /// proves the value inherited, `Some(false)` proves it the process's own, `None` when
+    /// this host cannot tell (no pid, another host, pid checks off) or the two are within
+    /// the precision of `/proc`. `started` caches process start times.
+    fn recorded_before_start(
+        &self,
+        instance: &Attributes,
+        start: u64,
+        started: &mut HashMap<i32, Option<u64>>,
+    ) -> Option<bool> {
+        let host = self.shared.local_host.as_deref()?;
+        let pid = process::local_pid(instance, host, false)?;
+        let process_start = (*started
+            .entry(pid)
+            .or_insert_with(|| process::started_at(pid)))?;
+        if start.saturating_add(START_MARGIN) < process_start {
+            Some(true)
+        } else if start > process_start.saturating_add(START_MARGIN) {
+            Some(false)
+        } else {
+            None
+        }
     }
 }

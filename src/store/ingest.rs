@@ -268,14 +268,13 @@ impl InstanceWriter<'_> {
                 && key.scope == *metric.scope
         });
         if let Some((key, stream)) = found {
-            let earlier_writer = stream.last_writer();
-            let (result, evidence) = stream.apply(point, self.writer_id, policy);
-            if let Some(evidence) = evidence {
-                let writers = [earlier_writer, self.writer_id];
+            let (result, finding) = stream.apply(point, self.writer_id, policy);
+            if let Some(finding) = finding {
+                let writers = [finding.other_writer, self.writer_id];
                 self.store.record_collision(
                     &self.instance.key,
                     key,
-                    evidence,
+                    finding.evidence,
                     self.writer,
                     writers,
                     self.now,
@@ -296,7 +295,7 @@ impl InstanceWriter<'_> {
         }
         self.store
             .register_metric(metric.metric, metric.description, self.now);
-        let mut stream = Stream::new(Arc::clone(metric.metric), Arc::clone(metric.description));
+        let mut stream = Stream::new(metric.metric, Arc::clone(metric.description));
         // A stream's first point has nothing to contradict: no evidence to record.
         let (result, _) = stream.apply(point, self.writer_id, policy);
         count(self.outcome, result, metric.metric);
@@ -446,15 +445,17 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::model::{AttrValue, InstanceAttributes, Kind, Temporality, Value};
-    use crate::store::{CollisionPolicy, Liveness, Transport};
+    use crate::model::{AttrValue, InstanceAttributes, Kind, Number, Temporality, Value};
+    use crate::store::{CollisionPolicy, Liveness, StoreSettings, Transport};
 
     fn store() -> Store {
-        Store::new(
-            NonZeroUsize::new(100).expect("non-zero"),
-            InstanceAttributes::new(["service.instance.id"]).expect("literal glob"),
-            CollisionPolicy::Report,
-        )
+        Store::new(StoreSettings {
+            max_series: NonZeroUsize::new(100).expect("non-zero"),
+            instance_attributes: InstanceAttributes::new(["service.instance.id"])
+                .expect("literal glob"),
+            collision_policy: CollisionPolicy::Report,
+            local_host: None,
+        })
     }
 
     fn metric(name: &str, kind: Kind, monotonic: bool) -> Arc<MetricId> {
@@ -488,7 +489,7 @@ mod tests {
                 let point = Point {
                     start: 1,
                     time: 2,
-                    value: Value::Number(1.0),
+                    value: Value::Number(Number::Double(1.0)),
                 };
                 instance.point(&key, attributes, point);
             }
@@ -517,7 +518,6 @@ mod tests {
         // the set); once w1 is gone too, nothing uses the set.
         let liveness = Liveness {
             ttl: Duration::from_secs(1),
-            local_host: None,
         };
         let later = Instant::now() + Duration::from_secs(10);
         store.sweep(later, &liveness);
@@ -541,7 +541,6 @@ mod tests {
         assert_eq!(store.attribute_set_count(), 1);
         let liveness = Liveness {
             ttl: Duration::from_secs(1),
-            local_host: None,
         };
         let later = Instant::now() + Duration::from_secs(10);
         store.sweep(later, &liveness);

@@ -13,23 +13,17 @@
 //!    without instance attributes, point attributes), and its streams are dropped. Memory then
 //!    follows the number of keys, not the number of workers ever seen.
 //!
-//! A pid can be checked only from the same pid namespace: a sidecar container that cannot
-//! see the workers' processes would find every pid gone, so the check can be switched off
-//! (`aggregation.pid_check`), leaving `instance_ttl` alone to decide.
+//! The pid check is `process.rs`'s; with `aggregation.pid_check` off, `instance_ttl` alone
+//! decides.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
 
-use nix::errno::Errno;
-use nix::sys::signal::kill;
-use nix::unistd::Pid;
-
 use super::{
     EVICTED_LISTED, Instance, InstanceState, RetiredKey, RetiredTotal, Store, Transport, lock,
-    lock_any, view_of,
+    lock_any, process, view_of,
 };
-use crate::model::{AttrValue, Attributes};
 
 /// Why an instance was retired.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,8 +57,6 @@ pub struct Retirement {
 pub struct Liveness {
     /// Retire after this long without an export; evict after as long again.
     pub ttl: Duration,
-    /// This host's name when pid checks are on; `None` turns them off.
-    pub local_host: Option<String>,
 }
 
 impl Liveness {
@@ -96,9 +88,9 @@ impl Store {
                     let reason = if now.saturating_duration_since(state.last_export) >= liveness.ttl
                     {
                         Some(RetireReason::Expired)
-                    } else if liveness.local_host.as_deref().is_some_and(|host| {
+                    } else if self.shared.local_host.as_deref().is_some_and(|host| {
                         let local = state.last_writer.transport == Transport::Unix;
-                        process_gone(&instance.key, host, local)
+                        process::local_pid(&instance.key, host, local).is_some_and(process::is_gone)
                     }) {
                         Some(RetireReason::ProcessGone)
                     } else {
@@ -189,85 +181,13 @@ impl Store {
     }
 }
 
-/// Whether the resource names a process on this host that no longer exists. The process is
-/// on this host when its `host.name` is this host's, or when `local_writer` says it wrote
-/// through the unix socket.
-fn process_gone(resource: &Attributes, local_host: &str, local_writer: bool) -> bool {
-    let Some(AttrValue::Int(pid)) = resource.get("process.pid") else {
-        return false;
-    };
-    let on_this_host =
-        matches!(resource.get("host.name"), Some(AttrValue::Str(host)) if host == local_host);
-    if !on_this_host && !local_writer {
-        return false;
-    }
-    // 0 and negative numbers address process groups, not a process.
-    let Ok(pid) = i32::try_from(*pid) else {
-        return false;
-    };
-    if pid <= 0 {
-        return false;
-    }
-    // EPERM means the process exists but belongs to someone else: alive.
-    matches!(kill(Pid::from_raw(pid), None), Err(Errno::ESRCH))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn resource(pid: i64, host: &str) -> Attributes {
-        Attributes::new(vec![
-            ("process.pid".into(), AttrValue::Int(pid)),
-            ("host.name".into(), AttrValue::Str(host.into())),
-        ])
-    }
-
-    #[test]
-    fn own_process_is_alive() {
-        assert!(!process_gone(
-            &resource(i64::from(std::process::id()), "here"),
-            "here",
-            false
-        ));
-    }
-
-    #[test]
-    fn reaped_child_is_gone() {
-        let mut child = std::process::Command::new("true")
-            .spawn()
-            .expect("spawn true");
-        let pid = i64::from(child.id());
-        child.wait().expect("reap");
-        assert!(process_gone(&resource(pid, "here"), "here", false));
-        assert!(
-            process_gone(&resource(pid, "elsewhere"), "here", true),
-            "a unix socket writer is local"
-        );
-    }
-
-    #[test]
-    fn other_hosts_and_odd_pids_are_never_checked() {
-        let mut child = std::process::Command::new("true")
-            .spawn()
-            .expect("spawn true");
-        let pid = i64::from(child.id());
-        child.wait().expect("reap");
-        assert!(!process_gone(&resource(pid, "elsewhere"), "here", false));
-        assert!(!process_gone(&resource(0, "here"), "here", false));
-        assert!(!process_gone(&resource(-1, "here"), "here", false));
-        assert!(!process_gone(&resource(1 << 40, "here"), "here", false));
-    }
-
     #[test]
     fn sweep_interval_is_bounded() {
-        let at = |ttl| {
-            Liveness {
-                ttl,
-                local_host: None,
-            }
-            .sweep_interval()
-        };
+        let at = |ttl| Liveness { ttl }.sweep_interval();
         assert_eq!(at(Duration::from_secs(300)), Duration::from_secs(1));
         assert_eq!(at(Duration::from_millis(200)), Duration::from_millis(100));
         assert_eq!(at(Duration::ZERO), Duration::from_millis(10));

@@ -25,6 +25,7 @@
 mod collision;
 mod ingest;
 mod liveness;
+mod process;
 mod stats;
 mod stream;
 
@@ -46,8 +47,7 @@ pub use collision::{CollisionView, FIX, InheritedState};
 pub use ingest::{Ingest, InstanceWriter, MetricKey, PointAttributes};
 pub use liveness::{Liveness, RetireReason, Retirement, SweepReport};
 pub use stats::{RequestError, Stats, StatsSnapshot};
-pub use stream::StreamState;
-pub use stream::{CollisionPolicy, Evidence};
+pub use stream::{CollisionPolicy, Evidence, RunState, StreamState};
 
 use ingest::Streams;
 use stream::Refusal;
@@ -109,6 +109,8 @@ struct Shared {
     /// Colliding streams, by instance and stream; touched only when a point is evidence.
     collisions: Mutex<HashMap<(InstanceKey, StreamKey), collision::CollisionRecord>>,
     collision_policy: CollisionPolicy,
+    /// This host's name when pids may be checked here.
+    local_host: Option<String>,
     /// Seeds the stream hashes of every instance (see `ingest::MetricKey`) and the hashes of
     /// `attribute_sets`.
     stream_hasher: RandomState,
@@ -224,14 +226,28 @@ pub struct StreamView {
     pub state: StreamState,
 }
 
+/// How a store is set up.
+#[derive(Clone, Debug)]
+pub struct StoreSettings {
+    /// Most streams kept (`limits.max_series`).
+    pub max_series: NonZeroUsize,
+    /// Which resource attributes name a worker; retired totals and aggregation leave them out.
+    pub instance_attributes: InstanceAttributes,
+    pub collision_policy: CollisionPolicy,
+    /// This host's name, when pids may be checked here (`aggregation.pid_check`): a resource
+    /// whose `host.name` is this one names a process the store can look at.
+    pub local_host: Option<String>,
+}
+
 impl Store {
-    /// An empty store that keeps at most `max_series` streams; `instance_attributes` says
-    /// which resource attributes retired totals leave out.
-    pub fn new(
-        max_series: NonZeroUsize,
-        instance_attributes: InstanceAttributes,
-        collision_policy: CollisionPolicy,
-    ) -> Store {
+    /// An empty store.
+    pub fn new(settings: StoreSettings) -> Store {
+        let StoreSettings {
+            max_series,
+            instance_attributes,
+            collision_policy,
+            local_host,
+        } = settings;
         Store {
             shared: Arc::new(Shared {
                 instances: DashMap::with_hasher(RandomState::default()),
@@ -244,6 +260,7 @@ impl Store {
                 evicted: Mutex::new(VecDeque::new()),
                 collisions: Mutex::new(HashMap::new()),
                 collision_policy,
+                local_host,
                 stream_hasher: RandomState::default(),
                 attribute_sets: Mutex::new(hashbrown::HashTable::new()),
             }),

@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes};
+use fanin::proto::v1::query_service_client::QueryServiceClient;
 use fanin::store::Store;
 use fanin::{Addresses, App, AppError, Config};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -81,6 +82,13 @@ impl TestFanin {
         MetricsServiceClient::connect(self.grpc_url())
             .await
             .expect("connect to the gRPC receiver")
+    }
+
+    /// A client of the gRPC `QueryService`, on the OTLP/gRPC listener.
+    pub async fn query_client(&self) -> QueryServiceClient<Channel> {
+        QueryServiceClient::connect(self.grpc_url())
+            .await
+            .expect("connect to the query service")
     }
 
     /// Sends a request over gRPC and returns the response or the status.
