@@ -10,7 +10,8 @@
 //! 2. **naive**: the master builds one provider before forking (the parent's resource and
 //!    start time in every worker, as with OpenTelemetry Python <= 1.43 under gunicorn
 //!    `--preload`); each worker records into it and exports on its own connection. fanin must
-//!    list the collision.
+//!    list the collision, and either show the truth (the writers told apart, by pid over the
+//!    unix socket) or say in its answer that the total is unreliable.
 //!
 //! The master forks only while it is single-threaded (checked through /proc): its own
 //! sidecar runs as a separate process, and its HTTP client spawns no thread. A worker never
@@ -321,6 +322,46 @@ impl Round<'_> {
         Ok(live_ok && problems.is_empty())
     }
 
+    /// The naive round's total of [`REQUESTS`]: it must be the truth when the collision is
+    /// repaired, and carry an "unreliable total" note when it is not.
+    fn naive_total(
+        &self,
+        service: &str,
+        repaired: bool,
+        truth: u64,
+        problems: &mut Vec<String>,
+    ) -> Result<String, CheckError> {
+        let matcher = format!("match=service.name={service}");
+        let shown = self
+            .sidecar
+            .total(REQUESTS, &matcher)?
+            .map_or_else(|| "nothing".to_string(), |(value, _)| value.to_string());
+        if repaired {
+            if shown != truth.to_string() {
+                problems.push(format!(
+                    "the collision is listed as repaired, but {REQUESTS} = {shown}, not {truth}"
+                ));
+            }
+        } else {
+            let answer = self
+                .sidecar
+                .get(&format!("/api/v1/query?metric={REQUESTS}&{matcher}"))?
+                .unwrap_or_default();
+            let noted = answer["notes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .any(|note| note.starts_with("unreliable total"));
+            if !noted {
+                problems.push(format!(
+                    "{REQUESTS} = {shown} from writers fanin cannot tell apart, with no note"
+                ));
+            }
+        }
+        Ok(shown)
+    }
+
     /// Round 2: one provider built in the master before fork, inherited by every worker.
     fn naive(&self, service: &str, out: &mut dyn Write) -> Result<bool, CheckError> {
         let reader = SharedReader(Arc::new(ManualReader::default()));
@@ -400,10 +441,24 @@ impl Round<'_> {
                     items.dedup();
                     items
                 };
+                let repaired = found
+                    .collisions
+                    .iter()
+                    .all(|collision| collision["repaired"] == Value::Bool(true));
+                let shown = self.naive_total(service, repaired, truth, &mut problems)?;
+                let effect = if repaired {
+                    format!("fanin told the writers apart and shows {shown}, the truth")
+                } else {
+                    format!(
+                        "fanin cannot tell them apart and its answers say the total it shows \
+                         ({shown}) is unreliable"
+                    )
+                };
                 detail = format!(
                     "provider built before fork: {} workers wrote as {instances} instance(s); \
                      collision caught on {REQUESTS} (evidence: {}; writers: {}); a \
-                     last-write-wins backend would show {last_write}, the truth is {truth}",
+                     last-write-wins backend would show {last_write}, the truth is {truth}; \
+                     {effect}",
                     self.workers,
                     listed("evidence").join(", "),
                     listed("writers").join(", ")

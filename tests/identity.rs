@@ -218,3 +218,29 @@ async fn concurrent_workers_lose_nothing() {
     assert_eq!(stats["requests"]["grpc"], json!(workers as u64 * exports));
     fanin.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_deltas_in_one_millisecond_both_count() {
+    // The JavaScript SDK stamps whole milliseconds: two collections within one millisecond
+    // send [t-1ms, t] and then [t, t].
+    let fanin = start().await;
+    let t = 1_700_000_000_000 * 1_000_000;
+    let ms = 1_000_000;
+    let mut client = fanin.grpc_client().await;
+    for (start, time, value) in [(t - 1000 * ms, t - ms, 5), (t - ms, t, 2), (t, t, 1)] {
+        let response = client
+            .export(
+                export("w1")
+                    .delta_counter("requests", start, time, value)
+                    .build(),
+            )
+            .await
+            .expect("export")
+            .into_inner();
+        assert_eq!(response.partial_success, None);
+    }
+    assert_eq!(fanin.values("requests").await, vec![json!(8)]);
+    let dropped = fanin.stats().await["points"]["dropped"].clone();
+    assert_eq!(dropped["duplicate"], json!(0), "{dropped}");
+    fanin.stop().await;
+}

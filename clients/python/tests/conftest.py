@@ -97,15 +97,32 @@ class Fanin:
             raise
 
     def total(self, metric: str, service: str, agg: str = "sum"):
-        """The `agg` of `metric` over `service` (one series expected), or None."""
+        """The `agg` of `metric` over `service`, all attributes together, or None."""
         answer = self.get(
-            "/api/v1/query", metric=metric, agg=agg, match=f"service.name={service}"
+            "/api/v1/query", metric=metric, agg=agg, by="", match=f"service.name={service}"
         )
         if not answer or not answer["series"]:
             return None
         assert len(answer["series"]) == 1, answer
         series = answer["series"][0]
         return series["histogram"]["count"] if "histogram" in series else series["value"]
+
+    def by(self, metric: str, service: str, key: str) -> dict:
+        """`metric` of `service` summed by attribute `key`: {value of key: total}."""
+        answer = self.get("/api/v1/query", metric=metric, by=key,
+                          match=f"service.name={service}")
+        if not answer:
+            return {}
+        return {s["attributes"].get(key): s["value"] for s in answer["series"]}
+
+    def answers(self, service: str) -> dict:
+        """Every metric of `service` as /api/v1/query answers it, for failure messages."""
+        listing = self.get("/api/v1/metrics") or {"metrics": []}
+        return {
+            m["metric"]: self.get("/api/v1/query", metric=m["metric"],
+                                  match=f"service.name={service}")
+            for m in listing["metrics"]
+        }
 
     def instances(self, service: str):
         answer = self.get("/api/v1/instances") or {"instances": []}

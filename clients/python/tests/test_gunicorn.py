@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -123,38 +124,112 @@ def naive_python(tmp_path_factory, version: str) -> str:
     root = Path(os.environ.get("FANIN_NAIVE_VENVS", tmp_path_factory.getbasetemp()))
     venv = root / f"otel-{version}"
     python = venv / "bin" / "python"
-    if not python.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    if not (venv / "fanin-complete").exists():
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True)
         subprocess.run(
             [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
              f"opentelemetry-sdk=={version}",
-             f"opentelemetry-exporter-otlp-proto-http=={version}", "gunicorn==27.0.1"],
+             f"opentelemetry-exporter-otlp-proto-http=={version}",
+             f"opentelemetry-exporter-otlp-proto-grpc=={version}", "gunicorn==27.0.1"],
             check=True,
         )
+        (venv / "fanin-complete").write_text(version)
     return str(python)
 
 
-def test_naive_sdk_1_43_with_preload_collides(fanin, gunicorn, tmp_path_factory):
-    # SDK 1.43 gives every forked worker the master's resource: one instance, four writers.
+def drive(server, routes: dict[str, int]) -> set[str]:
+    """Sends `routes[path]` requests to each path, eight at a time (with APP_HOLD_SECONDS
+    set, every sync worker gets some); returns the pids that answered."""
+    paths = [path for path, count in routes.items() for _ in range(count)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        return set(pool.map(server.request, paths))
+
+
+NAIVE_143 = [
+    pytest.param("http", "cumulative", (), id="http"),
+    pytest.param("grpc", "cumulative", (), id="grpc"),
+    pytest.param("http", "delta", (), id="delta"),
+    pytest.param(
+        "http", "cumulative", ("--max-requests", "20", "--max-requests-jitter", "0"),
+        id="max-requests",
+    ),
+]
+
+
+@pytest.mark.parametrize("transport, temporality, extra", NAIVE_143)
+def test_naive_sdk_1_43_workers_sharing_one_resource_add_up_exactly(
+    fanin, gunicorn, tmp_path_factory, transport, temporality, extra
+):
+    # SDK 1.43 set up in the master before fork: every worker carries the master's resource
+    # (one instance), each with its own start time. fanin keeps one run (or delta chain) per
+    # worker, so the totals are the truth, and says the collision is repaired.
     python = naive_python(tmp_path_factory, "1.43.0")
-    service = service_name("naive143")
-    env = {**fanin.endpoint("http"), "APP_SERVICE": service}
+    service = service_name(f"naive143-{transport}-{temporality}")
+    env = {
+        **fanin.endpoint(transport),
+        "APP_SERVICE": service,
+        "APP_HOLD_SECONDS": "0.01",
+        "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": temporality,
+    }
     server = gunicorn("naive_app:app", "gunicorn_plain.conf.py", env, python=python,
-                      args=("-w", str(WORKERS), "--preload"))
-    n = 200
-    pids = {server.request() for _ in range(n)}
+                      args=("-w", str(WORKERS), "--preload", *extra))
+    routes = {"/a": 120, "/b": 80}
+    n = sum(routes.values())
+    pids = drive(server, routes)
     assert len(pids) > 1, "requests reached more than one worker"
+    if extra:
+        assert len(pids) > WORKERS, "workers were recycled during the run"
+
+    def exact():
+        by_route = fanin.by("app.requests", service, "route")
+        return (
+            fanin.total("app.requests", service) == n
+            and by_route == routes
+            and fanin.total("app.latency", service) == n
+            and fanin.total("app.inflight", service) == 0
+        )
+
+    eventually(exact, lambda: f"totals: {fanin.answers(service)}")
+    assert len(fanin.instances(service)) == 1, "the workers share one resource"
     collisions = eventually(
         lambda: fanin.findings(service)[0], lambda: f"no collision for {service}"
     )
+    assert {c["metric"] for c in collisions} >= {"app.requests", "app.latency"}, collisions
+    assert all(c["repaired"] for c in collisions), collisions
+    answer = fanin.get("/api/v1/query", metric="app.requests", match=f"service.name={service}")
+    assert answer["notes"] == [], answer
+    print(f"\nnaive SDK 1.43 ({transport}, {temporality}{', recycled' if extra else ''}): "
+          f"truth {n}, fanin {fanin.total('app.requests', service)}, "
+          f"{len(pids)} worker pids, collision repaired")
+
+
+def test_naive_sdk_1_43_with_values_recorded_before_fork_is_caught_and_noted(
+    fanin, gunicorn, tmp_path_factory
+):
+    # The same setup with a count recorded in the master: every worker inherits it, and its
+    # start time, so they share one run that no rule can split. The total is wrong, and
+    # fanin says so in every answer.
+    python = naive_python(tmp_path_factory, "1.43.0")
+    service = service_name("naive143-prefork")
+    env = {**fanin.endpoint("http"), "APP_SERVICE": service, "PRE_FORK_COUNT": "5",
+           "APP_HOLD_SECONDS": "0.01"}
+    server = gunicorn("naive_app:app", "gunicorn_plain.conf.py", env, python=python,
+                      args=("-w", str(WORKERS), "--preload"))
+    pids = drive(server, {"/": 200})
+    assert len(pids) > 1, "requests reached more than one worker"
+    collisions = eventually(
+        lambda: [c for c in fanin.findings(service)[0] if not c["repaired"]],
+        lambda: f"no unrepaired collision for {service}: {fanin.findings(service)}",
+    )
     assert collisions[0]["metric"] == "app.requests"
-    assert collisions[0]["evidence"], collisions
-    assert len(fanin.instances(service)) == 1
-    # No assertion on the colliding stream's value: fanin folds every drop it sees into the
-    # stream's base, so the value depends on the order the workers' exports arrive in (when
-    # they arrive in descending order it even equals the truth). The finding is what counts.
-    shown = fanin.total("app.requests", service)
-    print(f"\nnaive SDK 1.43: truth {n}, the one colliding stream shows {shown}")
+
+    def noted():
+        answer = fanin.get("/api/v1/query", metric="app.requests",
+                           match=f"service.name={service}")
+        return [note for note in answer["notes"] if note.startswith("unreliable total")]
+
+    notes = eventually(noted, lambda: "no note on the answer")
+    assert "service.instance.id" in notes[0], notes
 
 
 def test_counts_recorded_before_fork_show_as_inherited_state(fanin, gunicorn):

@@ -558,4 +558,3 @@ fn histogram_with_other_bounds_is_refused_and_changes_nothing() {
         assert_eq!(stream.state(), before);
     }
 }
-

@@ -222,3 +222,56 @@ proptest! {
         prop_assert!(findings.contains(&Evidence::RunsOverlap), "{:?}", findings);
     }
 }
+
+/// Writers that export every [`INTERVAL`] from their own start, delivered in time order
+/// each up to an interval late; the first delivery that is evidence, and when it arrived.
+fn first_finding(starts: &[u64], phases: &[u64], delays: &[u64]) -> Option<(u64, Evidence)> {
+    let end = starts.iter().max().copied().unwrap_or(0) + 10 * INTERVAL;
+    let mut deliveries = Vec::new();
+    for (writer, (&start, &phase)) in starts.iter().zip(phases).enumerate() {
+        let mut time = start + phase;
+        let mut value = 0;
+        while time < end {
+            value += 1;
+            let delay = delays[deliveries.len() % delays.len()];
+            deliveries.push((time + delay, start, time, value, conn(writer as u64)));
+            time += INTERVAL;
+        }
+    }
+    deliveries.sort_by_key(|delivery| delivery.0);
+    let mut stream = counter();
+    deliveries
+        .into_iter()
+        .find_map(|(arrived, start, time, value, writer)| {
+            let (_, finding) =
+                stream.apply(int(start, time, value), writer, CollisionPolicy::Report);
+            finding.map(|finding| (arrived, finding.evidence))
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn a_collision_is_found_within_three_export_intervals_of_its_start(
+        offsets in prop::collection::vec(0u64..5 * INTERVAL, 2..=16),
+        phases in prop::collection::vec(0u64..INTERVAL, 16),
+        delays in prop::collection::vec(0u64..INTERVAL, 1..64),
+    ) {
+        // Each writer's start time is its own (nanosecond clocks); the collision starts when
+        // the second writer does.
+        let starts: Vec<u64> = offsets
+            .iter()
+            .enumerate()
+            .map(|(writer, offset)| 1_000 * S + offset + writer as u64)
+            .collect();
+        let mut sorted = starts.clone();
+        sorted.sort_unstable();
+        let collision_start = sorted[1];
+        let found = first_finding(&starts, &phases, &delays);
+        prop_assert!(
+            matches!(found, Some((arrived, Evidence::RunsOverlap)) if arrived <= collision_start + 3 * INTERVAL),
+            "found {:?}, collision from {}", found, collision_start
+        );
+    }
+}
