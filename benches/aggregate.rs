@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use criterion::{Criterion, criterion_group, criterion_main};
 use fanin::outcome::Outcome;
-use fanin::receiver::otlp::to_batches;
+use fanin::receiver::otlp::store_message;
 use fanin::store::{Store, Transport, Writer};
 use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -85,8 +85,7 @@ fn loaded_store() -> Store {
         pid: None,
     };
     for instance in 0..INSTANCES {
-        let (batches, outcome) = to_batches(request(instance));
-        let outcome: Outcome = store.ingest(batches, writer, outcome);
+        let outcome: Outcome = store_message(&store, &request(instance), writer);
         assert_eq!(outcome.accepted, (METRICS * COMBINATIONS) as u64);
     }
     assert_eq!(store.stream_count(), INSTANCES * METRICS * COMBINATIONS);

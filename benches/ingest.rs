@@ -2,10 +2,10 @@
 //! worker (counters, up-down counters, gauges and histograms with three point attributes).
 //!
 //! - `decode`: prost decode alone, the floor any Rust OTLP receiver pays;
-//! - `decode_convert`: plus validation and conversion into fanin's model;
-//! - `decode_convert_ingest`: plus storing every point into existing streams (the steady
-//!   state of a worker exporting every few seconds): the path for requests the in-place
-//!   reader declines;
+//! - `decode_view`: plus the view of the decoded message that the store walks;
+//! - `decode_convert_ingest`: prost decode, then storing every point into existing streams
+//!   (the steady state of a worker exporting every few seconds): the path for requests the
+//!   in-place reader declines;
 //! - `read_in_place`: `receiver::wire::parse` alone, the in-place reader;
 //! - `read_in_place_store`: the receive path fanin takes: read in place, then store every
 //!   point into existing streams.
@@ -20,8 +20,8 @@ use std::hint::black_box;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use fanin::outcome::Outcome;
-use fanin::receiver::otlp::{store_view, to_batches};
-use fanin::receiver::wire;
+use fanin::receiver::otlp::{store_message, store_view};
+use fanin::receiver::{view, wire};
 use fanin::store::{Store, Transport, Writer};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
@@ -138,10 +138,12 @@ fn receive_path(criterion: &mut Criterion) {
         bench.iter(|| ExportMetricsServiceRequest::decode(black_box(&encoded[..])))
     });
 
-    group.bench_function("decode_convert", |bench| {
+    group.bench_function("decode_view", |bench| {
         bench.iter(|| {
-            let decoded = ExportMetricsServiceRequest::decode(black_box(&encoded[..]));
-            decoded.map(to_batches)
+            let decoded =
+                ExportMetricsServiceRequest::decode(black_box(&encoded[..])).unwrap_or_default();
+            let nested = view::nested_values(&decoded);
+            view::Request::of_message(&decoded, &nested).points.len()
         })
     });
 
@@ -180,17 +182,16 @@ fn receive_path(criterion: &mut Criterion) {
 /// A store that already holds the request's 1000 streams.
 fn ready_store(writer: Writer) -> Store {
     let store = empty_store();
-    let (batches, outcome) = to_batches(request(1_700_000_001_000_000_000));
-    store.ingest(batches, writer, outcome);
+    store_message(&store, &request(1_700_000_001_000_000_000), writer);
     store
 }
 
-/// prost decode, conversion, store: what fanin does with a request the reader declines.
+/// prost decode, the message's view, store: what fanin does with a request the reader
+/// declines.
 #[inline(never)]
 fn prost_path(store: &Store, bytes: &[u8], writer: Writer) {
     let decoded = ExportMetricsServiceRequest::decode(bytes).unwrap_or_default();
-    let (batches, outcome) = to_batches(decoded);
-    let outcome: Outcome = store.ingest(batches, writer, outcome);
+    let outcome: Outcome = store_message(store, &decoded, writer);
     assert_eq!(outcome.accepted, POINTS_PER_REQUEST as u64);
 }
 

@@ -93,7 +93,7 @@ pub struct QueryConfig {
     pub listen: SocketAddr,
 }
 
-/// How streams add up across instances (DESIGN.md, "Space aggregation", "Liveness").
+/// How streams add up across instances (`docs/design.md`, "Space aggregation", "Liveness").
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AggregationConfig {

@@ -44,13 +44,12 @@ fn store() -> Store {
 }
 
 fn ingest(store: &Store, request: ExportMetricsServiceRequest, pid: i32) {
-    let (batches, outcome) = otlp::to_batches(request);
     let writer = Writer {
         transport: Transport::Unix,
         peer: None,
         pid: Some(pid),
     };
-    store.ingest(batches, writer, outcome);
+    otlp::store_message(store, &request, writer);
 }
 
 /// Every read side, on whatever the store now holds.

@@ -17,8 +17,9 @@ use std::num::NonZeroUsize;
 
 use fanin::model::InstanceAttributes;
 use fanin::outcome::Outcome;
-use fanin::receiver::otlp::{store_view, to_batches};
-use fanin::receiver::wire::{self, Declined, ValueView};
+use fanin::receiver::otlp::{store_message, store_view};
+use fanin::receiver::view::{self, ValueView};
+use fanin::receiver::wire::{self, Declined};
 use fanin::store::{CollisionPolicy, Store, StoreSettings, Transport, Writer};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{
@@ -354,7 +355,7 @@ fn normalized(mut request: ExportMetricsServiceRequest) -> ExportMetricsServiceR
 }
 
 /// The view rebuilt as a prost message, in [`normalized`]'s form.
-fn rebuilt(view: &wire::Request<'_>) -> ExportMetricsServiceRequest {
+fn rebuilt(view: &view::Request<'_>) -> ExportMetricsServiceRequest {
     let pairs = |range: &std::ops::Range<usize>| -> Vec<KeyValue> {
         view.attributes[range.clone()]
             .iter()
@@ -418,9 +419,9 @@ fn rebuilt(view: &wire::Request<'_>) -> ExportMetricsServiceRequest {
 }
 
 fn rebuilt_data(
-    view: &wire::Request<'_>,
-    data: &wire::DataView,
-    points: &[wire::PointView],
+    view: &view::Request<'_>,
+    data: &view::DataView,
+    points: &[view::PointView],
     pairs: &dyn Fn(&std::ops::Range<usize>) -> Vec<KeyValue>,
     counts: &dyn Fn(&std::ops::Range<usize>) -> Vec<u64>,
 ) -> Data {
@@ -485,7 +486,7 @@ fn rebuilt_data(
                     let ValueView::Exponential(histogram) = &point.value else {
                         panic!("an exponential point holds {:?}", point.value)
                     };
-                    let side = |side: &Option<wire::BucketsView>| {
+                    let side = |side: &Option<view::BucketsView>| {
                         side.as_ref().map(|side| Buckets {
                             offset: side.offset,
                             bucket_counts: counts(&side.counts),
@@ -540,15 +541,23 @@ fn rebuilt_data(
 
 /// Compares by encoding: prost messages with NaN are never `==`, their bytes are.
 #[track_caller]
-fn assert_same_reading(bytes: &[u8], view: &wire::Request<'_>) {
+fn assert_same_reading(bytes: &[u8], view: &view::Request<'_>) {
     let decoded = ExportMetricsServiceRequest::decode(bytes)
         .unwrap_or_else(|error| panic!("the reader accepted what prost refuses: {error}"));
+    // The view prost's message gives (the fallback path's) reads the same too.
+    let nested = view::nested_values(&decoded);
+    let of_message = rebuilt(&view::Request::of_message(&decoded, &nested));
     let expected = normalized(decoded);
     let got = rebuilt(view);
     assert_eq!(
         got.encode_to_vec(),
         expected.encode_to_vec(),
         "\nreader: {got:#?}\nprost: {expected:#?}"
+    );
+    assert_eq!(
+        of_message.encode_to_vec(),
+        expected.encode_to_vec(),
+        "\nof_message: {of_message:#?}\nprost: {expected:#?}"
     );
 }
 
@@ -614,8 +623,7 @@ fn generated_requests_read_and_store_as_prost_does() {
                 .unwrap_or_else(|declined| panic!("round {round}: declined {declined:?}"));
             assert_same_reading(&bytes, &view);
 
-            let (batches, outcome) = to_batches(request);
-            let expected = by_prost.ingest(batches, WRITER, outcome);
+            let expected = store_message(&by_prost, &request, WRITER);
             let got = store_view(&by_view, &view, WRITER);
             assert_eq!(counts_of(&got), counts_of(&expected), "round {round}");
         }

@@ -1,5 +1,5 @@
 //! Space aggregation: the streams of many instances folded into one value per group
-//! (DESIGN.md, "Space aggregation").
+//! (`docs/design.md`, "Space aggregation").
 //!
 //! Pure: the query layer hands in owned contributions (each stream's value, its attributes
 //! with the instance attributes already removed, whether its instance is live), and gets

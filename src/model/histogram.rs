@@ -54,8 +54,11 @@ pub struct BoundsMismatch {
 /// coarser scale, which is what the SDKs do when their `MaxSize` (160) is reached.
 const MAX_EXP_SPAN: i64 = 4096;
 
-/// Lowest scale OTLP allows; at this scale every finite double fits in a handful of buckets.
-const MIN_SCALE: i32 = -10;
+impl ExpHistogram {
+    /// The scales OTLP allows: at -10 every finite double fits in a handful of buckets, and
+    /// 20 is the SDKs' `MaxScale`. Points outside are refused, and merges never go below.
+    pub const SCALES: std::ops::RangeInclusive<i32> = -10..=20;
+}
 
 fn add_optional(
     left: Option<f64>,
@@ -176,7 +179,7 @@ impl ExpHistogram {
             let by = [(self.scale - scale) as u32, (other.scale - scale) as u32];
             let too_wide = merged_span([&self.positive, &other.positive], by) > MAX_EXP_SPAN
                 || merged_span([&self.negative, &other.negative], by) > MAX_EXP_SPAN;
-            if !too_wide || scale <= MIN_SCALE {
+            if !too_wide || scale <= *ExpHistogram::SCALES.start() {
                 break;
             }
             scale -= 1;

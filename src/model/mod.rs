@@ -4,7 +4,7 @@
 //! about protobuf, JSON or sockets: `receiver::otlp` converts wire messages into them, the
 //! store keeps them, and the query API renders them.
 //!
-//! Identity is exact (DESIGN.md, "Identity"): attribute collections compare as sets of typed
+//! Identity is exact (`docs/design.md`, "Identity"): attribute collections compare as sets of typed
 //! key/value pairs, doubles compare by their bits, and nothing is ever merged because two
 //! hashes agree.
 
@@ -296,7 +296,7 @@ impl<'a> Iterator for MergedPairs<'a> {
     }
 }
 
-/// An instance: one process's resource, exactly as sent (DESIGN.md, "Identity").
+/// An instance: one process's resource, exactly as sent (`docs/design.md`, "Identity").
 pub type InstanceKey = Arc<Attributes>;
 
 /// Which resource attributes name a worker rather than what it runs (config
@@ -540,15 +540,6 @@ pub struct Point {
     /// `time_unix_nano`; never 0.
     pub time: u64,
     pub value: Value,
-}
-
-/// A point together with the stream it belongs to (within one instance).
-#[derive(Clone, Debug)]
-pub struct StreamPoint {
-    pub key: StreamKey,
-    pub point: Point,
-    /// Not identifying; kept for the metric listing.
-    pub description: Arc<str>,
 }
 
 #[cfg(test)]

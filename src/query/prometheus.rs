@@ -4,7 +4,7 @@
 //! Each metric is aggregated with its default (`aggregation.rules`, else `sum`) across all
 //! its attributes except the instance attributes, exactly as `/api/v1/query?metric=NAME`
 //! would answer. Names and labels follow the OpenTelemetry-to-Prometheus compatibility rules
-//! (shared/reference/otlp.md, section 5):
+//! (the OpenTelemetry specification's "Prometheus and OpenMetrics Compatibility"):
 //!
 //! - the name's characters outside `[a-zA-Z0-9_:]` become `_`, runs of `_` collapse, a
 //!   leading digit gets a `_` in front;

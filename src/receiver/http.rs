@@ -100,7 +100,7 @@ async fn export(State(receiver): State<Receiver>, request: Request) -> Response 
         let body = decompress(raw, compression, limit)?;
         match encoding {
             Encoding::Protobuf => receive_protobuf(&store, &body, writer),
-            Encoding::Json => Ok(receive(&store, json::decode_request(&body)?, writer)),
+            Encoding::Json => Ok(receive(&store, &json::decode_request(&body)?, writer)),
         }
     };
     let result = if blocking {

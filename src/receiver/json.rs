@@ -1,8 +1,9 @@
 //! OTLP/JSON to the protobuf message types, without losing data quietly.
 //!
 //! The serde support in `opentelemetry-proto` turns any error inside a oneof into "absent",
-//! so one unexpected spelling silently drops a metric's points (see shared/reference/otlp.md,
-//! section 3.3). This decoder walks the JSON tree itself and accepts every spelling the
+//! so one unexpected spelling silently drops a metric's points (an `asInt` written as a JSON
+//! number where the derive expects a string, say, loses the point without an error). This
+//! decoder walks the JSON tree itself and accepts every spelling the
 //! proto3 JSON mapping and OTLP allow:
 //!
 //! - lowerCamelCase and snake_case keys (both at once is an error: which one is meant?);

@@ -1,11 +1,12 @@
 //! Receivers: OTLP over gRPC (TCP or the unix socket) and HTTP, decoded into the model and
 //! handed to the store.
 //!
-//! The transports (`grpc`, `http`) only move bytes and map errors to their wire. Protobuf
-//! bodies go to [`receive_protobuf`]: `wire` reads them in place and `otlp::store_view`
-//! stores the view; what `wire` declines, prost decodes and `otlp::to_batches` converts. The
-//! rules for metrics and points live in `otlp`, shared by both paths; `json` turns OTLP/JSON
-//! into prost messages.
+//! The transports (`grpc`, `http`) only move bytes and map errors to their wire. Every
+//! request reaches the store as one borrowed [`view::Request`]: protobuf bodies go to
+//! [`receive_protobuf`], where `wire` reads them in place; what `wire` declines, prost
+//! decodes, and `json` turns OTLP/JSON into the same prost messages, which
+//! `view::Request::of_message` looks at. `otlp::store_view` walks the view and holds the
+//! rules for metrics and points, so there is one walk and one home for each rule.
 //! A request that decodes always succeeds; points that cannot be stored are reported in
 //! `partial_success`. [`IngestError`] is only for requests refused as a whole.
 
@@ -13,6 +14,7 @@ pub mod grpc;
 pub mod http;
 pub mod json;
 pub mod otlp;
+pub mod view;
 pub mod wire;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::{
@@ -63,10 +65,9 @@ impl IngestError {
     }
 }
 
-/// Converts a decoded request, stores its points, and says what happened to them.
-pub fn receive(store: &Store, request: ExportMetricsServiceRequest, writer: Writer) -> Outcome {
-    let (batches, outcome) = otlp::to_batches(request);
-    logged(store.ingest(batches, writer, outcome), writer)
+/// Stores a decoded request's points and says what happened to them.
+pub fn receive(store: &Store, request: &ExportMetricsServiceRequest, writer: Writer) -> Outcome {
+    logged(otlp::store_message(store, request, writer), writer)
 }
 
 /// Stores a protobuf-encoded request. It is read in place ([`wire`]); a request the
@@ -86,7 +87,7 @@ pub fn receive_protobuf(
         Err(declined) => {
             tracing::trace!(reason = declined.0, "Request read by prost");
             let request = ExportMetricsServiceRequest::decode(body)?;
-            Ok(receive(store, request, writer))
+            Ok(receive(store, &request, writer))
         }
     }
 }

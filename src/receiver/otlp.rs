@@ -1,205 +1,40 @@
-//! OTLP protobuf messages to fanin's model: the one conversion both transports share.
+//! OTLP requests into the store: the one walk every request takes, and the rules for
+//! metrics and points.
 //!
-//! Pure: no I/O, no locks, no clock. It takes the decoded request by value (so strings move
-//! instead of being copied), validates every point, and groups the valid ones by instance.
-//! Invalid points are counted in the returned [`Outcome`] with a message for the sender.
+//! Whichever reader produced the request's [`Request`] view (`wire::parse` in place, or
+//! [`Request::of_message`] over a message `prost` or the OTLP/JSON decoder built),
+//! [`store_view`] walks it: one instance lock per resource, each metric's identity checked
+//! once, each point validated and handed to the store with attributes that still point into
+//! the request. Invalid points are counted in the returned [`Outcome`] with a message for
+//! the sender; the store's locks are taken by `Store::begin` and `Ingest::instance`.
 
 use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-use opentelemetry_proto::tonic::metrics::v1::{
-    ExponentialHistogramDataPoint, HistogramDataPoint, Metric, NumberDataPoint, SummaryDataPoint,
-    exponential_histogram_data_point, metric::Data, number_data_point,
-};
 
-use super::wire::{self, ValueView};
+use super::view::{self, ExponentialView, HistogramView, MetricView, Request, ValueView};
 use crate::model::{
-    AttrRef, AttrValue, Attributes, ExpBuckets, ExpHistogram, Histogram, Kind, MetricId, Number,
-    Point, Scope, StreamKey, StreamPoint, Summary, Temporality, Value, sort_unique,
+    AttrRef, Attributes, ExpBuckets, ExpHistogram, Histogram, Kind, MetricId, Number, Point, Scope,
+    Summary, Temporality, Value, sort_unique,
 };
 use crate::outcome::{Outcome, RejectReason};
-use crate::store::{InstancePoints, InstanceWriter, Store, Writer};
+use crate::store::{InstanceWriter, Store, Writer};
 
 /// `DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK`: the stream was explicitly removed.
 const NO_RECORDED_VALUE: u32 = 1;
 
-/// Exponential histogram scales OTLP allows (the SDKs' `MaxScale` is 20).
-const SCALES: std::ops::RangeInclusive<i32> = -10..=20;
+/// A point's kind-specific value, or why it cannot be stored.
+type ValueResult = Result<Value, (RejectReason, String)>;
 
-/// Converts a request into per-instance batches, counting invalid points in the outcome.
-pub fn to_batches(request: ExportMetricsServiceRequest) -> (Vec<InstancePoints>, Outcome) {
-    let mut outcome = Outcome::default();
-    let mut batches = Vec::with_capacity(request.resource_metrics.len());
-    for resource_metrics in request.resource_metrics {
-        let resource = to_attributes(
-            resource_metrics
-                .resource
-                .map(|resource| resource.attributes)
-                .unwrap_or_default(),
-        );
-        // Sized up front: a point is large, and growing the vector copies every one.
-        let mut points = Vec::with_capacity(count_points(&resource_metrics.scope_metrics));
-        for scope_metrics in resource_metrics.scope_metrics {
-            let scope = Arc::new(
-                scope_metrics
-                    .scope
-                    .map(|scope| Scope {
-                        name: scope.name,
-                        version: scope.version,
-                        attributes: to_attributes(scope.attributes),
-                    })
-                    .unwrap_or_default(),
-            );
-            for metric in scope_metrics.metrics {
-                convert_metric(metric, &scope, &mut points, &mut outcome);
-            }
-        }
-        batches.push(InstancePoints { resource, points });
-    }
-    (batches, outcome)
-}
-
-/// How many data points the scopes carry, whatever their kind.
-fn count_points(scopes: &[opentelemetry_proto::tonic::metrics::v1::ScopeMetrics]) -> usize {
-    scopes
-        .iter()
-        .flat_map(|scope| &scope.metrics)
-        .map(|metric| match &metric.data {
-            Some(Data::Gauge(gauge)) => gauge.data_points.len(),
-            Some(Data::Sum(sum)) => sum.data_points.len(),
-            Some(Data::Histogram(histogram)) => histogram.data_points.len(),
-            Some(Data::ExponentialHistogram(histogram)) => histogram.data_points.len(),
-            Some(Data::Summary(summary)) => summary.data_points.len(),
-            None => 0,
-        })
-        .sum()
-}
-
-/// Converts OTLP key/values into an attribute set.
-pub fn to_attributes(pairs: Vec<KeyValue>) -> Attributes {
-    Attributes::new(
-        pairs
-            .into_iter()
-            .map(|pair| (pair.key, to_attr_value(pair.value)))
-            .collect(),
-    )
-}
-
-fn to_attr_value(value: Option<AnyValue>) -> AttrValue {
-    match value.and_then(|value| value.value) {
-        None => AttrValue::Empty,
-        Some(any_value::Value::StringValue(value)) => AttrValue::Str(value),
-        Some(any_value::Value::BoolValue(value)) => AttrValue::Bool(value),
-        Some(any_value::Value::IntValue(value)) => AttrValue::Int(value),
-        Some(any_value::Value::DoubleValue(value)) => AttrValue::Double(value),
-        Some(any_value::Value::BytesValue(value)) => AttrValue::Bytes(value),
-        Some(any_value::Value::ArrayValue(array)) => AttrValue::Array(
-            array
-                .values
-                .into_iter()
-                .map(|value| to_attr_value(Some(value)))
-                .collect(),
-        ),
-        Some(any_value::Value::KvlistValue(list)) => AttrValue::Map(to_attributes(list.values)),
-        // A profiling-only dictionary reference: the proto asks metrics receivers to treat it
-        // as a non-fatal oddity, i.e. as if the value were absent.
-        Some(any_value::Value::StringValueStrindex(_)) => AttrValue::Empty,
-    }
-}
-
-/// Everything the points of one metric share.
-struct MetricContext<'a> {
-    scope: &'a Arc<Scope>,
-    metric: Arc<MetricId>,
-    description: Arc<str>,
-}
-
-impl MetricContext<'_> {
-    fn push(&self, attributes: Vec<KeyValue>, point: Point, points: &mut Vec<StreamPoint>) {
-        points.push(StreamPoint {
-            key: StreamKey {
-                scope: Arc::clone(self.scope),
-                metric: Arc::clone(&self.metric),
-                attributes: Arc::new(to_attributes(attributes)),
-            },
-            point,
-            description: Arc::clone(&self.description),
-        });
-    }
-}
-
-fn convert_metric(
-    metric: Metric,
-    scope: &Arc<Scope>,
-    points: &mut Vec<StreamPoint>,
-    outcome: &mut Outcome,
-) {
-    let Metric {
-        name,
-        description,
-        unit,
-        data,
-        ..
-    } = metric;
-    let Some(data) = data else {
-        outcome.warn(|| no_data(&name));
-        return;
-    };
-    let (kind, monotonic, temporality, n_points) = match &data {
-        Data::Gauge(gauge) => (Kind::Gauge, false, None, gauge.data_points.len()),
-        Data::Sum(sum) => (
-            Kind::Sum,
-            sum.is_monotonic,
-            Some(sum.aggregation_temporality),
-            sum.data_points.len(),
-        ),
-        Data::Histogram(histogram) => (
-            Kind::Histogram,
-            false,
-            Some(histogram.aggregation_temporality),
-            histogram.data_points.len(),
-        ),
-        Data::ExponentialHistogram(histogram) => (
-            Kind::ExponentialHistogram,
-            false,
-            Some(histogram.aggregation_temporality),
-            histogram.data_points.len(),
-        ),
-        Data::Summary(summary) => (Kind::Summary, false, None, summary.data_points.len()),
-    };
-    let Some(metric) = metric_id(name, unit, kind, monotonic, temporality, n_points, outcome)
-    else {
-        return;
-    };
-    let context = MetricContext {
-        scope,
-        metric: Arc::new(metric),
-        description: description.into(),
-    };
-    match data {
-        Data::Gauge(gauge) => context.convert_all(gauge.data_points, number_value, points, outcome),
-        Data::Sum(sum) => context.convert_all(sum.data_points, number_value, points, outcome),
-        Data::Histogram(histogram) => {
-            let value = |point: &HistogramDataPoint| {
-                histogram_value(point.into())
-                    .map(Value::Histogram)
-                    .map_err(|problem| (RejectReason::InvalidHistogram, problem))
-            };
-            context.convert_all(histogram.data_points, value, points, outcome);
-        }
-        Data::ExponentialHistogram(histogram) => {
-            let value = |point: &ExponentialHistogramDataPoint| {
-                exp_histogram_value(point.into())
-                    .map(Value::ExpHistogram)
-                    .map_err(|problem| (RejectReason::InvalidExponentialHistogram, problem))
-            };
-            context.convert_all(histogram.data_points, value, points, outcome);
-        }
-        Data::Summary(summary) => {
-            context.convert_all(summary.data_points, summary_value, points, outcome);
-        }
-    }
+/// Stores a decoded message (the OTLP/JSON path, and protobuf requests `wire` declines)
+/// through the same view and walk as a request read in place.
+pub fn store_message(
+    store: &Store,
+    message: &ExportMetricsServiceRequest,
+    writer: Writer,
+) -> Outcome {
+    let nested = view::nested_values(message);
+    store_view(store, &Request::of_message(message, &nested), writer)
 }
 
 /// A metric's identity, or `None` (its points counted as rejected) when its name is empty
@@ -271,10 +106,9 @@ fn point(
     Some(Point { start, time, value })
 }
 
-/// Stores a request read in place by [`wire::parse`]: the same rules as [`to_batches`] and
-/// [`Store::ingest`], applied point by point, each point's stream found with attributes
-/// that still point into the request buffer.
-pub fn store_view(store: &Store, request: &wire::Request<'_>, writer: Writer) -> Outcome {
+/// Stores a request's view: every resource under its instance's lock, every point under the
+/// rules below, each point's stream found with attributes that still point into the request.
+pub fn store_view(store: &Store, request: &Request<'_>, writer: Writer) -> Outcome {
     let mut ingest = store.begin(writer, Outcome::default());
     // One buffer for every point's sorted attributes: no allocation per point.
     let mut sorted: Vec<(&str, AttrRef<'_>)> = Vec::new();
@@ -299,13 +133,12 @@ pub fn store_view(store: &Store, request: &wire::Request<'_>, writer: Writer) ->
     ingest.finish()
 }
 
-/// Stores the points of one metric read in place. `sorted` is scratch space for each
-/// point's attributes.
+/// Stores the points of one metric. `sorted` is scratch space for each point's attributes.
 fn store_metric<'a>(
     instance: &mut InstanceWriter<'_>,
-    request: &wire::Request<'a>,
+    request: &Request<'a>,
     scope: &Arc<Scope>,
-    metric: &wire::MetricView<'a>,
+    metric: &MetricView<'a>,
     sorted: &mut Vec<(&'a str, AttrRef<'a>)>,
 ) {
     let Some(data) = &metric.data else {
@@ -340,42 +173,22 @@ fn store_metric<'a>(
     }
 }
 
-/// The value of a point read in place.
-fn view_value(request: &wire::Request<'_>, value: &ValueView) -> ValueResult {
+/// The value of a point, validated.
+fn view_value(request: &Request<'_>, value: &ValueView) -> ValueResult {
     match value {
         ValueView::Double(value) => Ok(Value::Number(Number::Double(*value))),
         ValueView::Int(value) => Ok(Value::Number(Number::Int(*value))),
         ValueView::Missing => Err(no_value()),
-        ValueView::Histogram(histogram) => histogram_value(HistogramParts {
-            count: histogram.count,
-            sum: histogram.sum,
-            min: histogram.min,
-            max: histogram.max,
-            bounds: &request.bounds[histogram.bounds.clone()],
-            bucket_counts: &request.counts[histogram.bucket_counts.clone()],
-        })
+        ValueView::Histogram(histogram) => histogram_value(
+            histogram,
+            &request.bounds[histogram.bounds.clone()],
+            &request.counts[histogram.bucket_counts.clone()],
+        )
         .map(Value::Histogram)
         .map_err(|problem| (RejectReason::InvalidHistogram, problem)),
-        ValueView::Exponential(histogram) => {
-            let side = |buckets: &Option<wire::BucketsView>| {
-                buckets
-                    .as_ref()
-                    .map(|buckets| (buckets.offset, &request.counts[buckets.counts.clone()]))
-            };
-            exp_histogram_value(ExpParts {
-                count: histogram.count,
-                sum: histogram.sum,
-                min: histogram.min,
-                max: histogram.max,
-                scale: histogram.scale,
-                zero_count: histogram.zero_count,
-                zero_threshold: histogram.zero_threshold,
-                positive: side(&histogram.positive),
-                negative: side(&histogram.negative),
-            })
+        ValueView::Exponential(histogram) => exp_histogram_value(histogram, &request.counts)
             .map(Value::ExpHistogram)
-            .map_err(|problem| (RejectReason::InvalidExponentialHistogram, problem))
-        }
+            .map_err(|problem| (RejectReason::InvalidExponentialHistogram, problem)),
         ValueView::Summary(summary) => Ok(Value::Summary(Summary {
             count: summary.count,
             sum: summary.sum,
@@ -397,115 +210,18 @@ fn no_value() -> (RejectReason, String) {
     )
 }
 
-/// What every point kind shares, taken out of the point so its value can be read apart.
-struct PointCommon {
-    attributes: Vec<KeyValue>,
-    start: u64,
-    time: u64,
-    flags: u32,
-}
-
-/// The four OTLP data point messages, seen through what they share.
-trait DataPoint {
-    fn take_common(&mut self) -> PointCommon;
-}
-
-macro_rules! impl_data_point {
-    ($($point:ty),*) => {$(
-        impl DataPoint for $point {
-            fn take_common(&mut self) -> PointCommon {
-                PointCommon {
-                    attributes: std::mem::take(&mut self.attributes),
-                    start: self.start_time_unix_nano,
-                    time: self.time_unix_nano,
-                    flags: self.flags,
-                }
-            }
-        }
-    )*};
-}
-
-impl_data_point!(
-    NumberDataPoint,
-    HistogramDataPoint,
-    ExponentialHistogramDataPoint,
-    SummaryDataPoint
-);
-
-/// A point's kind-specific value, or why it cannot be stored.
-type ValueResult = Result<Value, (RejectReason, String)>;
-
-impl MetricContext<'_> {
-    /// Validates and collects the points of one metric (see [`point`]).
-    fn convert_all<P: DataPoint>(
-        &self,
-        data_points: Vec<P>,
-        value: impl Fn(&P) -> ValueResult,
-        points: &mut Vec<StreamPoint>,
-        outcome: &mut Outcome,
-    ) {
-        for mut data_point in data_points {
-            let common = data_point.take_common();
-            let times = (common.start, common.time, common.flags);
-            if let Some(point) = point(&self.metric, times, || value(&data_point), outcome) {
-                self.push(common.attributes, point, points);
-            }
-        }
-    }
-}
-
-fn number_value(point: &NumberDataPoint) -> ValueResult {
-    match point.value {
-        Some(number_data_point::Value::AsDouble(value)) => Ok(Value::Number(Number::Double(value))),
-        Some(number_data_point::Value::AsInt(value)) => Ok(Value::Number(Number::Int(value))),
-        None => Err(no_value()),
-    }
-}
-
-fn summary_value(point: &SummaryDataPoint) -> ValueResult {
-    Ok(Value::Summary(Summary {
-        count: point.count,
-        sum: point.sum,
-        quantiles: point
-            .quantile_values
-            .iter()
-            .map(|quantile| (quantile.quantile, quantile.value))
-            .collect(),
-    }))
-}
-
 /// NaN carries no number: an optional NaN field is treated as absent.
 fn number(value: Option<f64>) -> Option<f64> {
     value.filter(|value| !value.is_nan())
 }
 
-/// The fields of an explicit-bucket histogram point, however they were read.
-struct HistogramParts<'p> {
-    count: u64,
-    sum: Option<f64>,
-    min: Option<f64>,
-    max: Option<f64>,
-    bounds: &'p [f64],
-    bucket_counts: &'p [u64],
-}
-
-impl<'p> From<&'p HistogramDataPoint> for HistogramParts<'p> {
-    fn from(point: &'p HistogramDataPoint) -> Self {
-        HistogramParts {
-            count: point.count,
-            sum: point.sum,
-            min: point.min,
-            max: point.max,
-            bounds: &point.explicit_bounds,
-            bucket_counts: &point.bucket_counts,
-        }
-    }
-}
-
 /// Validates an explicit-bucket histogram point per the rules in metrics.proto.
-fn histogram_value(point: HistogramParts<'_>) -> Result<Histogram, String> {
-    let bounds = point.bounds;
-    let mut bucket_counts = point.bucket_counts.to_vec();
+fn histogram_value(
+    point: &HistogramView,
+    bounds: &[f64],
+    bucket_counts: &[u64],
+) -> Result<Histogram, String> {
+    let mut bucket_counts = bucket_counts.to_vec();
     if bucket_counts.is_empty() && bounds.is_empty() {
         // Only count and sum are known: one bucket (-Inf, +Inf).
         bucket_counts.push(point.count);
@@ -554,49 +270,16 @@ fn index_range(scale: i32) -> (i64, i64) {
     }
 }
 
-/// The fields of an exponential histogram point, however they were read; a side is its
-/// offset and bucket counts.
-struct ExpParts<'p> {
-    count: u64,
-    sum: Option<f64>,
-    min: Option<f64>,
-    max: Option<f64>,
-    scale: i32,
-    zero_count: u64,
-    zero_threshold: f64,
-    positive: Option<(i32, &'p [u64])>,
-    negative: Option<(i32, &'p [u64])>,
-}
-
-impl<'p> From<&'p ExponentialHistogramDataPoint> for ExpParts<'p> {
-    fn from(point: &'p ExponentialHistogramDataPoint) -> Self {
-        let side = |buckets: &'p Option<exponential_histogram_data_point::Buckets>| {
-            buckets
-                .as_ref()
-                .map(|buckets| (buckets.offset, &buckets.bucket_counts[..]))
-        };
-        ExpParts {
-            count: point.count,
-            sum: point.sum,
-            min: point.min,
-            max: point.max,
-            scale: point.scale,
-            zero_count: point.zero_count,
-            zero_threshold: point.zero_threshold,
-            positive: side(&point.positive),
-            negative: side(&point.negative),
-        }
-    }
-}
-
 fn exp_buckets(
-    buckets: Option<(i32, &[u64])>,
+    buckets: &Option<view::BucketsView>,
+    all_counts: &[u64],
     scale: i32,
     side: &str,
 ) -> Result<(ExpBuckets, u64), String> {
-    let Some((offset, counts)) = buckets else {
+    let Some(buckets) = buckets else {
         return Ok((ExpBuckets::default(), 0));
     };
+    let (offset, counts) = (buckets.offset, &all_counts[buckets.counts.clone()]);
     if !counts.is_empty() {
         let (lowest, highest) = index_range(scale);
         let first = i64::from(offset);
@@ -621,13 +304,15 @@ fn exp_buckets(
 }
 
 /// Validates an exponential histogram point per the rules in metrics.proto.
-fn exp_histogram_value(point: ExpParts<'_>) -> Result<ExpHistogram, String> {
-    if !SCALES.contains(&point.scale) {
+/// `counts` holds the buckets of both sides, which the view's ranges point into.
+fn exp_histogram_value(point: &ExponentialView, counts: &[u64]) -> Result<ExpHistogram, String> {
+    let scales = ExpHistogram::SCALES;
+    if !scales.contains(&point.scale) {
         return Err(format!(
             "exponential histogram scale {} is outside {}..={}",
             point.scale,
-            SCALES.start(),
-            SCALES.end()
+            scales.start(),
+            scales.end()
         ));
     }
     if point.zero_threshold.is_nan() || point.zero_threshold < 0.0 {
@@ -636,8 +321,8 @@ fn exp_histogram_value(point: ExpParts<'_>) -> Result<ExpHistogram, String> {
             point.zero_threshold
         ));
     }
-    let (positive, n_positive) = exp_buckets(point.positive, point.scale, "positive")?;
-    let (negative, n_negative) = exp_buckets(point.negative, point.scale, "negative")?;
+    let (positive, n_positive) = exp_buckets(&point.positive, counts, point.scale, "positive")?;
+    let (negative, n_negative) = exp_buckets(&point.negative, counts, point.scale, "negative")?;
     let total = point
         .zero_count
         .checked_add(n_positive)
@@ -664,9 +349,15 @@ fn exp_histogram_value(point: ExpParts<'_>) -> Result<ExpHistogram, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::num::NonZeroUsize;
+
     use super::*;
+    use crate::model::{AttrValue, InstanceAttributes, StreamValue};
+    use crate::store::{CollisionPolicy, StoreSettings, StreamView, Transport};
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
     use opentelemetry_proto::tonic::metrics::v1::{
-        Gauge, ResourceMetrics, ScopeMetrics, Sum, exponential_histogram_data_point::Buckets,
+        Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric::Data,
+        number_data_point,
     };
     use opentelemetry_proto::tonic::resource::v1::Resource;
 
@@ -717,44 +408,45 @@ mod tests {
         }
     }
 
+    /// Stores one metric from a decoded message; returns the streams and the outcome.
     #[track_caller]
-    fn convert_one(metric: Metric) -> (Vec<StreamPoint>, Outcome) {
-        let (mut batches, outcome) = to_batches(request(vec![metric]));
-        assert_eq!(batches.len(), 1);
-        (batches.remove(0).points, outcome)
+    fn store_one(metric: Metric) -> (Vec<StreamView>, Outcome) {
+        let store = Store::new(StoreSettings {
+            max_series: NonZeroUsize::new(100).expect("non-zero"),
+            instance_attributes: InstanceAttributes::new(["service.instance.id"])
+                .expect("literal glob"),
+            collision_policy: CollisionPolicy::Report,
+            local_host: None,
+        });
+        let writer = Writer {
+            transport: Transport::Http,
+            peer: None,
+            pid: None,
+        };
+        let outcome = store_message(&store, &request(vec![metric]), writer);
+        (store.all_streams(), outcome)
     }
 
     #[test]
     fn int_and_double_values_keep_their_type() {
-        let (points, outcome) = convert_one(sum_metric(
-            2,
-            vec![
-                number(1, Some(number_data_point::Value::AsInt(7)), 0),
-                number(2, Some(number_data_point::Value::AsDouble(1.5)), 0),
-            ],
-        ));
-        assert_eq!(outcome.partial_success(), None);
-        let values: Vec<_> = points
-            .iter()
-            .map(|point| point.point.value.clone())
-            .collect();
-        assert_eq!(
-            values,
-            vec![
-                Value::Number(Number::Int(7)),
-                Value::Number(Number::Double(1.5))
-            ]
-        );
-        assert_eq!(
-            points[0].key.metric.temporality,
-            Some(Temporality::Cumulative)
-        );
-        assert!(points[0].key.metric.monotonic);
+        for (value, expected) in [
+            (number_data_point::Value::AsInt(7), Number::Int(7)),
+            (number_data_point::Value::AsDouble(1.5), Number::Double(1.5)),
+        ] {
+            let (streams, outcome) = store_one(sum_metric(2, vec![number(1, Some(value), 0)]));
+            assert_eq!(outcome.partial_success(), None);
+            assert_eq!(streams[0].state.value, Some(StreamValue::Number(expected)));
+            assert_eq!(
+                streams[0].key.metric.temporality,
+                Some(Temporality::Cumulative)
+            );
+            assert!(streams[0].key.metric.monotonic);
+        }
     }
 
     #[test]
     fn time_zero_and_missing_value_are_rejected() {
-        let (points, outcome) = convert_one(sum_metric(
+        let (streams, outcome) = store_one(sum_metric(
             2,
             vec![
                 number(0, Some(number_data_point::Value::AsInt(1)), 0),
@@ -764,30 +456,33 @@ mod tests {
         ));
         assert_eq!(outcome.rejected(RejectReason::TimeZero), 1);
         assert_eq!(outcome.rejected(RejectReason::NoValue), 1);
-        assert_eq!(points.len(), 1);
-        assert_eq!(points[0].point.value, Value::NoRecordedValue);
+        assert_eq!(outcome.accepted, 1);
+        assert!(
+            streams[0].state.stale,
+            "the NO_RECORDED_VALUE point is stored"
+        );
     }
 
     #[test]
     fn unspecified_temporality_rejects_every_point() {
-        let (points, outcome) = convert_one(sum_metric(
+        let (streams, outcome) = store_one(sum_metric(
             0,
             vec![
                 number(1, Some(number_data_point::Value::AsInt(1)), 0),
                 number(2, Some(number_data_point::Value::AsInt(2)), 0),
             ],
         ));
-        assert!(points.is_empty());
+        assert!(streams.is_empty());
         assert_eq!(outcome.rejected(RejectReason::BadTemporality), 2);
     }
 
     #[test]
     fn metric_without_data_is_a_warning() {
-        let (points, outcome) = convert_one(Metric {
+        let (streams, outcome) = store_one(Metric {
             name: "empty".into(),
             ..Default::default()
         });
-        assert!(points.is_empty());
+        assert!(streams.is_empty());
         let (rejected, message) = outcome.partial_success().expect("warning");
         assert_eq!(rejected, 0);
         assert!(message.contains("\"empty\" has no data"), "{message}");
@@ -797,7 +492,7 @@ mod tests {
     fn gauge_point_attributes_are_kept() {
         let mut point = number(1, Some(number_data_point::Value::AsDouble(3.0)), 0);
         point.attributes = vec![string("route", "/a")];
-        let (points, _) = convert_one(Metric {
+        let (streams, _) = store_one(Metric {
             name: "inflight".into(),
             data: Some(Data::Gauge(Gauge {
                 data_points: vec![point],
@@ -805,21 +500,19 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(
-            points[0].key.attributes.get("route"),
+            streams[0].key.attributes.get("route"),
             Some(&AttrValue::Str("/a".into()))
         );
+        assert_eq!(streams[0].key.metric.temporality, None);
     }
 
     #[track_caller]
     fn check_histogram(counts: &[u64], bounds: &[f64], count: u64, expected: Result<(), &str>) {
-        let point = HistogramDataPoint {
-            time_unix_nano: 1,
+        let view = HistogramView {
             count,
-            bucket_counts: counts.to_vec(),
-            explicit_bounds: bounds.to_vec(),
             ..Default::default()
         };
-        match (histogram_value((&point).into()), expected) {
+        match (histogram_value(&view, bounds, counts), expected) {
             (Ok(_), Ok(())) => {}
             (Err(problem), Err(expected)) => assert!(problem.contains(expected), "{problem}"),
             (got, expected) => panic!("got {got:?}, expected {expected:?}"),
@@ -856,18 +549,17 @@ mod tests {
         count: u64,
         expected: Result<(), &str>,
     ) {
-        let point = ExponentialHistogramDataPoint {
-            time_unix_nano: 1,
+        let view = ExponentialView {
             scale,
             zero_count: zero,
             count,
-            positive: Some(Buckets {
+            positive: Some(view::BucketsView {
                 offset,
-                bucket_counts: positive.to_vec(),
+                counts: 0..positive.len(),
             }),
             ..Default::default()
         };
-        match (exp_histogram_value((&point).into()), expected) {
+        match (exp_histogram_value(&view, positive), expected) {
             (Ok(_), Ok(())) => {}
             (Err(problem), Err(expected)) => assert!(problem.contains(expected), "{problem}"),
             (got, expected) => panic!("got {got:?}, expected {expected:?}"),

@@ -1,4 +1,4 @@
-//! OTLP protobuf read in place: a borrowed view of an `ExportMetricsServiceRequest`.
+//! OTLP protobuf read in place into a [`Request`] view (`view.rs`).
 //!
 //! `prost` materialises the whole message tree: every attribute key and value becomes a
 //! `String`, every point a struct in a `Vec`, roughly ten allocations per data point, all
@@ -18,6 +18,10 @@
 
 use std::ops::Range;
 
+use super::view::{
+    BucketsView, DataView, ExponentialView, HistogramView, MetricView, PROFILING_REFERENCE,
+    PointView, Request, ResourceView, ScopeView, SummaryView, ValueView,
+};
 use crate::model::{AttrRef, Kind};
 
 /// Why the reader declined a request; the caller falls back to `prost`.
@@ -25,129 +29,6 @@ use crate::model::{AttrRef, Kind};
 pub struct Declined(pub &'static str);
 
 type Read<T> = Result<T, Declined>;
-
-/// A request, as slices of its buffer and indices into flat arrays.
-#[derive(Debug, Default)]
-pub struct Request<'a> {
-    pub resources: Vec<ResourceView>,
-    pub scopes: Vec<ScopeView<'a>>,
-    pub metrics: Vec<MetricView<'a>>,
-    pub points: Vec<PointView>,
-    /// Attribute pairs in wire order (duplicates included) for every resource, scope and
-    /// point.
-    pub attributes: Vec<(&'a str, AttrRef<'a>)>,
-    /// Histogram bucket counts and exponential histogram buckets.
-    pub counts: Vec<u64>,
-    /// Explicit histogram bounds.
-    pub bounds: Vec<f64>,
-    /// Summary `(quantile, value)` pairs.
-    pub quantiles: Vec<(f64, f64)>,
-}
-
-/// One `ResourceMetrics`.
-#[derive(Clone, Debug, Default)]
-pub struct ResourceView {
-    /// Into [`Request::attributes`]; empty when the resource is absent.
-    pub attributes: Range<usize>,
-    /// Into [`Request::scopes`].
-    pub scopes: Range<usize>,
-}
-
-/// One `ScopeMetrics` with its `InstrumentationScope` (empty strings when absent).
-#[derive(Clone, Debug, Default)]
-pub struct ScopeView<'a> {
-    pub name: &'a str,
-    pub version: &'a str,
-    pub attributes: Range<usize>,
-    /// Into [`Request::metrics`].
-    pub metrics: Range<usize>,
-}
-
-/// One `Metric`.
-#[derive(Clone, Debug, Default)]
-pub struct MetricView<'a> {
-    pub name: &'a str,
-    pub description: &'a str,
-    pub unit: &'a str,
-    /// `None` when no data member is set.
-    pub data: Option<DataView>,
-}
-
-/// The data member of a metric.
-#[derive(Clone, Debug)]
-pub struct DataView {
-    pub kind: Kind,
-    /// `aggregation_temporality` as sent; 0 for gauges and summaries, which have none.
-    pub temporality: i32,
-    /// `is_monotonic`; false for every kind but sums.
-    pub monotonic: bool,
-    /// Into [`Request::points`].
-    pub points: Range<usize>,
-}
-
-/// One data point of any kind.
-#[derive(Clone, Debug, Default)]
-pub struct PointView {
-    pub attributes: Range<usize>,
-    pub start: u64,
-    pub time: u64,
-    pub flags: u32,
-    pub value: ValueView,
-}
-
-/// The kind-specific part of a point.
-#[derive(Clone, Debug, Default)]
-pub enum ValueView {
-    /// A number point with neither `as_double` nor `as_int`.
-    #[default]
-    Missing,
-    Double(f64),
-    Int(i64),
-    Histogram(HistogramView),
-    Exponential(ExponentialView),
-    Summary(SummaryView),
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct HistogramView {
-    pub count: u64,
-    pub sum: Option<f64>,
-    pub min: Option<f64>,
-    pub max: Option<f64>,
-    /// Into [`Request::counts`].
-    pub bucket_counts: Range<usize>,
-    /// Into [`Request::bounds`].
-    pub bounds: Range<usize>,
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct ExponentialView {
-    pub count: u64,
-    pub sum: Option<f64>,
-    pub min: Option<f64>,
-    pub max: Option<f64>,
-    pub scale: i32,
-    pub zero_count: u64,
-    pub zero_threshold: f64,
-    pub positive: Option<BucketsView>,
-    pub negative: Option<BucketsView>,
-}
-
-/// One side of an exponential histogram.
-#[derive(Clone, Debug, Default)]
-pub struct BucketsView {
-    pub offset: i32,
-    /// Into [`Request::counts`].
-    pub counts: Range<usize>,
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct SummaryView {
-    pub count: u64,
-    pub sum: f64,
-    /// Into [`Request::quantiles`].
-    pub quantiles: Range<usize>,
-}
 
 /// Reads a whole `ExportMetricsServiceRequest`.
 ///
@@ -247,6 +128,7 @@ impl<'a> Reader<'a> {
     }
 
     /// The payload of a length-delimited field.
+    #[inline]
     fn message(&mut self, wire: u8) -> Read<&'a [u8]> {
         expect(wire, LEN)?;
         let len = self.varint()?;
@@ -286,6 +168,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A repeated `fixed64` or `double` field: packed, or one element per occurrence.
+    #[inline]
     fn repeated_fixed(&mut self, wire: u8, mut push: impl FnMut(u64)) -> Read<()> {
         if wire == LEN {
             let packed = self.message(wire)?;
@@ -688,6 +571,7 @@ impl<'a> Request<'a> {
 
 /// An `AnyValue` holding a scalar. Arrays and maps are declined (rare in metrics, and their
 /// nesting is where `prost`'s recursion limit applies).
+#[inline]
 fn any_value(body: &[u8]) -> Read<AttrRef<'_>> {
     let mut value = AttrRef::Empty;
     let mut reader = Reader::new(body);
@@ -699,10 +583,9 @@ fn any_value(body: &[u8]) -> Read<AttrRef<'_>> {
             4 => AttrRef::Double(reader.double_field(wire)?),
             5 | 6 => return Err(Declined("array or map attribute value")),
             7 => AttrRef::Bytes(reader.message(wire)?),
-            // A profiling dictionary reference: read as an absent value, as `otlp` does.
             8 => {
                 reader.int32_field(wire)?;
-                AttrRef::Empty
+                PROFILING_REFERENCE
             }
             _ => {
                 reader.skip(wire)?;

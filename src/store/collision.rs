@@ -1,4 +1,4 @@
-//! Collisions: one stream written by more than one process (DESIGN.md, "Collisions"), and
+//! Collisions: one stream written by more than one process (`docs/design.md`, "Collisions"), and
 //! the related inherited-state finding.
 //!
 //! `stream.rs` decides, point by point, whether a point is evidence of a second writer; this

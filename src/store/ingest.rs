@@ -1,9 +1,9 @@
 //! The write path: one request's points into their instances' streams.
 //!
 //! A receiver opens an [`Ingest`] per request, takes each instance's lock once with
-//! [`Ingest::instance`], and hands over points one at a time. A point's attributes may still
-//! point into the request buffer ([`PointAttributes`] for a sorted `&[(&str, AttrRef)]`):
-//! an existing stream is found without copying them, and they are copied only when a new
+//! [`Ingest::instance`], and hands over points one at a time. A point's attributes point
+//! into the request buffer ([`PointAttributes`], a sorted `&[(&str, AttrRef)]`): an
+//! existing stream is found without copying them, and they are copied only when a new
 //! stream is created. The stream hash is computed in two parts, scope and metric once per
 //! metric ([`MetricKey`]), then the point attributes, so a point pays only for its own
 //! attributes.
@@ -18,12 +18,10 @@ use hashbrown::HashTable;
 
 use super::stream::Stream;
 use super::{
-    Instance, InstancePoints, InstanceState, MetricEntry, Store, TypeConflict, Writer, collision,
-    count, lock, lock_any,
+    Instance, InstanceState, MetricEntry, Store, TypeConflict, Writer, collision, count, lock,
+    lock_any,
 };
-use crate::model::{
-    AttrRef, Attributes, MetricId, Point, Scope, StreamKey, StreamPoint, hash_pairs,
-};
+use crate::model::{AttrRef, Attributes, MetricId, Point, Scope, StreamKey, hash_pairs};
 use crate::outcome::{Outcome, RejectReason};
 
 /// One instance's streams, found by a hash computed from their parts (see [`MetricKey`]).
@@ -46,44 +44,13 @@ impl Streams {
     }
 }
 
-/// The attributes of one point, owned or borrowed from the request, as the store looks them
-/// up. Both forms hash and compare alike, so either finds the same stream.
-pub trait PointAttributes {
-    fn hash_into<H: Hasher>(&self, state: &mut H);
-    /// Whether a stored stream's attributes are these.
-    fn matches(&self, stored: &Attributes) -> bool;
-    /// A shared set holding these attributes, for a new stream that the store has not seen
-    /// them in before.
-    fn into_shared(self) -> Arc<Attributes>;
-}
+/// A point's attributes as the store looks them up: borrowed from the request, sorted by key
+/// with no key twice (`model::sort_unique`). They hash and compare as the [`Attributes`]
+/// stored for them would, so an existing stream is found without copying them.
+pub type PointAttributes<'p, 'a> = &'p [(&'a str, AttrRef<'a>)];
 
-impl PointAttributes for Arc<Attributes> {
-    fn hash_into<H: Hasher>(&self, state: &mut H) {
-        self.hash(state);
-    }
-
-    fn matches(&self, stored: &Attributes) -> bool {
-        **self == *stored
-    }
-
-    fn into_shared(self) -> Arc<Attributes> {
-        self
-    }
-}
-
-/// Borrowed pairs, sorted by key with no key twice (`model::sort_unique`).
-impl PointAttributes for &[(&str, AttrRef<'_>)] {
-    fn hash_into<H: Hasher>(&self, state: &mut H) {
-        hash_pairs(state, self.len(), self.iter().copied());
-    }
-
-    fn matches(&self, stored: &Attributes) -> bool {
-        stored.equals_pairs(self)
-    }
-
-    fn into_shared(self) -> Arc<Attributes> {
-        Arc::new(Attributes::from_pairs(self))
-    }
+fn hash_attributes<H: Hasher>(attributes: PointAttributes<'_, '_>, state: &mut H) {
+    hash_pairs(state, attributes.len(), attributes.iter().copied());
 }
 
 /// Scope, metric and description shared by the points of one metric, with the stream hash
@@ -98,7 +65,7 @@ pub struct MetricKey<'m> {
 /// The hash of a stored stream's key; the same as a [`MetricKey`] plus the point attributes.
 fn stream_hash(build: &RandomState, key: &StreamKey) -> u64 {
     let mut hasher = metric_hasher(build, &key.scope, &key.metric);
-    key.attributes.hash_into(&mut hasher);
+    key.attributes.hash(&mut hasher);
     hasher.finish()
 }
 
@@ -141,40 +108,6 @@ impl Store {
             now_monotonic: Instant::now(),
             outcome,
         }
-    }
-
-    /// Applies every point of converted batches (the path for requests decoded into owned
-    /// messages). `outcome` already holds what the conversion rejected; this adds what was
-    /// stored, refused or dropped here, and records the whole outcome in the counters.
-    pub fn ingest(
-        &self,
-        batches: Vec<InstancePoints>,
-        writer: Writer,
-        outcome: Outcome,
-    ) -> Outcome {
-        let mut ingest = self.begin(writer, outcome);
-        for batch in batches {
-            ingest.instance(&batch.resource, |instance| {
-                // The points of one metric come together and share its scope and identity:
-                // its key is made once for the run.
-                let mut points = batch.points.into_iter().peekable();
-                while let Some(first) = points.next() {
-                    let scope = Arc::clone(&first.key.scope);
-                    let metric = Arc::clone(&first.key.metric);
-                    let key = instance.metric(&scope, &metric, &first.description);
-                    instance.point(&key, first.key.attributes, first.point);
-                    let same_metric = |point: &StreamPoint| {
-                        Arc::ptr_eq(&point.key.metric, &metric)
-                            && Arc::ptr_eq(&point.key.scope, &scope)
-                            && Arc::ptr_eq(&point.description, key.description)
-                    };
-                    while let Some(point) = points.next_if(same_metric) {
-                        instance.point(&key, point.key.attributes, point.point);
-                    }
-                }
-            });
-        }
-        ingest.finish()
     }
 }
 
@@ -250,20 +183,20 @@ impl InstanceWriter<'_> {
     }
 
     /// Applies one point to its stream, creating the stream on first sight.
-    pub fn point<A: PointAttributes>(
+    pub fn point(
         &mut self,
         metric: &MetricKey<'_>,
-        attributes: A,
+        attributes: PointAttributes<'_, '_>,
         point: Point,
     ) {
         let hash = {
             let mut hasher = metric.hasher.clone();
-            attributes.hash_into(&mut hasher);
+            hash_attributes(attributes, &mut hasher);
             hasher.finish()
         };
         let policy = self.store.shared.collision_policy;
         let found = self.state.streams.table.find_mut(hash, |(key, _)| {
-            attributes.matches(&key.attributes)
+            key.attributes.equals_pairs(attributes)
                 && key.metric == *metric.metric
                 && key.scope == *metric.scope
         });
@@ -303,7 +236,7 @@ impl InstanceWriter<'_> {
             scope: Arc::clone(metric.scope),
             metric: Arc::clone(metric.metric),
             attributes: self.store.shared_attributes(
-                hash_of(&self.store.shared.stream_hasher, &attributes),
+                hash_of(&self.store.shared.stream_hasher, attributes),
                 attributes,
             ),
         };
@@ -315,24 +248,29 @@ impl InstanceWriter<'_> {
     }
 }
 
-/// The hash of an attribute set alone, for [`Store::shared_attributes`].
-fn hash_of<A: PointAttributes>(build: &RandomState, attributes: &A) -> u64 {
+/// The hash of an attribute set alone, for [`Store::shared_attributes`]: the same for a
+/// stored set and for the borrowed pairs it was made from.
+fn hash_of(build: &RandomState, attributes: PointAttributes<'_, '_>) -> u64 {
     let mut hasher = build.build_hasher();
-    attributes.hash_into(&mut hasher);
+    hash_attributes(attributes, &mut hasher);
     hasher.finish()
+}
+
+fn hash_of_set(build: &RandomState, set: &Attributes) -> u64 {
+    build.hash_one(set)
 }
 
 impl Store {
     /// The store's copy of an attribute set, made from `attributes` on first sight. `hash`
     /// is [`hash_of`] the set.
-    fn shared_attributes<A: PointAttributes>(&self, hash: u64, attributes: A) -> Arc<Attributes> {
+    fn shared_attributes(&self, hash: u64, attributes: PointAttributes<'_, '_>) -> Arc<Attributes> {
         let mut sets = lock_any(&self.shared.attribute_sets);
-        if let Some(shared) = sets.find(hash, |set| attributes.matches(set)) {
+        if let Some(shared) = sets.find(hash, |set| set.equals_pairs(attributes)) {
             return Arc::clone(shared);
         }
-        let shared = attributes.into_shared();
+        let shared = Arc::new(Attributes::from_pairs(attributes));
         let build = &self.shared.stream_hasher;
-        sets.insert_unique(hash, Arc::clone(&shared), |set| hash_of(build, set));
+        sets.insert_unique(hash, Arc::clone(&shared), |set| hash_of_set(build, set));
         shared
     }
 

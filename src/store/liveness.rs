@@ -1,5 +1,5 @@
 //! Liveness: which instances still export, and what becomes of those that stopped
-//! (DESIGN.md, "Liveness and retirement").
+//! (`docs/design.md`, "Liveness and retirement").
 //!
 //! A sweep, run periodically by the app, does two things:
 //!

@@ -39,7 +39,7 @@ use std::time::{Instant, SystemTime};
 use dashmap::DashMap;
 use foldhash::fast::RandomState;
 
-use crate::model::{Attributes, InstanceAttributes, InstanceKey, MetricId, StreamKey, StreamPoint};
+use crate::model::{Attributes, InstanceAttributes, InstanceKey, MetricId, StreamKey};
 use crate::outcome::{Outcome, RejectReason};
 
 pub use crate::model::StreamValue;
@@ -80,12 +80,6 @@ pub struct Writer {
     pub pid: Option<i32>,
 }
 
-/// A batch of points from one instance, as produced by `receiver::otlp`.
-pub struct InstancePoints {
-    pub resource: Attributes,
-    pub points: Vec<StreamPoint>,
-}
-
 /// The stream store. Cheap to clone: every clone shares the same state.
 #[derive(Clone)]
 pub struct Store {
@@ -101,7 +95,7 @@ struct Shared {
     stats: Stats,
     /// Decides which resource attributes a retired accumulator's key leaves out.
     instance_attributes: InstanceAttributes,
-    /// What evicted instances counted, per aggregated key (DESIGN.md, "Liveness and
+    /// What evicted instances counted, per aggregated key (`docs/design.md`, "Liveness and
     /// retirement"). Its size follows the number of distinct keys, not of workers ever seen.
     retired: Mutex<HashMap<RetiredKey, RetiredTotal, RandomState>>,
     /// The most recently evicted instances, for `/api/v1/instances`.
