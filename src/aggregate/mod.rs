@@ -17,9 +17,9 @@ use std::hash::{BuildHasher, Hash, Hasher};
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 
+pub use crate::model::Shape;
 use crate::model::{
-    AttrValue, Attributes, ExpBuckets, ExpHistogram, Histogram, Kind, MetricId, Number,
-    StreamValue, Total,
+    AttrValue, Attributes, ExpBuckets, ExpHistogram, Histogram, Number, StreamValue, Total,
 };
 
 /// A space aggregation function.
@@ -58,40 +58,6 @@ impl std::str::FromStr for Agg {
                 "{other:?} is not an aggregation; use sum, max, min, avg or count"
             )),
         }
-    }
-}
-
-/// How a metric's values combine, from its identity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Shape {
-    /// Monotonic sums: totals include retired instances.
-    Counter,
-    /// Gauges and non-monotonic sums: totals over live instances.
-    Current,
-    Histogram,
-    ExpHistogram,
-    /// Count and sum merge; quantiles do not.
-    Summary,
-}
-
-impl Shape {
-    pub fn of(metric: &MetricId) -> Shape {
-        match metric.kind {
-            Kind::Sum if metric.monotonic => Shape::Counter,
-            Kind::Sum | Kind::Gauge => Shape::Current,
-            Kind::Histogram => Shape::Histogram,
-            Kind::ExponentialHistogram => Shape::ExpHistogram,
-            Kind::Summary => Shape::Summary,
-        }
-    }
-
-    fn counts_retired(self) -> bool {
-        !matches!(self, Shape::Current)
-    }
-
-    /// Numbers rather than histograms or summaries: every aggregation applies.
-    pub fn is_numeric(self) -> bool {
-        matches!(self, Shape::Counter | Shape::Current)
     }
 }
 
@@ -298,7 +264,7 @@ pub fn space(
             kind,
         });
     }
-    let include_retired = agg == Agg::Sum && shape.counts_retired();
+    let include_retired = agg == Agg::Sum && shape.counts_events();
     // Groups are found by the contribution's pairs as they are merged, so a contribution
     // that joins an existing group allocates nothing.
     let build = foldhash::fast::RandomState::default();

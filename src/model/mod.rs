@@ -426,16 +426,48 @@ pub struct MetricId {
     pub temporality: Option<Temporality>,
 }
 
-impl MetricId {
-    /// Whether this metric counts events, so that its totals keep what retired instances
-    /// counted: counters (monotonic sums), histograms and summaries. Gauges and up-down
-    /// counters describe the present, and a retired instance's share leaves with it.
-    pub fn counts_events(&self) -> bool {
-        match self.kind {
-            Kind::Sum => self.monotonic,
-            Kind::Gauge => false,
-            Kind::Histogram | Kind::ExponentialHistogram | Kind::Summary => true,
+/// What a metric's values mean, from its identity: how they combine across instances and
+/// what becomes of a writer's values when it stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// Monotonic sums: totals include retired instances.
+    Counter,
+    /// Gauges and non-monotonic sums: totals over live instances.
+    Current,
+    Histogram,
+    ExpHistogram,
+    /// Count and sum merge; quantiles do not.
+    Summary,
+}
+
+impl Shape {
+    pub fn of(metric: &MetricId) -> Shape {
+        match metric.kind {
+            Kind::Sum if metric.monotonic => Shape::Counter,
+            Kind::Sum | Kind::Gauge => Shape::Current,
+            Kind::Histogram => Shape::Histogram,
+            Kind::ExponentialHistogram => Shape::ExpHistogram,
+            Kind::Summary => Shape::Summary,
         }
+    }
+
+    /// Whether the values count events, so that totals keep what writers that stopped
+    /// counted: counters, histograms and summaries. Gauges and up-down counters describe
+    /// the present, and a stopped writer's share leaves with it.
+    pub fn counts_events(self) -> bool {
+        !matches!(self, Shape::Current)
+    }
+
+    /// Numbers rather than histograms or summaries: every aggregation applies.
+    pub fn is_numeric(self) -> bool {
+        matches!(self, Shape::Counter | Shape::Current)
+    }
+}
+
+impl MetricId {
+    /// Whether this metric counts events ([`Shape::counts_events`]).
+    pub fn counts_events(&self) -> bool {
+        Shape::of(self).counts_events()
     }
 
     /// Same kind, unit and monotonicity: the identities one metric name may take without a

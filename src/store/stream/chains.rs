@@ -23,7 +23,7 @@ use smallvec::SmallVec;
 use super::runs::Context;
 use super::{
     Additive, CollisionPolicy, Evidence, Finding, PartsSummary, Refusal, RunState, Step, add_into,
-    pid_key,
+    check_stored, pid_key,
 };
 use crate::model::BoundsMismatch;
 use crate::outcome::DropReason;
@@ -304,14 +304,8 @@ impl<T: Additive> Chains<T> {
     }
 
     fn check_bounds(&self, value: &T) -> Result<(), BoundsMismatch> {
-        if !T::HAS_BOUNDS {
-            return Ok(());
-        }
         let stored = self.chains.iter().filter_map(|chain| chain.total.as_ref());
-        for existing in self.base.iter().chain(stored) {
-            existing.check_bounds(value)?;
-        }
-        Ok(())
+        check_stored(value, &self.base, stored)
     }
 
     /// The sum of every interval applied, and the chains when there is more than one.

@@ -230,6 +230,22 @@ impl Additive for Summary {
     }
 }
 
+/// Whether every stored value (a base, then each run's or chain's) takes `value`: histogram
+/// bounds must agree, checked before anything changes.
+fn check_stored<'v, T: Additive + 'v>(
+    value: &T,
+    base: &'v Option<T>,
+    stored: impl Iterator<Item = &'v T>,
+) -> Result<(), BoundsMismatch> {
+    if !T::HAS_BOUNDS {
+        return Ok(());
+    }
+    for existing in base.iter().chain(stored) {
+        existing.check_bounds(value)?;
+    }
+    Ok(())
+}
+
 /// Adds `value` to an optional total (the first value becomes the total).
 fn add_into<T: Additive>(total: &mut Option<T>, value: &T) {
     match total {

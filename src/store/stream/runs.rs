@@ -23,7 +23,7 @@ use smallvec::SmallVec;
 
 use super::{
     Additive, CollisionPolicy, Evidence, Finding, PartsSummary, Refusal, RunState, Step, add_into,
-    millis, pid_key,
+    check_stored, millis, pid_key,
 };
 use crate::model::BoundsMismatch;
 use crate::outcome::DropReason;
@@ -386,14 +386,8 @@ impl<T: Additive> Runs<T> {
 
     /// Every stored value must take `value` (histogram bounds), before anything changes.
     fn check_bounds(&self, value: &T) -> Result<(), BoundsMismatch> {
-        if !T::HAS_BOUNDS {
-            return Ok(());
-        }
         let stored = self.runs.iter().filter_map(|run| run.value.as_ref());
-        for existing in self.base.iter().chain(stored) {
-            existing.check_bounds(value)?;
-        }
-        Ok(())
+        check_stored(value, &self.base, stored)
     }
 
     /// The value (counting kinds: base and every run; otherwise the runs still writing),
