@@ -1,23 +1,31 @@
 //! fanin: an OTLP metrics aggregation sidecar for pre-fork servers.
 //!
 //! Workers export OTLP metrics to fanin; fanin keeps every stream apart under its exact
-//! identity (the full resource, `service.instance.id` included) and answers queries about
-//! them. The data path, one module each:
+//! identity (the full resource, `service.instance.id` included), accounts for each writer's
+//! part of a stream, and answers queries about the totals. `docs/design.md` says what it
+//! promises, `ARCHITECTURE.md` where each part lives. The data path, one module each:
 //!
 //! ```text
-//! receiver::{grpc, http} -> receiver::otlp (proto -> model) -> store::Store::ingest
-//!                           receiver::json (OTLP/JSON -> proto)       |
-//!                                                  query (HTTP JSON) <-+
+//! receiver::{grpc, http} -> receiver::wire (protobuf, read in place)   -+
+//!                           receiver::json -> prost -> view::of_message -+-> receiver::otlp::store_view
+//!                                                                           (one walk, the point rules)
+//!                                                                               |
+//!                                              store::Store (instances, streams, runs, chains)
+//!                                                                               |
+//!                            query (HTTP JSON, /metrics, gRPC) <- aggregate::space
 //! ```
 //!
-//! - [`model`]: the vocabulary: attributes, instances, streams, points.
-//! - [`receiver`]: OTLP/gRPC and OTLP/HTTP, limits, errors, `partial_success`.
-//! - [`store`]: streams grouped by instance; resets, duplicates, deltas, type conflicts.
+//! - [`model`]: the vocabulary: attributes, instances, streams, points, numbers.
+//! - [`receiver`]: OTLP/gRPC and OTLP/HTTP, limits, errors, the view every request becomes.
+//! - [`outcome`]: what became of a request's points: accepted, rejected, dropped.
+//! - [`store`]: streams grouped by instance; runs, chains, liveness, collisions.
 //! - [`aggregate`]: space aggregation across instances (pure).
-//! - [`query`]: the HTTP query API.
+//! - [`query`]: the query API over HTTP (JSON, Prometheus text) and gRPC.
+//! - [`proto`]: fanin's own messages and gRPC service (`proto/fanin/v1/query.proto`).
 //! - [`config`]: the typed configuration; `config.yaml` is the default.
 //! - [`app`]: binds the listeners and runs the servers until shutdown.
 //! - [`shim`]: the fork-aware client side, a meter provider for pre-fork workers.
+//! - [`check`]: `fanin check`, which forks workers and proves what fanin saw.
 //! - [`sys`]: `fork` and `pthread_atfork`, the crate's only unsafe code.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 

@@ -32,7 +32,7 @@ impl From<QueryError> for Status {
             QueryError::UnknownMetric(_) | QueryError::NotFound(_) => {
                 Status::not_found(error.to_string())
             }
-            QueryError::MissingParameter(_) | QueryError::Param(_) | QueryError::Aggregate(_) => {
+            QueryError::Param(_) | QueryError::Aggregate(_) => {
                 Status::invalid_argument(error.to_string())
             }
         }

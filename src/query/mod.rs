@@ -23,11 +23,10 @@ mod message;
 mod params;
 pub mod prometheus;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Query, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -39,18 +38,14 @@ use crate::config::AggregationRule;
 use crate::store::Store;
 
 pub use answer::default_agg;
-pub use params::{ParamError, QueryParams};
+pub use params::{ParamError, QueryParams, SeriesParams};
 
 /// Why a query could not be answered.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
-    #[error("missing query parameter `{0}`")]
-    MissingParameter(&'static str),
     #[error("no metric named {0:?} has been received")]
     UnknownMetric(String),
-    #[error(
-        "no such endpoint: {0}; see /api/v1/query, /api/v1/metrics, /api/v1/instances, /api/v1/series, /api/v1/stats"
-    )]
+    #[error("no such endpoint: {0}; the endpoints are {endpoints}", endpoints = ENDPOINTS.join(", "))]
     NotFound(String),
     #[error(transparent)]
     Param(#[from] ParamError),
@@ -61,14 +56,25 @@ pub enum QueryError {
 impl IntoResponse for QueryError {
     fn into_response(self) -> Response {
         let status = match self {
-            QueryError::MissingParameter(_) | QueryError::Param(_) | QueryError::Aggregate(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            QueryError::Param(_) | QueryError::Aggregate(_) => StatusCode::BAD_REQUEST,
             QueryError::UnknownMetric(_) | QueryError::NotFound(_) => StatusCode::NOT_FOUND,
         };
         (status, axum::Json(json!({ "error": self.to_string() }))).into_response()
     }
 }
+
+/// Every path the router answers, for the message of an unknown one.
+pub const ENDPOINTS: [&str; 9] = [
+    "/api/v1/query",
+    "/api/v1/metrics",
+    "/api/v1/instances",
+    "/api/v1/series",
+    "/api/v1/stats",
+    "/api/v1/collisions",
+    "/metrics",
+    "/healthz",
+    "/readyz",
+];
 
 #[derive(Clone)]
 struct QueryState {
@@ -131,15 +137,13 @@ async fn instances(State(state): State<QueryState>) -> Response {
 
 async fn series(
     State(state): State<QueryState>,
-    Query(params): Query<HashMap<String, String>>,
+    RawQuery(raw): RawQuery,
 ) -> Result<Response, QueryError> {
-    let metric = params
-        .get("metric")
-        .ok_or(QueryError::MissingParameter("metric"))?;
-    if !state.store.has_metric(metric) {
-        return Err(QueryError::UnknownMetric(metric.clone()));
+    let SeriesParams { metric } = SeriesParams::parse(raw.as_deref())?;
+    if !state.store.has_metric(&metric) {
+        return Err(QueryError::UnknownMetric(metric));
     }
-    let views = state.store.streams(metric);
+    let views = state.store.streams(&metric);
     let streams: Vec<_> = views.iter().map(json::stream).collect();
     Ok(axum::Json(json!({ "metric": metric, "streams": streams })).into_response())
 }
@@ -173,5 +177,40 @@ async fn readyz(State(state): State<QueryState>) -> Response {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
     } else {
         (StatusCode::OK, "ready\n").into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::model::InstanceAttributes;
+    use crate::store::{CollisionPolicy, StoreSettings};
+
+    fn app() -> Router {
+        let store = Store::new(StoreSettings {
+            max_series: std::num::NonZeroUsize::MIN,
+            instance_attributes: InstanceAttributes::new(["service.instance.id"])
+                .expect("literal glob"),
+            collision_policy: CollisionPolicy::Report,
+            local_host: None,
+        });
+        router(store, Vec::new(), CancellationToken::new())
+    }
+
+    async fn status_of(path: &str) -> StatusCode {
+        let request = Request::get(path).body(Body::empty()).expect("request");
+        app().oneshot(request).await.expect("answer").status()
+    }
+
+    #[tokio::test]
+    async fn every_endpoint_the_404_names_is_routed() {
+        for path in ENDPOINTS {
+            assert_ne!(status_of(path).await, StatusCode::NOT_FOUND, "{path}");
+        }
+        assert_eq!(status_of("/api/v1/nothing").await, StatusCode::NOT_FOUND);
     }
 }

@@ -1,4 +1,5 @@
-//! Query-string parameters of `/api/v1/query`, parsed once into types.
+//! Parameters of `/api/v1/query` (and its gRPC twin) and `/api/v1/series`, parsed once into
+//! types, with one set of checks whichever transport asked.
 //!
 //! Unknown parameters are an error rather than ignored: `mertic=x` or `ag=max` would
 //! otherwise answer a different question than the one asked.
@@ -17,6 +18,12 @@ pub struct QueryParams {
     pub matches: Vec<(String, String)>,
 }
 
+/// `GET /api/v1/series?metric=NAME`
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesParams {
+    pub metric: String,
+}
+
 /// A parameter that is missing, repeated, unknown or malformed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParamError {
@@ -24,8 +31,8 @@ pub enum ParamError {
     Missing(&'static str),
     #[error("query parameter `{0}` is given more than once")]
     Repeated(String),
-    #[error("unknown query parameter `{0}`; use metric, agg, by and match")]
-    Unknown(String),
+    #[error("unknown query parameter `{name}`; use {allowed}")]
+    Unknown { name: String, allowed: &'static str },
     #[error("query parameter `{name}`: {message}")]
     Invalid { name: &'static str, message: String },
 }
@@ -43,98 +50,121 @@ impl QueryParams {
         for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
             match name.as_ref() {
                 "metric" => set_once(&mut metric, "metric", value.into_owned())?,
-                "agg" => {
-                    let parsed = value
-                        .parse::<Agg>()
-                        .map_err(|message| ParamError::Invalid {
-                            name: "agg",
-                            message,
-                        })?;
-                    set_once(&mut agg, "agg", parsed)?;
-                }
-                "by" => {
-                    let keys: Vec<String> = value
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|key| !key.is_empty())
-                        .map(str::to_string)
-                        .collect();
-                    set_once(&mut by, "by", keys)?;
-                }
+                "agg" => set_once(&mut agg, "agg", parse_agg(&value)?)?,
+                "by" => set_once(&mut by, "by", group_keys(value.split(',')))?,
                 "match" => {
                     let (key, wanted) =
                         value.split_once('=').ok_or_else(|| ParamError::Invalid {
                             name: "match",
                             message: format!("{value:?} is not key=value"),
                         })?;
-                    if key.is_empty() {
-                        return Err(ParamError::Invalid {
-                            name: "match",
-                            message: format!("{value:?} has an empty key"),
-                        });
-                    }
-                    matches.push((key.to_string(), wanted.to_string()));
+                    matches.push(condition(key, wanted)?);
                 }
-                other => return Err(ParamError::Unknown(other.to_string())),
+                other => {
+                    return Err(ParamError::Unknown {
+                        name: other.to_string(),
+                        allowed: "metric, agg, by and match",
+                    });
+                }
             }
         }
-        let metric = metric.ok_or(ParamError::Missing("metric"))?;
-        if metric.is_empty() {
-            return Err(ParamError::Invalid {
-                name: "metric",
-                message: "is empty".into(),
-            });
-        }
         Ok(QueryParams {
-            metric,
+            metric: metric_name(metric)?,
             agg,
             by,
             matches,
         })
     }
-}
 
-impl QueryParams {
-    /// The same parameters from a gRPC `QueryRequest`.
+    /// The same parameters from a gRPC `QueryRequest`, under the same checks. Proto3 cannot
+    /// tell an empty string from an unset one: an empty `metric` is a missing one, and an
+    /// empty `agg` the default aggregation.
     ///
     /// # Errors
     /// [`ParamError`] naming the field, as for the query string.
     pub fn from_request(
         request: crate::proto::v1::QueryRequest,
     ) -> Result<QueryParams, ParamError> {
-        if request.metric.is_empty() {
-            return Err(ParamError::Missing("metric"));
-        }
-        let agg = if request.agg.is_empty() {
-            None
-        } else {
-            Some(
-                request
-                    .agg
-                    .parse::<Agg>()
-                    .map_err(|message| ParamError::Invalid {
-                        name: "agg",
-                        message,
-                    })?,
-            )
+        let agg = match request.agg.as_str() {
+            "" => None,
+            agg => Some(parse_agg(agg)?),
         };
-        let mut matches = Vec::with_capacity(request.matches.len());
-        for condition in request.matches {
-            if condition.key.is_empty() {
-                return Err(ParamError::Invalid {
-                    name: "match",
-                    message: "a match has an empty key".into(),
-                });
-            }
-            matches.push((condition.key, condition.value));
-        }
+        let matches = request
+            .matches
+            .iter()
+            .map(|condition| self::condition(&condition.key, &condition.value))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(QueryParams {
-            metric: request.metric,
+            metric: metric_name(Some(request.metric).filter(|metric| !metric.is_empty()))?,
             agg,
-            by: request.by.map(|group| group.keys),
+            by: request
+                .by
+                .map(|group| group_keys(group.keys.iter().map(String::as_str))),
             matches,
         })
     }
+}
+
+impl SeriesParams {
+    /// Parses a raw query string.
+    ///
+    /// # Errors
+    /// [`ParamError`] naming the parameter.
+    pub fn parse(query: Option<&str>) -> Result<SeriesParams, ParamError> {
+        let mut metric = None;
+        for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+            match name.as_ref() {
+                "metric" => set_once(&mut metric, "metric", value.into_owned())?,
+                other => {
+                    return Err(ParamError::Unknown {
+                        name: other.to_string(),
+                        allowed: "metric",
+                    });
+                }
+            }
+        }
+        Ok(SeriesParams {
+            metric: metric_name(metric)?,
+        })
+    }
+}
+
+/// The metric asked for: present and not empty.
+fn metric_name(metric: Option<String>) -> Result<String, ParamError> {
+    match metric {
+        None => Err(ParamError::Missing("metric")),
+        Some(metric) if metric.is_empty() => Err(ParamError::Invalid {
+            name: "metric",
+            message: "is empty".into(),
+        }),
+        Some(metric) => Ok(metric),
+    }
+}
+
+fn parse_agg(text: &str) -> Result<Agg, ParamError> {
+    text.parse::<Agg>().map_err(|message| ParamError::Invalid {
+        name: "agg",
+        message,
+    })
+}
+
+/// `by` keys, trimmed; empty ones (`by=` asks for one group) are left out.
+fn group_keys<'k>(keys: impl Iterator<Item = &'k str>) -> Vec<String> {
+    keys.map(str::trim)
+        .filter(|key| !key.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// One `match` condition: its key must not be empty.
+fn condition(key: &str, wanted: &str) -> Result<(String, String), ParamError> {
+    if key.is_empty() {
+        return Err(ParamError::Invalid {
+            name: "match",
+            message: format!("{:?} has an empty key", format!("={wanted}")),
+        });
+    }
+    Ok((key.to_string(), wanted.to_string()))
 }
 
 fn set_once<T>(slot: &mut Option<T>, name: &str, value: T) -> Result<(), ParamError> {
@@ -206,6 +236,57 @@ mod tests {
         check(
             "metric=x&metric=y",
             Err("query parameter `metric` is given more than once"),
+        );
+        check(
+            "metric=x&match==a",
+            Err("query parameter `match`: \"=a\" has an empty key"),
+        );
+    }
+
+    #[test]
+    fn grpc_requests_get_the_same_checks() {
+        use crate::proto::v1::{GroupBy, Match, QueryRequest};
+        let request = |metric: &str, keys: &[&str], key: &str| QueryRequest {
+            metric: metric.into(),
+            agg: String::new(),
+            by: Some(GroupBy {
+                keys: keys.iter().map(|key| key.to_string()).collect(),
+            }),
+            matches: vec![Match {
+                key: key.into(),
+                value: "a".into(),
+            }],
+        };
+        let error = |request| QueryParams::from_request(request).map_err(|e| e.to_string());
+        assert_eq!(
+            error(request("", &[], "k")),
+            Err("missing query parameter `metric`".to_string())
+        );
+        assert_eq!(
+            error(request("x", &[], "")),
+            Err("query parameter `match`: \"=a\" has an empty key".to_string())
+        );
+        let params = QueryParams::from_request(request("x", &[" route ", ""], "k"));
+        assert_eq!(
+            params.map(|params| params.by),
+            Ok(Some(vec!["route".to_string()])),
+            "keys trimmed, empty ones left out, as in by=route,"
+        );
+    }
+
+    #[test]
+    fn series_takes_only_a_metric() {
+        assert_eq!(
+            SeriesParams::parse(Some("metric=x")),
+            Ok(SeriesParams { metric: "x".into() })
+        );
+        assert_eq!(
+            SeriesParams::parse(Some("metric=x&agg=sum")).map_err(|e| e.to_string()),
+            Err("unknown query parameter `agg`; use metric".to_string())
+        );
+        assert_eq!(
+            SeriesParams::parse(None).map_err(|e| e.to_string()),
+            Err("missing query parameter `metric`".to_string())
         );
     }
 }
