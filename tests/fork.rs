@@ -11,7 +11,7 @@ mod common;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use fanin::check::{Sidecar, SidecarProcess, Worker, fork_worker};
+use fanin::check::{GO, READY, Sidecar, SidecarProcess, Worker, fork_worker};
 use fanin::shim::{Protocol, Shim};
 use nix::sys::signal::Signal;
 use nix::sys::wait::WaitStatus;
@@ -20,8 +20,6 @@ use serde_json::Value;
 
 const FANIN: &str = env!("CARGO_BIN_EXE_fanin");
 const WAIT: Duration = Duration::from_secs(30);
-const READY: u8 = b'r';
-const GO: u8 = b'g';
 
 type Outcome = Result<(), String>;
 type Scenario = (&'static str, fn() -> Outcome);
@@ -318,15 +316,9 @@ fn a_child_abandons_the_inherited_pipeline_and_builds_its_own() -> Outcome {
     // 5 from the master and 3 from the child: 13 would mean the child flushed the master's
     // counts again, 5 that the child's pipeline never worked.
     wait_total(&sidecar, "jobs", service, 8.0)?;
-    let instances = sidecar
-        .instances_of(service)
+    let ids = sidecar
+        .instance_ids_of(service)
         .map_err(|error| error.to_string())?;
-    let mut ids: Vec<String> = instances
-        .iter()
-        .filter_map(|instance| instance["attributes"]["service.instance.id"].as_str())
-        .map(str::to_string)
-        .collect();
-    ids.sort();
     let mut expected = vec![
         format!("pid-{}", std::process::id()),
         format!("pid-{child}"),

@@ -14,12 +14,11 @@
 use std::convert::Infallible;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
-use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder};
+use bytes::{Buf, BufMut, Bytes};
+use prost::Message;
+use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::server::NamedService;
 use tonic::{Code, Request, Response, Status};
-use tonic_prost::ProstEncoder;
 
 use super::{receive_protobuf, response};
 use crate::store::{RequestError, Store, Transport, Writer};
@@ -93,7 +92,7 @@ fn export(
     store: &Store,
     transport: Transport,
     request: Request<Bytes>,
-) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+) -> Result<Response<Bytes>, Status> {
     // On the unix socket, tonic hands over the kernel's peer credentials (SO_PEERCRED).
     let unix_peer = request
         .extensions()
@@ -113,34 +112,42 @@ fn export(
     };
     // The only error here is a body that is not a valid request.
     receive_protobuf(store, request.get_ref(), writer)
-        .map(|outcome| Response::new(response(&outcome)))
+        .map(|outcome| Response::new(Bytes::from(response(&outcome).encode_to_vec())))
         .map_err(|error| Status::invalid_argument(error.to_string()))
 }
 
-/// Passes the request message through as bytes and encodes responses with prost.
+/// A gRPC codec that passes messages through as bytes, both ways: the server reads requests
+/// in place and encodes its responses itself; clients (tests, the load generator) send bytes
+/// they built, malformed ones included. Decoding splits tonic's buffer off, without a copy.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RawCodec;
 
 impl Codec for RawCodec {
-    type Encode = ExportMetricsServiceResponse;
+    type Encode = Bytes;
     type Decode = Bytes;
-    type Encoder = ProstEncoder<ExportMetricsServiceResponse>;
-    type Decoder = RawDecoder;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstEncoder::default()
+        RawCodec
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        RawDecoder
+        RawCodec
     }
 }
 
-/// The message bytes, without a copy (tonic's buffer is split off).
-#[derive(Clone, Copy, Debug, Default)]
-pub struct RawDecoder;
+impl Encoder for RawCodec {
+    type Item = Bytes;
+    type Error = Status;
 
-impl Decoder for RawDecoder {
+    fn encode(&mut self, item: Bytes, buffer: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        buffer.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for RawCodec {
     type Item = Bytes;
     type Error = Status;
 

@@ -3,8 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BufMut, Bytes};
+use bytes::Bytes;
 use fanin::proto::v1::query_service_client::QueryServiceClient;
+use fanin::receiver::grpc::RawCodec;
 use fanin::store::Store;
 use fanin::{Addresses, App, AppError, Config};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -20,7 +21,6 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use serde_json::Value as Json;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::transport::Channel;
 
 pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
@@ -123,9 +123,10 @@ impl TestFanin {
         }
         grpc.ready().await.expect("channel ready");
         let path = http::uri::PathAndQuery::from_static(EXPORT_PATH);
-        grpc.unary(tonic::Request::new(body), path, RawCodec)
+        // fanin's own pass-through codec: the bytes go out exactly as given.
+        grpc.unary(tonic::Request::new(Bytes::from(body)), path, RawCodec)
             .await
-            .map(tonic::Response::into_inner)
+            .map(|response| response.into_inner().to_vec())
     }
 
     /// POSTs a body to the OTLP/HTTP receiver.
@@ -267,39 +268,6 @@ where
         }
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// A gRPC codec that sends and receives raw bytes, to send malformed messages.
-pub struct RawCodec;
-
-impl Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-    fn encoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-    fn decoder(&mut self) -> RawCodec {
-        RawCodec
-    }
-}
-
-impl Encoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn encode(&mut self, item: Vec<u8>, buffer: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        buffer.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-    fn decode(&mut self, buffer: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
-        Ok(Some(buffer.copy_to_bytes(buffer.remaining()).to_vec()))
     }
 }
 
