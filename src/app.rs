@@ -17,7 +17,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::config::{Config, FileMode};
 use crate::query::grpc::QueryServer;
 use crate::receiver::grpc::ExportService;
-use crate::store::{Liveness, Store, StoreSettings, Transport};
+use crate::store::{Clock, Liveness, Store, StoreSettings, Transport};
 use crate::{query, receiver};
 
 /// Why the app could not start or stopped with an error.
@@ -85,6 +85,15 @@ impl App {
     /// # Errors
     /// [`AppError::Bind`] naming the listener and address that could not be bound.
     pub async fn bind(config: Config) -> Result<App, AppError> {
+        App::bind_with_clock(config, Clock::system()).await
+    }
+
+    /// [`App::bind`], with the store's liveness measured by `clock` (tests move a manual
+    /// one instead of waiting out `instance_ttl`).
+    ///
+    /// # Errors
+    /// [`AppError::Bind`] naming the listener and address that could not be bound.
+    pub async fn bind_with_clock(config: Config, clock: Clock) -> Result<App, AppError> {
         let otlp = &config.receivers.otlp;
         let grpc = bind("OTLP/gRPC", otlp.grpc.listen).await?;
         let http = bind("OTLP/HTTP", otlp.http.listen).await?;
@@ -102,6 +111,7 @@ impl App {
             } else {
                 None
             },
+            clock,
         });
         let liveness = Liveness {
             ttl: config.aggregation.instance_ttl,
@@ -272,7 +282,7 @@ async fn sweep(store: Store, liveness: Liveness, shutdown: CancellationToken) {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = interval.tick() => {
-                store.sweep(std::time::Instant::now(), &liveness);
+                store.sweep(&liveness);
             }
         }
     }

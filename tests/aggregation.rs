@@ -288,13 +288,24 @@ async fn worker_whose_pid_is_gone_is_retired_at_once() {
     fanin.stop().await;
 }
 
+/// Whether each named instance is live, as `/api/v1/instances` says.
+async fn live(fanin: &TestFanin, ids: &[&str]) -> Vec<Option<bool>> {
+    let (_, body) = fanin.get("/api/v1/instances").await;
+    let instances = body["instances"].as_array().cloned().unwrap_or_default();
+    ids.iter()
+        .map(|id| {
+            instances
+                .iter()
+                .find(|instance| instance["attributes"]["service.instance.id"] == json!(id))
+                .and_then(|instance| instance["live"].as_bool())
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn pid_check_can_be_switched_off() {
-    let fanin = start_with(|config| {
-        config.aggregation.pid_check = false;
-        config.aggregation.instance_ttl = Duration::from_millis(800);
-    })
-    .await;
+    let fanin = start_with(|config| config.aggregation.pid_check = false).await;
+    let half = fanin.ttl / 2;
     let dead = dead_pid();
     let host = string_attr("host.name", &hostname());
     let exporting = |time| {
@@ -305,32 +316,15 @@ async fn pid_check_can_be_switched_off() {
     };
     send(&fanin, exporting(10)).await;
     send(&fanin, export("silent").up_down("inflight", 1, 10, 1)).await;
-    // The silent instance's retirement proves that sweeps ran; the one with a gone pid keeps
-    // exporting and must stay live, because pids are not checked.
-    let mut time = 10;
-    eventually(
-        Duration::from_secs(20),
-        "the silent instance to be retired",
-        || {
-            time += 10;
-            let (fanin, request) = (&fanin, exporting(time));
-            async move {
-                // Checked before exporting: an export would revive a wrongly retired instance.
-                let (_, body) = fanin.get("/api/v1/instances").await;
-                let instances = body["instances"].as_array().cloned().unwrap_or_default();
-                let live = |id: &str| {
-                    instances
-                        .iter()
-                        .find(|instance| instance["attributes"]["service.instance.id"] == json!(id))
-                        .map(|instance| instance["live"].clone())
-                };
-                assert_eq!(live("dead-pid"), Some(json!(true)));
-                send(fanin, request).await;
-                (live("silent") == Some(json!(false))).then_some(())
-            }
-        },
-    )
-    .await;
+    // The instance with a gone pid keeps exporting and must stay live, because pids are not
+    // checked; the silent one's retirement proves that the sweep ran.
+    fanin.advance(half);
+    send(&fanin, exporting(20)).await;
+    fanin.advance(half + Duration::from_secs(1));
+    assert_eq!(
+        live(&fanin, &["dead-pid", "silent"]).await,
+        [Some(true), Some(false)]
+    );
     assert_eq!(fanin.total("metric=inflight").await, json!(7));
     assert_eq!(fanin.stats().await["instances_retired"], json!(1));
     fanin.stop().await;
@@ -338,48 +332,49 @@ async fn pid_check_can_be_switched_off() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn silent_worker_is_retired_after_the_ttl_and_evicted_without_losing_counts() {
-    let fanin =
-        start_with(|config| config.aggregation.instance_ttl = Duration::from_millis(600)).await;
+    let fanin = start().await;
+    let exports = |worker: &'static str, time| {
+        export(worker)
+            .counter_with("requests", &[("route", "/a")], 1, time, 5)
+            .up_down("inflight", 1, time, 10)
+    };
     for worker in WORKERS {
-        send(
-            &fanin,
-            export(worker)
-                .counter_with("requests", &[("route", "/a")], 1, 10, 5)
-                .up_down("inflight", 1, 10, 10),
-        )
-        .await;
+        send(&fanin, exports(worker, 10)).await;
     }
-    // w1..w3 keep exporting; w4 falls silent.
-    let mut time = 10;
-    eventually(Duration::from_secs(20), "w4 to be evicted", || {
-        time += 10;
-        let fanin = &fanin;
-        async move {
-            for worker in &WORKERS[..3] {
-                send(
-                    fanin,
-                    export(worker)
-                        .counter_with("requests", &[("route", "/a")], 1, time, 5)
-                        .up_down("inflight", 1, time, 10),
-                )
-                .await;
-            }
-            let (_, body) = fanin.get("/api/v1/instances").await;
-            let instances = body["instances"].as_array().cloned().unwrap_or_default();
-            let w4 = instances
-                .iter()
-                .find(|instance| instance["attributes"]["service.instance.id"] == json!("w4"))?
-                .clone();
-            if w4["live"] == json!(false) {
-                // Retired, evicted or not: its counter share stays, its in-flight share left.
-                assert_eq!(w4["retired"]["reason"], json!("instance_ttl"));
-                let (_, inflight) = fanin.query("metric=inflight").await;
-                assert_eq!(inflight["series"][0]["value"], json!(30));
-            }
-            (w4["evicted"] == json!(true)).then_some(())
+    // w1..w3 keep exporting every half TTL; w4 falls silent.
+    let half = fanin.ttl / 2 + Duration::from_millis(1);
+    let mut w4 = Vec::new();
+    for step in 1..=5u64 {
+        fanin.advance(half);
+        for worker in &WORKERS[..3] {
+            send(&fanin, exports(worker, 10 + step)).await;
         }
-    })
-    .await;
+        let (_, body) = fanin.get("/api/v1/instances").await;
+        let instances = body["instances"].as_array().cloned().unwrap_or_default();
+        let found = instances
+            .iter()
+            .find(|instance| instance["attributes"]["service.instance.id"] == json!("w4"))
+            .cloned()
+            .unwrap_or_default();
+        if found["live"] == json!(false) {
+            // Retired, evicted or not: its counter share stays, its in-flight share left.
+            assert_eq!(found["retired"]["reason"], json!("instance_ttl"));
+            let (_, inflight) = fanin.query("metric=inflight").await;
+            assert_eq!(inflight["series"][0]["value"], json!(30));
+        }
+        w4.push((found["live"].clone(), found["evicted"].clone()));
+    }
+    // Retired after a TTL of silence (step 2), evicted after another (step 4).
+    assert_eq!(
+        w4,
+        [
+            (json!(true), json!(false)),
+            (json!(false), json!(false)),
+            (json!(false), json!(false)),
+            (json!(false), json!(true)),
+            (json!(false), json!(true)),
+        ]
+    );
     let (_, body) = fanin.query("metric=requests").await;
     assert_eq!(
         body["series"],
@@ -391,13 +386,11 @@ async fn silent_worker_is_retired_after_the_ttl_and_evicted_without_losing_count
 
 #[tokio::test(flavor = "multi_thread")]
 async fn retired_worker_that_exports_again_is_not_counted_twice() {
-    let fanin = start_with(|config| config.aggregation.instance_ttl = Duration::from_secs(2)).await;
+    let fanin = start().await;
     send(&fanin, export("w1").counter("requests", 1, 10, 5)).await;
-    eventually(Duration::from_secs(20), "w1 to be retired", || async {
-        let (_, body) = fanin.get("/api/v1/instances").await;
-        (body["instances"][0]["live"] == json!(false)).then_some(())
-    })
-    .await;
+    let report = fanin.advance(fanin.ttl);
+    assert_eq!(report.retired, 1);
+    assert_eq!(live(&fanin, &["w1"]).await, [Some(false)]);
     send(&fanin, export("w1").counter("requests", 1, 20, 6)).await;
     let (_, body) = fanin.get("/api/v1/instances").await;
     assert_eq!(body["instances"][0]["live"], json!(true));

@@ -78,17 +78,11 @@ impl Served {
 
     /// Waits for the exit, failing after a deadline.
     fn wait(mut self) -> std::process::ExitStatus {
-        let deadline = std::time::Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("fanin did not exit after the signal");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let status = fanin::check::poll_until(WAIT, || self.child.try_wait()).expect("wait");
+        status.unwrap_or_else(|| {
+            let _ = self.child.kill();
+            panic!("fanin did not exit after the signal")
+        })
     }
 }
 

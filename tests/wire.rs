@@ -569,6 +569,7 @@ fn store() -> Store {
         instance_attributes,
         collision_policy: CollisionPolicy::Report,
         local_host: None,
+        clock: Default::default(),
     })
 }
 

@@ -27,5 +27,6 @@ pub fn empty_store() -> Store {
         instance_attributes,
         collision_policy: CollisionPolicy::Report,
         local_host: None,
+        clock: Default::default(),
     })
 }

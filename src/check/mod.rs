@@ -32,7 +32,7 @@ use std::time::Duration;
 use crate::shim::{self, Protocol};
 
 pub use sidecar::{Findings, Sidecar, SidecarProcess};
-pub use worker::{EXITING, GO, READY, Worker, WorkerLink, fork_worker, wait_for};
+pub use worker::{EXITING, GO, READY, Worker, WorkerLink, fork_worker, poll_until, wait_for};
 
 /// Scope and metric names the check records under.
 const SCOPE: &str = "fanin-check";

@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
@@ -94,16 +94,7 @@ impl Sidecar {
         timeout: Duration,
         mut probe: impl FnMut(&Sidecar) -> Result<Option<T>, CheckError>,
     ) -> Result<Option<T>, CheckError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(found) = probe(self)? {
-                return Ok(Some(found));
-            }
-            if Instant::now() >= deadline {
-                return Ok(None);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        super::poll_until(timeout, || probe(self))
     }
 
     /// The summed value of `metric` under `matcher` (`match=k=v`) and how many instances it

@@ -160,23 +160,38 @@ impl Worker {
     }
 }
 
+/// Calls `probe` every few milliseconds until it returns `Some`, fails, or `timeout` passes
+/// (then `Ok(None)`): the one way the client side and the tests wait for something. It
+/// probes once more at the deadline, so a slow machine never loses to the clock.
+///
+/// # Errors
+/// The first error `probe` returns.
+pub fn poll_until<T, E>(
+    timeout: Duration,
+    mut probe: impl FnMut() -> Result<Option<T>, E>,
+) -> Result<Option<T>, E> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let past = Instant::now() >= deadline;
+        if let Some(found) = probe()? {
+            return Ok(Some(found));
+        }
+        if past {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Waits (polling, up to `timeout`) for child `pid` to end, and returns how it ended; a
 /// child still running at the deadline is left running.
 pub fn wait_for(pid: Pid, timeout: Duration) -> Result<WaitStatus, String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Ok(WaitStatus::StillAlive) => {
-                return Err(format!("process {pid} still running after {timeout:?}"));
-            }
-            Ok(status) => return Ok(status),
-            Err(nix::Error::EINTR) => {}
-            Err(error) => return Err(format!("waitpid {pid}: {error}")),
-        }
-    }
+    let ended = poll_until(timeout, || match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::StillAlive) | Err(nix::Error::EINTR) => Ok(None),
+        Ok(status) => Ok(Some(status)),
+        Err(error) => Err(format!("waitpid {pid}: {error}")),
+    })?;
+    ended.ok_or_else(|| format!("process {pid} still running after {timeout:?}"))
 }
 
 /// Waits for every worker; one message per worker that did not exit with status 0.

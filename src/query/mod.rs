@@ -197,6 +197,7 @@ mod tests {
                 .expect("literal glob"),
             collision_policy: CollisionPolicy::Report,
             local_host: None,
+            clock: Default::default(),
         });
         router(store, Vec::new(), CancellationToken::new())
     }

@@ -417,6 +417,7 @@ mod tests {
                 .expect("literal glob"),
             collision_policy: CollisionPolicy::Report,
             local_host: None,
+            clock: Default::default(),
         });
         let writer = Writer {
             transport: Transport::Http,

@@ -105,7 +105,7 @@ impl Store {
             writer,
             writer_id: collision::writer_id(&writer),
             now: SystemTime::now(),
-            now_monotonic: Instant::now(),
+            now_monotonic: self.shared.clock.now(),
             outcome,
         }
     }
@@ -393,6 +393,7 @@ mod tests {
                 .expect("literal glob"),
             collision_policy: CollisionPolicy::Report,
             local_host: None,
+            clock: Default::default(),
         })
     }
 
@@ -458,8 +459,8 @@ mod tests {
             ttl: Duration::from_secs(1),
         };
         let later = Instant::now() + Duration::from_secs(10);
-        store.sweep(later, &liveness);
-        let report = store.sweep(later + Duration::from_secs(10), &liveness);
+        store.sweep_at(later, &liveness);
+        let report = store.sweep_at(later + Duration::from_secs(10), &liveness);
         assert_eq!(report.evicted, 2);
         assert_eq!(store.stream_count(), 0);
         assert_eq!(
@@ -481,8 +482,8 @@ mod tests {
             ttl: Duration::from_secs(1),
         };
         let later = Instant::now() + Duration::from_secs(10);
-        store.sweep(later, &liveness);
-        store.sweep(later + Duration::from_secs(10), &liveness);
+        store.sweep_at(later, &liveness);
+        store.sweep_at(later + Duration::from_secs(10), &liveness);
         assert_eq!(store.attribute_set_count(), 0);
     }
 }

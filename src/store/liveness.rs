@@ -75,8 +75,13 @@ pub struct SweepReport {
 }
 
 impl Store {
+    /// Retires and evicts instances as of now, by the store's [`Clock`](super::Clock).
+    pub fn sweep(&self, liveness: &Liveness) -> SweepReport {
+        self.sweep_at(self.shared.clock.now(), liveness)
+    }
+
     /// Retires and evicts instances as of `now`.
-    pub fn sweep(&self, now: Instant, liveness: &Liveness) -> SweepReport {
+    pub fn sweep_at(&self, now: Instant, liveness: &Liveness) -> SweepReport {
         let mut report = SweepReport::default();
         for instance in self.all_instances() {
             let mut state = lock(&instance.state);

@@ -23,6 +23,7 @@
 //! and the `instances` shard (removal). None of these is ever held while waiting for an
 //! instance lock.
 
+mod clock;
 mod collision;
 mod ingest;
 mod liveness;
@@ -44,6 +45,7 @@ use crate::model::{Attributes, InstanceAttributes, InstanceKey, MetricId, Stream
 use crate::outcome::{Outcome, RejectReason};
 
 pub use crate::model::StreamValue;
+pub use clock::Clock;
 pub use collision::{CollisionView, FIX, InheritedState};
 pub use ingest::{Ingest, InstanceWriter, MetricKey, PointAttributes};
 pub use liveness::{Liveness, RetireReason, Retirement, SweepReport};
@@ -106,6 +108,7 @@ struct Shared {
     collision_policy: CollisionPolicy,
     /// This host's name when pids may be checked here.
     local_host: Option<String>,
+    clock: Clock,
     /// Seeds the stream hashes of every instance (see `ingest::MetricKey`) and the hashes of
     /// `attribute_sets`.
     stream_hasher: RandomState,
@@ -232,6 +235,8 @@ pub struct StoreSettings {
     /// This host's name, when pids may be checked here (`aggregation.pid_check`): a resource
     /// whose `host.name` is this one names a process the store can look at.
     pub local_host: Option<String>,
+    /// The monotonic time exports and retirements are stamped with.
+    pub clock: Clock,
 }
 
 impl Store {
@@ -242,6 +247,7 @@ impl Store {
             instance_attributes,
             collision_policy,
             local_host,
+            clock,
         } = settings;
         Store {
             shared: Arc::new(Shared {
@@ -256,10 +262,16 @@ impl Store {
                 collisions: Mutex::new(HashMap::new()),
                 collision_policy,
                 local_host,
+                clock,
                 stream_hasher: RandomState::default(),
                 attribute_sets: Mutex::new(hashbrown::HashTable::new()),
             }),
         }
+    }
+
+    /// The clock liveness is measured with.
+    pub fn clock(&self) -> &Clock {
+        &self.shared.clock
     }
 
     /// Which resource attributes name a worker.

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use fanin::proto::v1::query_service_client::QueryServiceClient;
 use fanin::receiver::grpc::RawCodec;
-use fanin::store::Store;
+use fanin::store::{Clock, Liveness, Store, SweepReport};
 use fanin::{Addresses, App, AppError, Config};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
@@ -29,6 +29,10 @@ pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.metrics.v1.Metrics
 pub struct TestFanin {
     pub addresses: Addresses,
     pub store: Store,
+    /// fanin's liveness clock; see [`TestFanin::advance`].
+    pub clock: Clock,
+    /// `aggregation.instance_ttl` as configured.
+    pub ttl: Duration,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), AppError>>,
     http: reqwest::Client,
@@ -49,11 +53,16 @@ pub async fn start() -> TestFanin {
     start_with(|_| {}).await
 }
 
-/// Starts fanin with the test config after `edit` has changed it.
+/// Starts fanin with the test config after `edit` has changed it. Its liveness clock stands
+/// still until [`TestFanin::advance`] moves it.
 pub async fn start_with(edit: impl FnOnce(&mut Config)) -> TestFanin {
     let mut config = test_config();
     edit(&mut config);
-    let app = App::bind(config).await.expect("bind 127.0.0.1:0");
+    let ttl = config.aggregation.instance_ttl;
+    let clock = Clock::manual();
+    let app = App::bind_with_clock(config, clock.clone())
+        .await
+        .expect("bind 127.0.0.1:0");
     let addresses = app.addresses();
     let store = app.store();
     let shutdown = CancellationToken::new();
@@ -61,6 +70,8 @@ pub async fn start_with(edit: impl FnOnce(&mut Config)) -> TestFanin {
     TestFanin {
         addresses,
         store,
+        clock,
+        ttl,
         shutdown,
         task,
         http: reqwest::Client::new(),
@@ -68,6 +79,13 @@ pub async fn start_with(edit: impl FnOnce(&mut Config)) -> TestFanin {
 }
 
 impl TestFanin {
+    /// Moves fanin's liveness clock forward by `by` and sweeps, as the sweep task would at
+    /// that time: retirement and eviction after `instance_ttl` without waiting for it.
+    pub fn advance(&self, by: Duration) -> SweepReport {
+        self.clock.advance(by);
+        self.store.sweep(&Liveness { ttl: self.ttl })
+    }
+
     /// The gRPC endpoint as a URL, as exporters want it.
     pub fn grpc_url(&self) -> String {
         format!("http://{}", self.addresses.grpc)
