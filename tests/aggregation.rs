@@ -1,6 +1,9 @@
 //! Space aggregation scenarios through the real server, each with exact totals: workers
 //! dying, restarting, retrying and mixing temporalities (issue: aggregation and query API).
 
+// Tests may panic on what they expect: a failed expectation is the test failing.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;

@@ -1,6 +1,9 @@
 //! The `fanin` binary: `serve` prints the bound addresses, takes exports, and exits 0 on
 //! SIGTERM/SIGINT; bad config exits 2 with the key named; the default config is built in.
 
+// Tests may panic on what they expect: a failed expectation is the test failing.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};

@@ -2,6 +2,9 @@
 //! one worker that retries, reconnects or restarts is not; `reject` refuses the evidence;
 //! counts recorded before fork show up as inherited state.
 
+// Tests may panic on what they expect: a failed expectation is the test failing.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use common::{TestFanin, export, start, start_with};

@@ -3,6 +3,9 @@
 //! and `/metrics`; a total past the i64 range is exact in `/metrics` and, where the answer
 //! is an int64, the nearest double with a note saying so.
 
+// Tests may panic on what they expect: a failed expectation is the test failing.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use common::{TestFanin, export, start};

@@ -6,6 +6,9 @@
 //! if any failed. The sidecar is a child process; queries use a client that spawns no
 //! thread, so the master stays forkable between scenarios (fork_worker checks).
 
+// Tests may panic on what they expect: a failed expectation is the test failing.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use std::process::ExitCode;

@@ -2,6 +2,9 @@
 //! flips, truncations, splices, odd numbers) go through decoding, conversion, storage and
 //! every query renderer. Mutations come from a fixed-seed generator, so a failure replays.
 
+// Tests may panic on what they expect: a failed expectation is the test failing.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 #[path = "common/mutation.rs"]
 mod mutation;
 

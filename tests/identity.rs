@@ -2,6 +2,9 @@
 //! in service.instance.id stay apart, duplicates count once, resets stay monotonic, and many
 //! concurrent workers lose nothing.
 
+// Tests may panic on what they expect: a failed expectation is the test failing.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use common::{export, int_attr, start, start_with};

@@ -1,6 +1,9 @@
 //! OTLP/gRPC: plain and gzip exports land in their streams exactly; partial success; every
 //! bad-input path gets the OTLP status code and leaves what was stored untouched.
 
+// Tests may panic on what they expect: a failed expectation is the test failing.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use common::{export, gzip, start, start_with};

@@ -1,6 +1,9 @@
 //! OTLP/HTTP: protobuf and JSON bodies, gzip, canonical responses, and every bad-input path
 //! with its status code, its message, and the stored values left untouched.
 
+// Tests may panic on what they expect: a failed expectation is the test failing.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use common::{HttpAnswer, TestFanin, export, gzip, start, start_with};

@@ -1,6 +1,9 @@
 //! `GET /metrics`: the aggregated series in Prometheus text format 0.0.4, checked line by line
 //! and by `promtool check metrics` when promtool is installed (`.ci/run` installs it).
 
+// Tests may panic on what they expect: a failed expectation is the test failing.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use std::io::Write;

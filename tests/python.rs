@@ -4,6 +4,9 @@
 //! requirements-test.txt is unchanged) with `python3` from PATH; a missing `python3` fails
 //! the test, it is never skipped.
 
+// Tests may panic on what they expect: a failed expectation is the test failing.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

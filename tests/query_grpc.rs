@@ -1,6 +1,9 @@
 //! The gRPC QueryService and the HTTP API give the same answer to the same question: the
 //! gRPC response, in its JSON form, equals the HTTP body.
 
+// Tests may panic on what they expect: a failed expectation is the test failing.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use common::{TestFanin, export, start};

@@ -1,6 +1,9 @@
 //! The official OpenTelemetry Rust SDK (`opentelemetry_sdk` + `opentelemetry-otlp`) exports to
 //! fanin over gRPC and over HTTP; the values read back through /api/v1/series are exact.
 
+// Tests may panic on what they expect: a failed expectation is the test failing.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use common::{TestFanin, start};

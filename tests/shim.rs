@@ -2,6 +2,9 @@
 //! identity and values; the global provider is taken only when nobody else holds it; a shut
 //! down shim records nothing. Forked workers are in tests/fork.rs.
 
+// Tests may panic on what they expect: a failed expectation is the test failing.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use common::{TestFanin, start_with};

@@ -1,6 +1,9 @@
 //! Graceful shutdown: once cancelled, fanin stops accepting connections but answers the
 //! requests already in flight, then stops.
 
+// Tests may panic on what they expect: a failed expectation is the test failing.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;

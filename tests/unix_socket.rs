@@ -2,6 +2,9 @@
 //! the kernel and recorded as the writer; socket mode; stale sockets replaced, live ones and
 //! other files left alone.
 
+// Tests may panic on what they expect: a failed expectation is the test failing.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;

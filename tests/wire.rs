@@ -10,6 +10,9 @@
 //! - hand-made encodings prost accepts but SDKs rarely send: unpacked repeated fields,
 //!   fields out of order or repeated, unknown fields of every wire type, long varints.
 
+// Tests may panic on what they expect: a failed expectation is the test failing.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
 #[path = "common/mutation.rs"]
 mod mutation;
 

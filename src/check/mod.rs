@@ -3,8 +3,8 @@
 //! Two rounds against one sidecar (its own, started from this binary on free loopback ports,
 //! or a running one given with `--target`):
 //!
-//! 1. **shim**: N workers forked from a single-threaded master, each with the [`Shim`],
-//!    record known values and flush. fanin must show N instances, each named after its
+//! 1. **shim**: N workers forked from a single-threaded master, each with the
+//!    [`Shim`](crate::shim::Shim), record known values and flush. fanin must show N instances, each named after its
 //!    worker's pid, totals equal to the truth, and no collision. The workers then record once
 //!    more and exit orderly; their final values must arrive.
 //! 2. **naive**: the master builds one provider before forking (the parent's resource and

@@ -8,7 +8,7 @@
 //! errors are a `google.rpc.Status` in that encoding.
 //!
 //! Large or compressed bodies are decompressed, decoded and stored on tokio's blocking pool
-//! ([`BLOCKING_BODY_BYTES`]); small ones inline, where a thread hand-off would cost more
+//! (`BLOCKING_BODY_BYTES`); small ones inline, where a thread hand-off would cost more
 //! than the work.
 
 use std::io::Read;

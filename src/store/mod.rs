@@ -1,6 +1,6 @@
 //! The store: one entry per stream, grouped by instance.
 //!
-//! Layout: a [`DashMap`] from instance (resource attributes) to an [`Instance`], and inside
+//! Layout: a [`DashMap`] from instance (resource attributes) to an `Instance`, and inside
 //! each instance a `hashbrown::HashTable` of its streams (`ingest::Streams`, found by a hash
 //! computed from borrowed parts) behind a `std::sync::Mutex`. One export request
 //! carries one worker's resource, so it takes its instance's lock once and applies every
