@@ -187,18 +187,11 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::model::InstanceAttributes;
-    use crate::store::{CollisionPolicy, StoreSettings};
+
+    use crate::store::StoreSettings;
 
     fn app() -> Router {
-        let store = Store::new(StoreSettings {
-            max_series: std::num::NonZeroUsize::MIN,
-            instance_attributes: InstanceAttributes::new(["service.instance.id"])
-                .expect("literal glob"),
-            collision_policy: CollisionPolicy::Report,
-            local_host: None,
-            clock: Default::default(),
-        });
+        let store = Store::new(StoreSettings::for_tests(1));
         router(store, Vec::new(), CancellationToken::new())
     }
 

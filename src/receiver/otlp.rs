@@ -349,11 +349,10 @@ fn exp_histogram_value(point: &ExponentialView, counts: &[u64]) -> Result<ExpHis
 
 #[cfg(test)]
 mod tests {
-    use std::num::NonZeroUsize;
 
     use super::*;
-    use crate::model::{AttrValue, InstanceAttributes, StreamValue};
-    use crate::store::{CollisionPolicy, StoreSettings, StreamView, Transport};
+    use crate::model::{AttrValue, StreamValue};
+    use crate::store::{StoreSettings, StreamView, Transport};
     use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
     use opentelemetry_proto::tonic::metrics::v1::{
         Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric::Data,
@@ -411,14 +410,7 @@ mod tests {
     /// Stores one metric from a decoded message; returns the streams and the outcome.
     #[track_caller]
     fn store_one(metric: Metric) -> (Vec<StreamView>, Outcome) {
-        let store = Store::new(StoreSettings {
-            max_series: NonZeroUsize::new(100).expect("non-zero"),
-            instance_attributes: InstanceAttributes::new(["service.instance.id"])
-                .expect("literal glob"),
-            collision_policy: CollisionPolicy::Report,
-            local_host: None,
-            clock: Default::default(),
-        });
+        let store = Store::new(StoreSettings::for_tests(100));
         let writer = Writer {
             transport: Transport::Http,
             peer: None,

@@ -379,22 +379,15 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use std::num::NonZeroUsize;
+
     use std::time::Duration;
 
     use super::*;
-    use crate::model::{AttrValue, InstanceAttributes, Kind, Number, Temporality, Value};
-    use crate::store::{CollisionPolicy, Liveness, StoreSettings, Transport};
+    use crate::model::{AttrValue, Kind, Number, Temporality, Value};
+    use crate::store::{Liveness, StoreSettings, Transport};
 
     fn store() -> Store {
-        Store::new(StoreSettings {
-            max_series: NonZeroUsize::new(100).expect("non-zero"),
-            instance_attributes: InstanceAttributes::new(["service.instance.id"])
-                .expect("literal glob"),
-            collision_policy: CollisionPolicy::Report,
-            local_host: None,
-            clock: Default::default(),
-        })
+        Store::new(StoreSettings::for_tests(100))
     }
 
     fn metric(name: &str, kind: Kind, monotonic: bool) -> Arc<MetricId> {

@@ -239,6 +239,22 @@ pub struct StoreSettings {
     pub clock: Clock,
 }
 
+#[cfg(test)]
+impl StoreSettings {
+    /// For unit tests: room for `max_series` streams, `service.instance.id` the only
+    /// instance attribute, collisions reported, no pid checks, the real clock.
+    pub(crate) fn for_tests(max_series: usize) -> StoreSettings {
+        StoreSettings {
+            max_series: NonZeroUsize::new(max_series).unwrap_or(NonZeroUsize::MIN),
+            instance_attributes: InstanceAttributes::new(["service.instance.id"])
+                .expect("a literal glob"),
+            collision_policy: CollisionPolicy::Report,
+            local_host: None,
+            clock: Clock::system(),
+        }
+    }
+}
+
 impl Store {
     /// An empty store.
     pub fn new(settings: StoreSettings) -> Store {
