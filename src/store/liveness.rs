@@ -24,6 +24,7 @@ use super::{
     EVICTED_LISTED, Instance, InstanceState, RetiredKey, RetiredTotal, Store, Transport, lock,
     lock_any, process, view_of,
 };
+use crate::model::StreamValue;
 
 /// Why an instance was retired.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,14 +144,25 @@ impl Store {
                 let Some(value) = stream.state().value else {
                     continue;
                 };
+                let bounds = match &value {
+                    StreamValue::Histogram(histogram) => histogram
+                        .bounds
+                        .iter()
+                        .map(|bound| bound.to_bits())
+                        .collect(),
+                    _ => Vec::new(),
+                };
                 let retired_key = RetiredKey {
                     metric: Arc::clone(&key.metric),
                     resource: resource.clone(),
                     attributes: key.attributes,
+                    bounds,
                 };
                 match retired.get_mut(&retired_key) {
                     Some(total) => {
-                        total.value.add(&value);
+                        // Same key, same bounds: the values always add.
+                        let added = total.value.add(&value);
+                        debug_assert!(added, "retired totals of one key add up");
                         total.instances += 1;
                     }
                     None => {
@@ -196,5 +208,87 @@ mod tests {
         assert_eq!(at(Duration::from_secs(300)), Duration::from_secs(1));
         assert_eq!(at(Duration::from_millis(200)), Duration::from_millis(100));
         assert_eq!(at(Duration::ZERO), Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod eviction_tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::model::{
+        AttrValue, Attributes, Histogram, Kind, MetricId, Point, Scope, Temporality, Value,
+    };
+    use crate::outcome::Outcome;
+    use crate::store::{StoreSettings, Writer};
+
+    fn histogram(bounds: &[f64], counts: &[u64]) -> Value {
+        Value::Histogram(Histogram {
+            count: counts.iter().sum(),
+            sum: Some(1.0),
+            min: None,
+            max: None,
+            bounds: bounds.to_vec(),
+            bucket_counts: counts.to_vec(),
+        })
+    }
+
+    #[test]
+    fn evicted_histograms_with_other_bounds_keep_their_counts() {
+        let store = Store::new(StoreSettings::for_tests(100));
+        let metric = Arc::new(MetricId {
+            name: "latency".into(),
+            kind: Kind::Histogram,
+            unit: "s".into(),
+            monotonic: false,
+            temporality: Some(Temporality::Cumulative),
+        });
+        let (scope, description) = (Arc::new(Scope::default()), Arc::<str>::from(""));
+        let writer = Writer {
+            transport: Transport::Http,
+            peer: None,
+            pid: None,
+        };
+        for (worker, bounds, counts) in [
+            ("w1", &[1.0][..], &[4, 6][..]),
+            ("w2", &[2.0][..], &[15, 5][..]),
+        ] {
+            let resource = Attributes::new(vec![(
+                "service.instance.id".into(),
+                AttrValue::Str(worker.into()),
+            )]);
+            let mut ingest = store.begin(writer, Outcome::default());
+            ingest.instance(&resource, |instance| {
+                let key = instance.metric(&scope, &metric, &description);
+                let point = Point {
+                    start: 1,
+                    time: 2,
+                    value: histogram(bounds, counts),
+                };
+                instance.point(&key, &[], point);
+            });
+            assert_eq!(ingest.finish().accepted, 1);
+        }
+        let liveness = Liveness {
+            ttl: Duration::from_secs(1),
+        };
+        let later = store.clock().now() + Duration::from_secs(10);
+        store.sweep_at(later, &liveness);
+        assert_eq!(
+            store
+                .sweep_at(later + Duration::from_secs(10), &liveness)
+                .evicted,
+            2
+        );
+        let counts: u64 = store
+            .retired_totals("latency")
+            .iter()
+            .map(|total| match &total.value {
+                StreamValue::Histogram(histogram) => histogram.count,
+                other => panic!("not a histogram: {other:?}"),
+            })
+            .sum();
+        assert_eq!(counts, 30, "both instances' observations are kept");
     }
 }

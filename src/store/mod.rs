@@ -121,12 +121,14 @@ struct Shared {
 const EVICTED_LISTED: usize = 1024;
 
 /// Where an evicted instance's counting streams are folded: the metric, the resource without
-/// its instance attributes, and the point attributes.
+/// its instance attributes, the point attributes, and for explicit-bucket histograms the
+/// bounds (by their bits), since totals with other bounds cannot be added bucket-wise.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct RetiredKey {
     metric: Arc<MetricId>,
     resource: Attributes,
     attributes: Arc<Attributes>,
+    bounds: Vec<u64>,
 }
 
 #[derive(Clone, Debug)]
