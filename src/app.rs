@@ -103,7 +103,7 @@ impl App {
             None => None,
         };
         let store = Store::new(StoreSettings {
-            max_series: config.limits.max_series,
+            limits: config.limits,
             instance_attributes: config.aggregation.instance_attributes.clone(),
             collision_policy: config.collisions.policy,
             local_host: if config.aggregation.pid_check {

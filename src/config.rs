@@ -169,12 +169,9 @@ pub struct CollisionsConfig {
     pub policy: CollisionPolicy,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsConfig {
-    /// Most streams kept at once across all instances.
-    pub max_series: NonZeroUsize,
-}
+/// `limits`: what one client may make fanin keep (see `store::Limits`).
+pub type LimitsConfig = crate::store::Limits;
+pub use crate::store::Limits;
 
 /// Why a configuration could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -501,7 +498,7 @@ mod tests {
     fn unknown_key_is_named() {
         check_error(
             DEFAULT_YAML.replace("max_series:", "max_serie:"),
-            "config key `limits.max_serie`: unknown field `max_serie`, expected `max_series`",
+            "config key `limits.max_serie`: unknown field `max_serie`, expected one of `max_series`",
         );
     }
 
@@ -524,8 +521,8 @@ mod tests {
     #[test]
     fn missing_key_is_named() {
         check_error(
-            DEFAULT_YAML.replace("  max_series: 1000000", "  {}"),
-            "limits",
+            DEFAULT_YAML.replace("  max_series: 1000000\n", ""),
+            "config key `limits`: missing field `max_series`",
         );
     }
 

@@ -24,13 +24,25 @@ pub enum RejectReason {
     BoundsChanged,
     /// The point would create a stream past `limits.max_series`.
     SeriesLimit,
+    /// The point would create a stream past `limits.max_series_per_instance`.
+    InstanceSeriesLimit,
+    /// The point would create an instance past `limits.max_instances`.
+    InstanceLimit,
+    /// The point's, its scope's or its resource's attributes break `limits.max_attributes`
+    /// or the key and value sizes.
+    AttributeLimit,
+    /// A histogram with more bounds or buckets than `limits.max_histogram_bounds` or
+    /// `limits.max_exponential_buckets`.
+    HistogramLimit,
+    /// The point would give its metric name a type past `limits.max_type_conflicts`.
+    TypeConflictLimit,
     /// The point is evidence that another process writes the stream (`collisions.policy:
     /// reject`).
     Collision,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 9] = [
+    pub const ALL: [RejectReason; 14] = [
         RejectReason::TimeZero,
         RejectReason::NoValue,
         RejectReason::BadTemporality,
@@ -39,6 +51,11 @@ impl RejectReason {
         RejectReason::InvalidExponentialHistogram,
         RejectReason::BoundsChanged,
         RejectReason::SeriesLimit,
+        RejectReason::InstanceSeriesLimit,
+        RejectReason::InstanceLimit,
+        RejectReason::AttributeLimit,
+        RejectReason::HistogramLimit,
+        RejectReason::TypeConflictLimit,
         RejectReason::Collision,
     ];
 
@@ -53,6 +70,11 @@ impl RejectReason {
             RejectReason::InvalidExponentialHistogram => "invalid_exponential_histogram",
             RejectReason::BoundsChanged => "bounds_changed",
             RejectReason::SeriesLimit => "series_limit",
+            RejectReason::InstanceSeriesLimit => "instance_series_limit",
+            RejectReason::InstanceLimit => "instance_limit",
+            RejectReason::AttributeLimit => "attribute_limit",
+            RejectReason::HistogramLimit => "histogram_limit",
+            RejectReason::TypeConflictLimit => "type_conflict_limit",
             RejectReason::Collision => "collision",
         }
     }

@@ -39,7 +39,10 @@ fn store() -> Store {
     let instance_attributes = InstanceAttributes::new(["service.instance.id", "process.*"])
         .unwrap_or_else(|error| panic!("literal globs: {error}"));
     Store::new(StoreSettings {
-        max_series: NonZeroUsize::new(10_000).expect("non-zero"),
+        limits: fanin::config::Limits {
+            max_series: NonZeroUsize::new(10_000).expect("non-zero"),
+            ..default_limits()
+        },
         instance_attributes,
         collision_policy: CollisionPolicy::Report,
         local_host: None,
@@ -146,4 +149,11 @@ async fn mutated_json_never_panics() {
     }
     assert!(decoded > 200, "only {decoded} mutated JSON bodies decoded");
     read_everything(&store).await;
+}
+
+/// The limits of the built-in default config.
+fn default_limits() -> fanin::config::Limits {
+    fanin::Config::from_yaml_with_env(fanin::config::DEFAULT_YAML, &|_| None)
+        .map(|config| config.limits)
+        .unwrap_or_else(|error| panic!("the default config parses: {error}"))
 }

@@ -568,7 +568,10 @@ fn store() -> Store {
     let instance_attributes =
         InstanceAttributes::new(["service.instance.id"]).expect("literal glob");
     Store::new(StoreSettings {
-        max_series: NonZeroUsize::new(1_000).expect("non-zero"),
+        limits: fanin::config::Limits {
+            max_series: NonZeroUsize::new(1_000).expect("non-zero"),
+            ..default_limits()
+        },
         instance_attributes,
         collision_policy: CollisionPolicy::Report,
         local_host: None,
@@ -818,4 +821,11 @@ fn what_prost_merges_or_refuses_is_left_to_prost() {
     let bytes = around_metric(&metric);
     assert!(ExportMetricsServiceRequest::decode(&bytes[..]).is_ok());
     assert!(wire::parse(&bytes).is_err());
+}
+
+/// The limits of the built-in default config.
+fn default_limits() -> fanin::config::Limits {
+    fanin::Config::from_yaml_with_env(fanin::config::DEFAULT_YAML, &|_| None)
+        .map(|config| config.limits)
+        .unwrap_or_else(|error| panic!("the default config parses: {error}"))
 }

@@ -23,10 +23,20 @@ pub fn empty_store() -> Store {
     let instance_attributes = InstanceAttributes::new(["service.instance.id", "process.*"])
         .unwrap_or_else(|error| panic!("literal globs: {error}"));
     Store::new(StoreSettings {
-        max_series: NonZeroUsize::MIN.saturating_add(1_000_000),
+        limits: fanin::config::Limits {
+            max_series: NonZeroUsize::MIN.saturating_add(1_000_000),
+            ..default_limits()
+        },
         instance_attributes,
         collision_policy: CollisionPolicy::Report,
         local_host: None,
         clock: Default::default(),
     })
+}
+
+/// The limits of the built-in default config.
+fn default_limits() -> fanin::config::Limits {
+    fanin::Config::from_yaml_with_env(fanin::config::DEFAULT_YAML, &|_| None)
+        .map(|config| config.limits)
+        .unwrap_or_else(|error| panic!("the default config parses: {error}"))
 }

@@ -248,12 +248,14 @@ fn counts(pairs: &[(&'static str, u64)]) -> Json {
     )
 }
 
-pub fn stats(
-    stats: &StatsSnapshot,
-    streams: usize,
-    instances: usize,
-    conflicts: &[TypeConflict],
-) -> Json {
+/// How much the store holds, for `/api/v1/stats`.
+pub struct Held {
+    pub streams: usize,
+    pub retired_totals: usize,
+    pub instances: usize,
+}
+
+pub fn stats(stats: &StatsSnapshot, held: Held, conflicts: &[TypeConflict]) -> Json {
     json!({
         "requests": counts(&stats.requests),
         "request_errors": counts(&stats.request_errors),
@@ -263,8 +265,9 @@ pub fn stats(
             "rejected": counts(&stats.points_rejected),
             "dropped": counts(&stats.points_dropped),
         },
-        "streams": streams,
-        "instances": instances,
+        "streams": held.streams,
+        "retired_totals": held.retired_totals,
+        "instances": held.instances,
         "instances_retired": stats.instances_retired,
         "collisions": stats.collisions,
         "type_conflicts": conflicts

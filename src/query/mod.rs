@@ -150,12 +150,12 @@ async fn series(
 
 async fn stats(State(state): State<QueryState>) -> Response {
     let store = &state.store;
-    let body = json::stats(
-        &store.stats().snapshot(),
-        store.stream_count(),
-        store.instance_count(),
-        &store.type_conflicts(),
-    );
+    let held = json::Held {
+        streams: store.stream_count(),
+        retired_totals: store.retired_total_count(),
+        instances: store.instance_count(),
+    };
+    let body = json::stats(&store.stats().snapshot(), held, &store.type_conflicts());
     axum::Json(body).into_response()
 }
 

@@ -18,7 +18,7 @@ use crate::model::{
     Summary, Temporality, Value, sort_unique,
 };
 use crate::outcome::{Outcome, RejectReason};
-use crate::store::{InstanceWriter, Store, Writer};
+use crate::store::{InstanceWriter, Limits, Store, Writer};
 
 /// `DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK`: the stream was explicitly removed.
 const NO_RECORDED_VALUE: u32 = 1;
@@ -109,28 +109,68 @@ fn point(
 /// Stores a request's view: every resource under its instance's lock, every point under the
 /// rules below, each point's stream found with attributes that still point into the request.
 pub fn store_view(store: &Store, request: &Request<'_>, writer: Writer) -> Outcome {
+    let limits = store.limits();
     let mut ingest = store.begin(writer, Outcome::default());
     // One buffer for every point's sorted attributes: no allocation per point.
     let mut sorted: Vec<(&str, AttrRef<'_>)> = Vec::new();
     for resource in &request.resources {
-        let resource_attributes =
-            Attributes::from_pairs(&request.attributes[resource.attributes.clone()]);
-        ingest.instance(&resource_attributes, |instance| {
-            for scope in &request.scopes[resource.scopes.clone()] {
+        let pairs = &request.attributes[resource.attributes.clone()];
+        let scopes = &request.scopes[resource.scopes.clone()];
+        if let Some(problem) = limits.attribute_problem(pairs) {
+            let n = points_in(request, scopes);
+            ingest
+                .outcome()
+                .reject(RejectReason::AttributeLimit, n, || {
+                    format!("a resource has {problem}; none of its points is stored")
+                });
+            continue;
+        }
+        let stored = ingest.instance(&Attributes::from_pairs(pairs), |instance| {
+            for scope in scopes {
+                let pairs = &request.attributes[scope.attributes.clone()];
+                if let Some(problem) = limits.attribute_problem(pairs) {
+                    let n = points_in(request, std::slice::from_ref(scope));
+                    instance
+                        .outcome()
+                        .reject(RejectReason::AttributeLimit, n, || {
+                            format!(
+                                "scope {:?} has {problem}; none of its points is stored",
+                                scope.name
+                            )
+                        });
+                    continue;
+                }
                 let scope_key = Arc::new(Scope {
                     name: scope.name.to_owned(),
                     version: scope.version.to_owned(),
-                    attributes: Attributes::from_pairs(
-                        &request.attributes[scope.attributes.clone()],
-                    ),
+                    attributes: Attributes::from_pairs(pairs),
                 });
                 for metric in &request.metrics[scope.metrics.clone()] {
                     store_metric(instance, request, &scope_key, metric, &mut sorted);
                 }
             }
         });
+        if stored.is_none() {
+            let n = points_in(request, scopes);
+            let max = limits.max_instances;
+            ingest.outcome().reject(RejectReason::InstanceLimit, n, || {
+                format!(
+                    "the store holds {max} instances (limits.max_instances): a new resource's points are refused until some are evicted"
+                )
+            });
+        }
     }
     ingest.finish()
+}
+
+/// How many data points the metrics of `scopes` carry.
+fn points_in(request: &Request<'_>, scopes: &[view::ScopeView<'_>]) -> u64 {
+    scopes
+        .iter()
+        .flat_map(|scope| &request.metrics[scope.metrics.clone()])
+        .filter_map(|metric| metric.data.as_ref())
+        .map(|data| data.points.len() as u64)
+        .sum()
 }
 
 /// Stores the points of one metric. `sorted` is scratch space for each point's attributes.
@@ -160,21 +200,34 @@ fn store_metric<'a>(
     let identity = Arc::new(identity);
     let description: Arc<str> = metric.description.into();
     let key = instance.metric(scope, &identity, &description);
+    let limits = instance.limits();
     for view in &request.points[data.points.clone()] {
         let times = (view.start, view.time, view.flags);
-        let value = || view_value(request, &view.value);
+        let value = || view_value(request, &view.value, &limits);
         let Some(point) = point(&identity, times, value, instance.outcome()) else {
             continue;
         };
+        let pairs = &request.attributes[view.attributes.clone()];
+        if let Some(problem) = limits.attribute_problem(pairs) {
+            instance
+                .outcome()
+                .reject(RejectReason::AttributeLimit, 1, || {
+                    format!("metric {:?}: a point has {problem}", identity.name)
+                });
+            continue;
+        }
         sorted.clear();
-        sorted.extend_from_slice(&request.attributes[view.attributes.clone()]);
+        sorted.extend_from_slice(pairs);
         sort_unique(sorted);
         instance.point(&key, &sorted[..], point);
     }
 }
 
-/// The value of a point, validated.
-fn view_value(request: &Request<'_>, value: &ValueView) -> ValueResult {
+/// The value of a point, validated and within `limits`.
+fn view_value(request: &Request<'_>, value: &ValueView, limits: &Limits) -> ValueResult {
+    if let Some(problem) = histogram_size_problem(value, limits) {
+        return Err((RejectReason::HistogramLimit, problem));
+    }
     match value {
         ValueView::Double(value) => Ok(Value::Number(Number::Double(*value))),
         ValueView::Int(value) => Ok(Value::Number(Number::Int(*value))),
@@ -194,6 +247,36 @@ fn view_value(request: &Request<'_>, value: &ValueView) -> ValueResult {
             sum: summary.sum,
             quantiles: request.quantiles[summary.quantiles.clone()].to_vec(),
         })),
+    }
+}
+
+/// Why a histogram has more bounds or buckets than `limits` allow, or `None`.
+fn histogram_size_problem(value: &ValueView, limits: &Limits) -> Option<String> {
+    match value {
+        ValueView::Histogram(histogram) => {
+            let bounds = histogram.bounds.len();
+            (bounds > limits.max_histogram_bounds.get()).then(|| {
+                format!(
+                    "a histogram has {bounds} explicit bounds, more than limits.max_histogram_bounds ({})",
+                    limits.max_histogram_bounds
+                )
+            })
+        }
+        ValueView::Exponential(histogram) => {
+            let widest = [&histogram.positive, &histogram.negative]
+                .into_iter()
+                .flatten()
+                .map(|side| side.counts.len())
+                .max()
+                .unwrap_or(0);
+            (widest > limits.max_exponential_buckets.get()).then(|| {
+                format!(
+                    "an exponential histogram has {widest} buckets on one side, more than limits.max_exponential_buckets ({})",
+                    limits.max_exponential_buckets
+                )
+            })
+        }
+        _ => None,
     }
 }
 

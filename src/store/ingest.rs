@@ -18,8 +18,8 @@ use hashbrown::HashTable;
 
 use super::stream::Stream;
 use super::{
-    Instance, InstanceState, MetricEntry, Store, TypeConflict, Writer, collision, count, lock,
-    lock_any,
+    Instance, InstanceState, Limits, MetricEntry, Store, TypeConflict, Writer, collision, count,
+    lock, lock_any,
 };
 use crate::model::{AttrRef, Attributes, MetricId, Point, Scope, StreamKey, hash_pairs};
 use crate::outcome::{Outcome, RejectReason};
@@ -118,16 +118,21 @@ impl Ingest<'_> {
     }
 
     /// Locks the instance for `resource` (creating it on first sight, reviving it if it was
-    /// retired) and lets `write` apply its points.
+    /// retired) and lets `write` apply its points. An instance is kept only once a point
+    /// is stored in it: one this request created and left without a stream is removed
+    /// again, so exports with no valid point leave nothing behind.
+    ///
+    /// `None` (and `write` is not called) when the instance would be new and the store holds
+    /// `limits.max_instances` already; the caller refuses the resource's points.
     pub fn instance<R>(
         &mut self,
         resource: &Attributes,
         write: impl FnOnce(&mut InstanceWriter<'_>) -> R,
-    ) -> R {
+    ) -> Option<R> {
         loop {
-            let instance = self
-                .store
-                .instance(resource, self.writer, self.now, self.now_monotonic);
+            let (instance, created) =
+                self.store
+                    .instance(resource, self.writer, self.now, self.now_monotonic)?;
             let mut state = lock(&instance.state);
             if state.evicted {
                 // Evicted between the lookup and the lock: it is gone from the map, and
@@ -150,7 +155,11 @@ impl Ingest<'_> {
                 now: self.now,
                 outcome: &mut self.outcome,
             };
-            return write(&mut writer);
+            let written = write(&mut writer);
+            if created && state.streams.len() == 0 {
+                self.store.remove_instance(&instance, &mut state);
+            }
+            return Some(written);
         }
     }
 
@@ -165,6 +174,11 @@ impl InstanceWriter<'_> {
     /// What this request has led to so far.
     pub fn outcome(&mut self) -> &mut Outcome {
         self.outcome
+    }
+
+    /// The store's limits.
+    pub fn limits(&self) -> Limits {
+        self.store.shared.limits
     }
 
     /// The key shared by the points of one metric.
@@ -216,8 +230,19 @@ impl InstanceWriter<'_> {
             count(self.outcome, result, &key.metric);
             return;
         }
+        let limits = &self.store.shared.limits;
+        if self.state.streams.len() >= limits.max_series_per_instance.get() {
+            let max = limits.max_series_per_instance;
+            self.outcome.reject(RejectReason::InstanceSeriesLimit, 1, || {
+                format!(
+                    "metric {:?}: this instance has {max} streams already (limits.max_series_per_instance); its existing streams keep updating",
+                    metric.metric.name
+                )
+            });
+            return;
+        }
         if !self.store.reserve_stream() {
-            let max = self.store.shared.max_series;
+            let max = limits.max_series;
             self.outcome.reject(RejectReason::SeriesLimit, 1, || {
                 format!(
                     "metric {:?}: the store is full ({max} streams, limits.max_series); existing streams keep updating",
@@ -226,8 +251,20 @@ impl InstanceWriter<'_> {
             });
             return;
         }
-        self.store
-            .register_metric(metric.metric, metric.description, self.now);
+        if !self
+            .store
+            .register_metric(metric.metric, metric.description, self.now)
+        {
+            self.store.shared.n_streams.fetch_sub(1, Ordering::Relaxed);
+            let max = limits.max_type_conflicts;
+            self.outcome.reject(RejectReason::TypeConflictLimit, 1, || {
+                format!(
+                    "metric {:?} arrives with more than {max} other types (limits.max_type_conflicts); give each type its own name",
+                    metric.metric.name
+                )
+            });
+            return;
+        }
         let mut stream = Stream::new(metric.metric, Arc::clone(metric.description));
         // A stream's first point has nothing to contradict: no evidence to record.
         let (result, _) = stream.apply(point, self.writer_id, policy);
@@ -284,23 +321,37 @@ impl Store {
         lock_any(&self.shared.attribute_sets).retain(|set| Arc::strong_count(set) > 1);
     }
 
-    /// The instance for `resource`, created on first sight.
+    /// The instance for `resource`, and whether this call created it; `None` when it is new
+    /// and the store already holds `limits.max_instances`.
     fn instance(
         &self,
         resource: &Attributes,
         writer: Writer,
         now: SystemTime,
         now_monotonic: Instant,
-    ) -> Arc<Instance> {
+    ) -> Option<(Arc<Instance>, bool)> {
         if let Some(existing) = self.shared.instances.get(resource) {
-            return Arc::clone(existing.value());
+            return Some((Arc::clone(existing.value()), false));
+        }
+        let max = self.shared.limits.max_instances.get();
+        let reserved = self
+            .shared
+            .n_instances
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok();
+        if !reserved {
+            return None;
         }
         let key = Arc::new(resource.clone());
+        let mut created = false;
         let entry = self
             .shared
             .instances
             .entry(Arc::clone(&key))
             .or_insert_with(|| {
+                created = true;
                 Arc::new(Instance {
                     key,
                     state: std::sync::Mutex::new(InstanceState {
@@ -315,23 +366,48 @@ impl Store {
                     }),
                 })
             });
-        Arc::clone(entry.value())
+        let instance = Arc::clone(entry.value());
+        drop(entry);
+        if !created {
+            // Another request created it meanwhile: the slot taken for it goes back.
+            self.shared.n_instances.fetch_sub(1, Ordering::Relaxed);
+        }
+        Some((instance, created))
     }
 
-    /// Takes one slot under `limits.max_series`; false when the store is full.
+    /// Removes an instance with no streams from the map, under its lock, so that a writer
+    /// that raced the removal looks it up again.
+    pub(super) fn remove_instance(&self, instance: &Instance, state: &mut InstanceState) {
+        state.evicted = true;
+        // Removing from the map under the instance lock is safe: no one holds a map guard
+        // while waiting for an instance lock.
+        self.shared.instances.remove(&instance.key);
+        self.shared.n_instances.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Takes one slot under `limits.max_series`, which streams and retired totals share;
+    /// false when the store is full.
     fn reserve_stream(&self) -> bool {
-        let max = self.shared.max_series;
+        let max = self.shared.limits.max_series.get();
+        let retired = self.shared.n_retired.load(Ordering::Relaxed);
         self.shared
             .n_streams
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                (n < max).then_some(n + 1)
+                (n + retired < max).then_some(n + 1)
             })
             .is_ok()
     }
 
     /// Notes a new stream's metric identity and reports a type conflict the first time a
-    /// name arrives with another kind, unit or monotonicity.
-    fn register_metric(&self, metric: &Arc<MetricId>, description: &Arc<str>, now: SystemTime) {
+    /// name arrives with another kind, unit or monotonicity. False (nothing noted) when the
+    /// identity would be a conflict past `limits.max_type_conflicts`: the stream is refused,
+    /// and that is logged once per metric.
+    fn register_metric(
+        &self,
+        metric: &Arc<MetricId>,
+        description: &Arc<str>,
+        now: SystemTime,
+    ) -> bool {
         let mut entry = self
             .shared
             .metrics
@@ -340,40 +416,55 @@ impl Store {
                 first: Arc::clone(metric),
                 description: Arc::clone(description),
                 conflicts: Vec::new(),
+                conflicts_refused: false,
                 evicted_instances: 0,
+                streams: 0,
             });
         if description.len() > entry.description.len() {
             entry.description = Arc::clone(description);
         }
-        let first = &entry.first;
-        if first.same_type(metric) {
-            return;
+        if entry.first.same_type(metric) {
+            entry.streams += 1;
+            return true;
         }
-        let first_description = first.describe();
         let conflicting = metric.describe();
-        match entry
+        if let Some(conflict) = entry
             .conflicts
             .iter_mut()
             .find(|conflict| conflict.conflicting == conflicting)
         {
-            Some(conflict) => conflict.streams += 1,
-            None => {
+            conflict.streams += 1;
+            entry.streams += 1;
+            return true;
+        }
+        if entry.conflicts.len() >= self.shared.limits.max_type_conflicts.get() {
+            if !std::mem::replace(&mut entry.conflicts_refused, true) {
                 tracing::warn!(
                     metric = %metric.name,
-                    first = %first_description,
                     conflicting = %conflicting,
-                    "Metric name arrives with two types; both are kept as separate streams. Give them different names"
+                    max = self.shared.limits.max_type_conflicts.get(),
+                    "Metric name arrives with more types than limits.max_type_conflicts; streams of further types are refused"
                 );
-                self.shared.stats.type_conflict();
-                entry.conflicts.push(TypeConflict {
-                    metric: metric.name.clone(),
-                    first: first_description,
-                    conflicting,
-                    first_seen: now,
-                    streams: 1,
-                });
             }
+            return false;
         }
+        let first_description = entry.first.describe();
+        tracing::warn!(
+            metric = %metric.name,
+            first = %first_description,
+            conflicting = %conflicting,
+            "Metric name arrives with two types; both are kept as separate streams. Give them different names"
+        );
+        self.shared.stats.type_conflict();
+        entry.conflicts.push(TypeConflict {
+            metric: metric.name.clone(),
+            first: first_description,
+            conflicting,
+            first_seen: now,
+            streams: 1,
+        });
+        entry.streams += 1;
+        true
     }
 }
 

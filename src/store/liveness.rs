@@ -16,6 +16,7 @@
 //! The pid check is `process.rs`'s; with `aggregation.pid_check` off, `instance_ttl` alone
 //! decides.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime};
@@ -123,21 +124,24 @@ impl Store {
         }
         if report.evicted > 0 {
             self.forget_unused_attribute_sets();
+            self.forget_unused_metrics();
         }
         report
     }
 
     /// Folds a retired instance's counting streams into the retired totals and removes it.
+    /// A retired total takes a slot under `limits.max_series` as a stream does.
     fn evict(&self, instance: &Instance, state: &mut InstanceState) {
         let resource = self.shared.instance_attributes.strip(&instance.key);
         let n_streams = state.streams.len();
-        let mut names: Vec<String> = Vec::new();
+        // Per metric name: streams dropped, and retired totals created.
+        let mut names: HashMap<String, (usize, usize)> = HashMap::new();
+        let mut new_totals = 0;
         {
             let mut retired = lock_any(&self.shared.retired);
             for (key, stream) in state.streams.drain() {
-                if !names.contains(&key.metric.name) {
-                    names.push(key.metric.name.clone());
-                }
+                let tally = names.entry(key.metric.name.clone()).or_default();
+                tally.0 += 1;
                 if !key.metric.counts_events() {
                     continue;
                 }
@@ -173,28 +177,36 @@ impl Store {
                                 instances: 1,
                             },
                         );
+                        tally.1 += 1;
+                        new_totals += 1;
                     }
                 }
             }
         }
-        for name in &names {
+        for (name, (dropped, created)) in &names {
             if let Some(mut entry) = self.shared.metrics.get_mut(name) {
                 entry.evicted_instances += 1;
+                entry.streams = entry.streams.saturating_sub(*dropped) + created;
             }
         }
         self.shared
             .n_streams
             .fetch_sub(n_streams, Ordering::Relaxed);
-        state.evicted = true;
-        // Removing from the map under the instance lock is safe: no one holds a map guard
-        // while waiting for an instance lock.
-        self.shared.instances.remove(&instance.key);
+        self.shared
+            .n_retired
+            .fetch_add(new_totals, Ordering::Relaxed);
+        self.remove_instance(instance, state);
         let mut evicted = lock_any(&self.shared.evicted);
         if evicted.len() == EVICTED_LISTED {
             evicted.pop_front();
         }
         evicted.push_back(view_of(instance, state));
         tracing::debug!(instance = ?instance.key, streams = n_streams, "Evicted retired instance");
+    }
+
+    /// Forgets metric names that have neither streams nor retired totals left.
+    fn forget_unused_metrics(&self) {
+        self.shared.metrics.retain(|_, entry| entry.streams > 0);
     }
 }
 

@@ -26,6 +26,7 @@
 mod clock;
 mod collision;
 mod ingest;
+mod limits;
 mod liveness;
 mod process;
 mod stats;
@@ -33,7 +34,6 @@ mod stream;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime};
@@ -48,6 +48,7 @@ pub use crate::model::StreamValue;
 pub use clock::Clock;
 pub use collision::{CollisionView, FIX, InheritedState};
 pub use ingest::{Ingest, InstanceWriter, MetricKey, PointAttributes};
+pub use limits::Limits;
 pub use liveness::{Liveness, RetireReason, Retirement, SweepReport};
 pub use stats::{RequestError, Stats, StatsSnapshot};
 pub use stream::{CollisionPolicy, Evidence, RunState, StreamState};
@@ -93,8 +94,13 @@ struct Shared {
     instances: DashMap<InstanceKey, Arc<Instance>, RandomState>,
     /// The first identity seen for each metric name, and any that conflicted with it.
     metrics: DashMap<String, MetricEntry, RandomState>,
+    /// Streams kept; with the retired totals, against `limits.max_series`.
     n_streams: AtomicUsize,
-    max_series: usize,
+    /// Retired totals kept (the length of `retired`, readable without its lock).
+    n_retired: AtomicUsize,
+    /// Instances in the map, against `limits.max_instances`.
+    n_instances: AtomicUsize,
+    limits: Limits,
     stats: Stats,
     /// Decides which resource attributes a retired accumulator's key leaves out.
     instance_attributes: InstanceAttributes,
@@ -182,8 +188,12 @@ struct MetricEntry {
     /// The longest description seen (descriptions are not identifying).
     description: Arc<str>,
     conflicts: Vec<TypeConflict>,
+    /// A stream was refused past `limits.max_type_conflicts` (logged once).
+    conflicts_refused: bool,
     /// Instances with streams of this metric that were evicted.
     evicted_instances: u64,
+    /// Streams and retired totals of this name: at 0 the sweep forgets the name.
+    streams: usize,
 }
 
 /// A metric name seen with a different kind, unit or monotonicity than it was first seen
@@ -229,8 +239,8 @@ pub struct StreamView {
 /// How a store is set up.
 #[derive(Clone, Debug)]
 pub struct StoreSettings {
-    /// Most streams kept (`limits.max_series`).
-    pub max_series: NonZeroUsize,
+    /// What one client may make the store keep.
+    pub limits: Limits,
     /// Which resource attributes name a worker; retired totals and aggregation leave them out.
     pub instance_attributes: InstanceAttributes,
     pub collision_policy: CollisionPolicy,
@@ -247,7 +257,7 @@ impl StoreSettings {
     /// instance attribute, collisions reported, no pid checks, the real clock.
     pub(crate) fn for_tests(max_series: usize) -> StoreSettings {
         StoreSettings {
-            max_series: NonZeroUsize::new(max_series).unwrap_or(NonZeroUsize::MIN),
+            limits: Limits::with_max_series(max_series),
             instance_attributes: InstanceAttributes::new(["service.instance.id"])
                 .expect("a literal glob"),
             collision_policy: CollisionPolicy::Report,
@@ -261,7 +271,7 @@ impl Store {
     /// An empty store.
     pub fn new(settings: StoreSettings) -> Store {
         let StoreSettings {
-            max_series,
+            limits,
             instance_attributes,
             collision_policy,
             local_host,
@@ -272,7 +282,9 @@ impl Store {
                 instances: DashMap::with_hasher(RandomState::default()),
                 metrics: DashMap::with_hasher(RandomState::default()),
                 n_streams: AtomicUsize::new(0),
-                max_series: max_series.get(),
+                n_retired: AtomicUsize::new(0),
+                n_instances: AtomicUsize::new(0),
+                limits,
                 stats: Stats::default(),
                 instance_attributes,
                 retired: Mutex::new(HashMap::with_hasher(RandomState::default())),
@@ -285,6 +297,11 @@ impl Store {
                 attribute_sets: Mutex::new(hashbrown::HashTable::new()),
             }),
         }
+    }
+
+    /// What one client may make the store keep.
+    pub fn limits(&self) -> &Limits {
+        &self.shared.limits
     }
 
     /// The clock liveness is measured with.
@@ -319,6 +336,11 @@ impl Store {
     /// Number of streams stored.
     pub fn stream_count(&self) -> usize {
         self.shared.n_streams.load(Ordering::Relaxed)
+    }
+
+    /// Number of retired totals kept (each takes a slot under `limits.max_series`).
+    pub fn retired_total_count(&self) -> usize {
+        self.shared.n_retired.load(Ordering::Relaxed)
     }
 
     /// Number of instances seen.
