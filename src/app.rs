@@ -16,7 +16,9 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::config::{Config, FileMode};
 use crate::query::grpc::QueryServer;
-use crate::receiver::grpc::ExportService;
+use crate::receiver::budget::Budget;
+use crate::receiver::grpc::{ExportService, ExportSettings};
+use crate::receiver::http::HttpSettings;
 use crate::store::{Clock, Liveness, Store, StoreSettings, Transport};
 use crate::{query, receiver};
 
@@ -156,6 +158,13 @@ impl App {
             unix,
         } = self;
         let otlp = &config.receivers.otlp;
+        // One budget for requests in flight, shared by the three listeners.
+        let budget = Budget::new(otlp.max_inflight_bytes.get());
+        let export_settings = |max_request_bytes: usize| ExportSettings {
+            max_request_bytes,
+            budget: budget.clone(),
+            body_timeout: otlp.body_timeout,
+        };
 
         let grpc_server = tonic::transport::Server::builder()
             .add_service(QueryServer::service(
@@ -164,7 +173,7 @@ impl App {
             ))
             .add_service(ExportService::new(
                 store.clone(),
-                otlp.grpc.max_request_bytes.get(),
+                export_settings(otlp.grpc.max_request_bytes.get()),
                 Transport::Grpc,
             ))
             .serve_with_incoming_shutdown(
@@ -172,7 +181,14 @@ impl App {
                 shutdown.clone().cancelled_owned(),
             );
 
-        let http_router = receiver::http::router(store.clone(), otlp.http.max_request_bytes.get());
+        let http_router = receiver::http::router(
+            store.clone(),
+            HttpSettings {
+                max_request_bytes: otlp.http.max_request_bytes.get(),
+                budget: budget.clone(),
+                body_timeout: otlp.body_timeout,
+            },
+        );
         let http_server = axum::serve(
             http.tap_io(set_nodelay),
             http_router.into_make_service_with_connect_info::<SocketAddr>(),
@@ -183,7 +199,7 @@ impl App {
             let server = tonic::transport::Server::builder()
                 .add_service(ExportService::new(
                     store.clone(),
-                    otlp.unix.max_request_bytes.get(),
+                    export_settings(otlp.unix.max_request_bytes.get()),
                     Transport::Unix,
                 ))
                 .serve_with_incoming_shutdown(

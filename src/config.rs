@@ -46,6 +46,11 @@ pub struct OtlpConfig {
     pub grpc: ListenerConfig,
     pub http: ListenerConfig,
     pub unix: UnixConfig,
+    /// Memory for request bodies in flight, across the three listeners.
+    pub max_inflight_bytes: NonZeroUsize,
+    /// How long a request's body may take to arrive, once its headers have.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
 }
 
 /// OTLP/gRPC over a unix domain socket.

@@ -181,7 +181,7 @@ async fn queries_are_not_counted_as_exports() {
     assert_eq!(stats["requests"]["grpc"], json!(3));
     assert_eq!(
         stats["request_errors"],
-        json!({"decode": 0, "too_large": 0, "unsupported": 0})
+        json!({"decode": 0, "too_large": 0, "unsupported": 0, "busy": 0, "timeout": 0})
     );
     fanin.stop().await;
 }

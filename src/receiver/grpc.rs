@@ -12,7 +12,9 @@
 //!   input.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes};
 use prost::Message;
@@ -20,28 +22,40 @@ use tonic::codec::{Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, En
 use tonic::server::NamedService;
 use tonic::{Code, Request, Response, Status};
 
+use super::budget::{Budget, SharedHeld};
 use super::{receive_protobuf, response};
 use crate::store::{RequestError, Store, Transport, Writer};
 
 /// The one method this service answers.
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
 
+/// How a gRPC listener takes `Export` requests.
+#[derive(Clone, Debug)]
+pub struct ExportSettings {
+    /// Bound on a message after decompression.
+    pub max_request_bytes: usize,
+    /// The budget for requests in flight, shared with the other listeners.
+    pub budget: Budget,
+    /// How long a request's body may take to arrive.
+    pub body_timeout: Duration,
+}
+
 /// The gRPC `MetricsService`, answering `Export` with OTLP's status codes.
 #[derive(Clone)]
 pub struct ExportService {
     store: Store,
     transport: Transport,
-    max_request_bytes: usize,
+    settings: ExportSettings,
 }
 
 impl ExportService {
     /// The service; `transport` (gRPC over TCP, or the unix socket) is what requests are
-    /// counted under, and `max_request_bytes` bounds a message after decompression.
-    pub fn new(store: Store, max_request_bytes: usize, transport: Transport) -> ExportService {
+    /// counted under.
+    pub fn new(store: Store, settings: ExportSettings, transport: Transport) -> ExportService {
         ExportService {
             store,
             transport,
-            max_request_bytes,
+            settings,
         }
     }
 }
@@ -72,16 +86,29 @@ impl tower::Service<http::Request<tonic::body::Body>> for ExportService {
                 .into_http();
                 return Ok(remap_status(&service.store, service.transport, response));
             }
+            let settings = &service.settings;
             let mut grpc = tonic::server::Grpc::new(RawCodec)
                 .accept_compressed(CompressionEncoding::Gzip)
                 .accept_compressed(CompressionEncoding::Zstd)
-                .max_decoding_message_size(service.max_request_bytes);
+                .max_decoding_message_size(settings.max_request_bytes);
+            // The body takes budget for each frame as it arrives; what the request holds is
+            // given back once it has been answered (when `held` and the body are dropped).
+            let held = SharedHeld::default();
+            let request = request.map(|body| {
+                tonic::body::Body::new(BudgetedBody::new(
+                    body,
+                    settings.budget.clone(),
+                    held.clone(),
+                    settings.body_timeout,
+                ))
+            });
             let (store, transport) = (service.store.clone(), service.transport);
             let export = tower::service_fn(move |request: Request<Bytes>| {
                 let store = store.clone();
                 async move { export(&store, transport, request) }
             });
             let response = grpc.unary(export, request).await;
+            drop(held);
             Ok(remap_status(&service.store, service.transport, response))
         })
     }
@@ -156,6 +183,73 @@ impl Decoder for RawCodec {
     }
 }
 
+/// A request body that takes budget for each data frame before passing it on, and gives
+/// up when the budget has no room (`UNAVAILABLE`, which OTLP exporters retry) or the body
+/// takes longer than the body timeout (`DEADLINE_EXCEEDED`). tonic reports a body error
+/// that is a `Status` as that status.
+struct BudgetedBody {
+    inner: tonic::body::Body,
+    budget: Budget,
+    held: SharedHeld,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    timeout: Duration,
+}
+
+impl BudgetedBody {
+    fn new(
+        inner: tonic::body::Body,
+        budget: Budget,
+        held: SharedHeld,
+        timeout: Duration,
+    ) -> BudgetedBody {
+        BudgetedBody {
+            inner,
+            budget,
+            held,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            timeout,
+        }
+    }
+}
+
+impl http_body::Body for BudgetedBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        context: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Status>>> {
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_frame(context) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref()
+                    && let Err(exhausted) = this.held.take(&this.budget, data.len())
+                {
+                    return Poll::Ready(Some(Err(Status::unavailable(exhausted.to_string()))));
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Pending => match this.deadline.as_mut().poll(context) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Status::deadline_exceeded(format!(
+                    "the request body did not arrive within {:?} (receivers.otlp.body_timeout)",
+                    this.timeout
+                ))))),
+                Poll::Pending => Poll::Pending,
+            },
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Rewrites tonic's `OUT_OF_RANGE` (too large) and `INTERNAL` (undecodable) into the codes
 /// OTLP prescribes, and counts the request and any whole-request error.
 pub fn remap_status<B>(
@@ -183,6 +277,14 @@ pub fn remap_status<B>(
         }
         Some(Code::Unimplemented) => {
             store.stats().request_error(RequestError::Unsupported);
+            None
+        }
+        Some(Code::Unavailable) => {
+            store.stats().request_error(RequestError::Busy);
+            None
+        }
+        Some(Code::DeadlineExceeded) => {
+            store.stats().request_error(RequestError::Timeout);
             None
         }
         _ => None,

@@ -19,11 +19,14 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use bytes::Bytes;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use prost::Message;
 
+use super::budget::{Budget, Held};
 use super::{IngestError, json, receive, receive_protobuf, response};
 use crate::outcome::Outcome;
 use crate::store::{Store, Transport, Writer};
@@ -49,22 +52,30 @@ enum Compression {
     Deflate,
 }
 
+/// How the OTLP/HTTP receiver takes requests.
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    /// Bound on the body, before and after decompression.
+    pub max_request_bytes: usize,
+    /// The budget for requests in flight, shared with the other listeners.
+    pub budget: Budget,
+    /// How long a body may take to arrive.
+    pub body_timeout: Duration,
+}
+
 #[derive(Clone)]
 struct Receiver {
     store: Store,
-    max_request_bytes: usize,
+    settings: HttpSettings,
 }
 
 /// The OTLP/HTTP router.
-pub fn router(store: Store, max_request_bytes: usize) -> Router {
+pub fn router(store: Store, settings: HttpSettings) -> Router {
     Router::new()
         .route(METRICS_PATH, post(export))
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
-        .with_state(Receiver {
-            store,
-            max_request_bytes,
-        })
+        .with_state(Receiver { store, settings })
 }
 
 /// Raw bodies above this size, and every compressed body (which may inflate to the limit),
@@ -84,7 +95,9 @@ async fn export(State(receiver): State<Receiver>, request: Request) -> Response 
         Ok(encoding) => encoding,
         Err(error) => return failure(&receiver.store, Encoding::Json, error),
     };
-    let (raw, compression) = match read(&receiver, request).await {
+    // What the request holds of the budget, given back when it has been answered.
+    let mut held = Held::default();
+    let (raw, compression) = match read(&receiver, request, &mut held).await {
         Ok(read) => read,
         Err(error) => return failure(&receiver.store, encoding, error),
     };
@@ -93,11 +106,12 @@ async fn export(State(receiver): State<Receiver>, request: Request) -> Response 
         peer,
         pid: None,
     };
-    let limit = receiver.max_request_bytes;
+    let limit = receiver.settings.max_request_bytes;
     let blocking = raw.len() > BLOCKING_BODY_BYTES || compression != Compression::None;
     let store = receiver.store.clone();
+    let budget = receiver.settings.budget.clone();
     let work = move || -> Result<Outcome, IngestError> {
-        let body = decompress(raw, compression, limit)?;
+        let body = decompress(raw, compression, limit, &budget, &mut held)?;
         match encoding {
             Encoding::Protobuf => receive_protobuf(&store, &body, writer),
             Encoding::Json => Ok(receive(&store, &json::decode_request(&body)?, writer)),
@@ -125,9 +139,14 @@ async fn export(State(receiver): State<Receiver>, request: Request) -> Response 
     }
 }
 
-/// Checks the content encoding and the declared size, then reads the body within the limit.
-async fn read(receiver: &Receiver, request: Request) -> Result<(Bytes, Compression), IngestError> {
-    let limit = receiver.max_request_bytes;
+/// Checks the content encoding and the declared size, then reads the body within the limit,
+/// the budget and the body timeout.
+async fn read(
+    receiver: &Receiver,
+    request: Request,
+    held: &mut Held,
+) -> Result<(Bytes, Compression), IngestError> {
+    let limit = receiver.settings.max_request_bytes;
     let compression = content_encoding(request.headers())?;
     let declared = request
         .headers()
@@ -140,24 +159,63 @@ async fn read(receiver: &Receiver, request: Request) -> Result<(Bytes, Compressi
             decompressed: false,
         });
     }
-    let raw = read_body(request.into_body(), limit).await?;
+    let settings = &receiver.settings;
+    let body = read_body(request.into_body(), limit, &settings.budget, held);
+    let raw = tokio::time::timeout(settings.body_timeout, body)
+        .await
+        .map_err(|_| IngestError::Timeout(settings.body_timeout))??;
     Ok((raw, compression))
 }
 
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, IngestError> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<LengthLimitError>() => Err(IngestError::TooLarge {
-            limit,
-            decompressed: false,
-        }),
-        Err(error) => Err(IngestError::Body(axum::Error::new(error))),
+/// Reads the body frame by frame, taking budget for each before keeping it.
+async fn read_body(
+    mut body: Body,
+    limit: usize,
+    budget: &Budget,
+    held: &mut Held,
+) -> Result<Bytes, IngestError> {
+    let too_large = IngestError::TooLarge {
+        limit,
+        decompressed: false,
+    };
+    // Frames are kept as they came: a body that arrives in one frame is not copied.
+    let mut frames: Vec<Bytes> = Vec::new();
+    let mut length = 0;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|error| IngestError::Body(axum::Error::new(error)))?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        if length + data.len() > limit {
+            return Err(too_large);
+        }
+        budget.take(held, data.len())?;
+        length += data.len();
+        frames.push(data);
     }
+    if frames.len() <= 1 {
+        return Ok(frames.pop().unwrap_or_default());
+    }
+    let mut joined = BytesMut::with_capacity(length);
+    for frame in frames {
+        joined.extend_from_slice(&frame);
+    }
+    Ok(joined.freeze())
 }
 
+/// Bytes inflated between two takes of the budget.
+const INFLATE_CHUNK: usize = 64 * 1024;
+
 /// Inflates the body, reading at most one byte past the limit so an over-limit body is
-/// detected without ever holding more than `limit + 1` bytes.
-fn decompress(raw: Bytes, compression: Compression, limit: usize) -> Result<Bytes, IngestError> {
+/// detected without ever holding more than `limit + 1` bytes, and taking budget for the
+/// inflated bytes as they come.
+fn decompress(
+    raw: Bytes,
+    compression: Compression,
+    limit: usize,
+    budget: &Budget,
+    held: &mut Held,
+) -> Result<Bytes, IngestError> {
     let reader: Box<dyn Read + '_> = match compression {
         Compression::None => return Ok(raw),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&raw[..])),
@@ -170,11 +228,26 @@ fn decompress(raw: Bytes, compression: Compression, limit: usize) -> Result<Byte
         Compression::Gzip => "gzip",
         _ => "deflate",
     };
-    let mut inflated = Vec::with_capacity(raw.len().saturating_mul(4).min(limit));
-    reader
-        .take(limit as u64 + 1)
-        .read_to_end(&mut inflated)
-        .map_err(|source| IngestError::Decompress { encoding, source })?;
+    let mut reader = reader.take(limit as u64 + 1);
+    let mut inflated = Vec::new();
+    loop {
+        budget.take(held, INFLATE_CHUNK)?;
+        let start = inflated.len();
+        inflated.resize(start + INFLATE_CHUNK, 0);
+        let mut filled = start;
+        while filled < inflated.len() {
+            match reader.read(&mut inflated[filled..]) {
+                Ok(0) => break,
+                Ok(read) => filled += read,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(source) => return Err(IngestError::Decompress { encoding, source }),
+            }
+        }
+        inflated.truncate(filled);
+        if filled < start + INFLATE_CHUNK {
+            break;
+        }
+    }
     if inflated.len() > limit {
         return Err(IngestError::TooLarge {
             limit,
@@ -262,6 +335,19 @@ fn failure(store: &Store, encoding: Encoding, error: IngestError) -> Response {
             StatusCode::PAYLOAD_TOO_LARGE,
             tonic::Code::ResourceExhausted,
         ),
+        IngestError::Busy(_) => {
+            let mut response = status_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                encoding,
+                tonic::Code::Unavailable,
+                &error.to_string(),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return response;
+        }
+        IngestError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, tonic::Code::DeadlineExceeded),
         IngestError::UnsupportedMediaType(_) | IngestError::UnsupportedEncoding(_) => (
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             tonic::Code::InvalidArgument,
@@ -333,6 +419,17 @@ async fn method_not_allowed(request: Request) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// [`decompress`] with all the budget it may want.
+    fn inflate(raw: Bytes, compression: Compression, limit: usize) -> Result<Bytes, IngestError> {
+        decompress(
+            raw,
+            compression,
+            limit,
+            &Budget::new(1 << 30),
+            &mut Held::default(),
+        )
+    }
     use std::io::Write;
 
     fn gzip(data: &[u8]) -> Bytes {
@@ -343,7 +440,7 @@ mod tests {
 
     #[test]
     fn gzip_inflates_within_limit() {
-        let body = decompress(gzip(b"hello"), Compression::Gzip, 5).expect("fits");
+        let body = inflate(gzip(b"hello"), Compression::Gzip, 5).expect("fits");
         assert_eq!(&body[..], b"hello");
     }
 
@@ -351,7 +448,7 @@ mod tests {
     fn gzip_bomb_stops_at_limit() {
         let bomb = gzip(&vec![0u8; 64 << 20]);
         assert!(bomb.len() < 1 << 20, "compressed to {} bytes", bomb.len());
-        let error = decompress(bomb, Compression::Gzip, 1 << 20).expect_err("over the limit");
+        let error = inflate(bomb, Compression::Gzip, 1 << 20).expect_err("over the limit");
         assert!(matches!(
             error,
             IngestError::TooLarge {
@@ -367,7 +464,7 @@ mod tests {
         zlib.write_all(b"abc").expect("write");
         let zlib = Bytes::from(zlib.finish().expect("finish"));
         assert_eq!(
-            &decompress(zlib, Compression::Deflate, 10).expect("zlib")[..],
+            &inflate(zlib, Compression::Deflate, 10).expect("zlib")[..],
             b"abc"
         );
         let mut raw =
@@ -375,14 +472,14 @@ mod tests {
         raw.write_all(b"abc").expect("write");
         let raw = Bytes::from(raw.finish().expect("finish"));
         assert_eq!(
-            &decompress(raw, Compression::Deflate, 10).expect("raw")[..],
+            &inflate(raw, Compression::Deflate, 10).expect("raw")[..],
             b"abc"
         );
     }
 
     #[test]
     fn corrupt_gzip_is_a_decode_error() {
-        let error = decompress(
+        let error = inflate(
             Bytes::from_static(b"\x1f\x8bnot gzip"),
             Compression::Gzip,
             100,

@@ -10,6 +10,7 @@
 //! A request that decodes always succeeds; points that cannot be stored are reported in
 //! `partial_success`. [`IngestError`] is only for requests refused as a whole.
 
+pub mod budget;
 pub mod grpc;
 pub mod http;
 pub mod json;
@@ -47,6 +48,10 @@ pub enum IngestError {
     },
     #[error("could not read the request body: {0}")]
     Body(#[source] axum::Error),
+    #[error(transparent)]
+    Busy(#[from] budget::Exhausted),
+    #[error("the request body did not arrive within {0:?} (receivers.otlp.body_timeout)")]
+    Timeout(std::time::Duration),
 }
 
 impl IngestError {
@@ -58,6 +63,8 @@ impl IngestError {
             | IngestError::Decompress { .. }
             | IngestError::Body(_) => RequestError::Decode,
             IngestError::TooLarge { .. } => RequestError::TooLarge,
+            IngestError::Busy(_) => RequestError::Busy,
+            IngestError::Timeout(_) => RequestError::Timeout,
             IngestError::UnsupportedMediaType(_) | IngestError::UnsupportedEncoding(_) => {
                 RequestError::Unsupported
             }

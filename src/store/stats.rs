@@ -15,13 +15,19 @@ pub enum RequestError {
     TooLarge,
     /// A content type or content encoding fanin does not read.
     Unsupported,
+    /// The memory budget for requests in flight had no room: told to retry.
+    Busy,
+    /// The body did not arrive within `receivers.otlp.body_timeout`.
+    Timeout,
 }
 
 impl RequestError {
-    pub const ALL: [RequestError; 3] = [
+    pub const ALL: [RequestError; 5] = [
         RequestError::Decode,
         RequestError::TooLarge,
         RequestError::Unsupported,
+        RequestError::Busy,
+        RequestError::Timeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -29,6 +35,8 @@ impl RequestError {
             RequestError::Decode => "decode",
             RequestError::TooLarge => "too_large",
             RequestError::Unsupported => "unsupported",
+            RequestError::Busy => "busy",
+            RequestError::Timeout => "timeout",
         }
     }
 }
