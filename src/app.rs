@@ -9,16 +9,15 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use axum::serve::ListenerExt;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 
 use crate::config::{Config, FileMode};
 use crate::query::grpc::QueryServer;
 use crate::receiver::budget::Budget;
 use crate::receiver::grpc::{ExportService, ExportSettings};
 use crate::receiver::http::HttpSettings;
+use crate::serve::{self, ConnectionSettings, Gate};
 use crate::store::{Clock, Liveness, Store, StoreSettings, Transport};
 use crate::{query, receiver};
 
@@ -96,6 +95,7 @@ impl App {
     /// # Errors
     /// [`AppError::Bind`] naming the listener and address that could not be bound.
     pub async fn bind_with_clock(config: Config, clock: Clock) -> Result<App, AppError> {
+        serve::raise_file_limit();
         let otlp = &config.receivers.otlp;
         let grpc = bind("OTLP/gRPC", otlp.grpc.listen).await?;
         let http = bind("OTLP/HTTP", otlp.http.listen).await?;
@@ -166,7 +166,19 @@ impl App {
             body_timeout: otlp.body_timeout,
         };
 
+        let connections = |max_connections: usize| ConnectionSettings {
+            max_connections,
+            header_timeout: config.connections.header_timeout,
+            idle_timeout: config.connections.idle_timeout,
+            max_concurrent_streams: config.connections.max_concurrent_streams.get(),
+        };
+        let grpc_gate = Gate::new(
+            grpc,
+            connections(otlp.grpc.max_connections.get()),
+            "OTLP/gRPC",
+        );
         let grpc_server = tonic::transport::Server::builder()
+            .max_concurrent_streams(config.connections.max_concurrent_streams.get())
             .add_service(QueryServer::service(
                 store.clone(),
                 config.aggregation.rules.clone(),
@@ -177,7 +189,7 @@ impl App {
                 Transport::Grpc,
             ))
             .serve_with_incoming_shutdown(
-                TcpIncoming::from(grpc).with_nodelay(Some(true)),
+                serve::incoming(grpc_gate),
                 shutdown.clone().cancelled_owned(),
             );
 
@@ -189,11 +201,13 @@ impl App {
                 body_timeout: otlp.body_timeout,
             },
         );
-        let http_server = axum::serve(
-            http.tap_io(set_nodelay),
-            http_router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let http_settings = connections(otlp.http.max_connections.get());
+        let http_server = serve::serve_http(
+            Gate::new(http, http_settings, "OTLP/HTTP"),
+            http_router,
+            http_settings,
+            shutdown.clone(),
+        );
 
         let unix_server = unix.map(|(listener, path)| {
             let server = tonic::transport::Server::builder()
@@ -210,8 +224,13 @@ impl App {
         });
         let sweeper = sweep(store.clone(), liveness, shutdown.clone());
         let query_router = query::router(store, config.aggregation.rules.clone(), shutdown.clone());
-        let query_server = axum::serve(query.tap_io(set_nodelay), query_router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let query_settings = connections(config.query.max_connections.get());
+        let query_server = serve::serve_http(
+            Gate::new(query, query_settings, "query"),
+            query_router,
+            query_settings,
+            shutdown.clone(),
+        );
 
         let serve_error = |listener: &'static str| {
             move |source: Box<dyn std::error::Error + Send + Sync>| AppError::Serve {
@@ -226,14 +245,12 @@ impl App {
                     .map_err(|error| serve_error("OTLP/gRPC")(error.into()))
             },
             async {
-                http_server
-                    .await
-                    .map_err(|error| serve_error("OTLP/HTTP")(error.into()))
+                http_server.await;
+                Ok(())
             },
             async {
-                query_server
-                    .await
-                    .map_err(|error| serve_error("query")(error.into()))
+                query_server.await;
+                Ok(())
             },
             async {
                 sweeper.await;
@@ -280,14 +297,6 @@ fn bind_unix(path: &Path, mode: FileMode) -> Result<UnixListener, AppError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode.0))
         .map_err(|source| error(format!("cannot set its mode to {:o}: {source}", mode.0)))?;
     Ok(listener)
-}
-
-/// Sets `TCP_NODELAY` on an accepted connection: without it, Nagle's algorithm and the
-/// client's delayed ACK hold small responses back by up to ~40 ms.
-fn set_nodelay(stream: &mut tokio::net::TcpStream) {
-    if let Err(error) = stream.set_nodelay(true) {
-        tracing::debug!(%error, "Cannot set TCP_NODELAY on an accepted connection");
-    }
 }
 
 /// Retires and evicts instances every `liveness.sweep_interval()` until shutdown.

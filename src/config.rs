@@ -7,7 +7,7 @@
 //! error names the key it is about.
 
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -29,6 +29,7 @@ pub struct Config {
     pub aggregation: AggregationConfig,
     pub collisions: CollisionsConfig,
     pub limits: LimitsConfig,
+    pub connections: ConnectionsConfig,
     /// How long shutdown waits for requests in flight.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -90,12 +91,31 @@ pub struct ListenerConfig {
     pub listen: SocketAddr,
     /// Bound on the request after decompression (and, for HTTP, before it too).
     pub max_request_bytes: NonZeroUsize,
+    /// Connections held open at once.
+    pub max_connections: NonZeroUsize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueryConfig {
     pub listen: SocketAddr,
+    /// Connections held open at once.
+    pub max_connections: NonZeroUsize,
+}
+
+/// How every TCP listener treats its connections.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionsConfig {
+    /// How long an HTTP/1 request's headers may take, and a kept-alive connection may wait
+    /// for its next request.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// A connection that sends nothing for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Requests one HTTP/2 connection may have open at once.
+    pub max_concurrent_streams: NonZeroU32,
 }
 
 /// How streams add up across instances (`docs/design.md`, "Space aggregation", "Liveness").

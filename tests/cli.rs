@@ -25,7 +25,19 @@ struct Served {
 }
 
 fn serve(extra: &[&str], env: &[(&str, &str)]) -> Served {
-    let mut command = Command::new(FANIN);
+    serve_under(&[], extra, env)
+}
+
+/// `fanin serve`, started by the program `launcher` names (which then execs fanin).
+fn serve_under(launcher: &[&str], extra: &[&str], env: &[(&str, &str)]) -> Served {
+    let mut command = match launcher {
+        [] => Command::new(FANIN),
+        [program, arguments @ ..] => {
+            let mut command = Command::new(program);
+            command.args(arguments).arg(FANIN);
+            command
+        }
+    };
     command
         .arg("serve")
         .args(extra)
@@ -325,4 +337,32 @@ fn check_against_a_running_sidecar_fails_when_a_worker_is_dropped() {
     // `inflight` or `latency` misses one instance. Some metric always does.
     assert!(stdout.contains("shim   FAILED  fanin.check."), "{stdout}");
     assert!(stdout.ends_with("result: FAILED\n"), "{stdout}");
+}
+
+/// The soft and hard open-file limits of process `pid`, from /proc.
+fn file_limits(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("/proc limits");
+    let line = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .expect("an open-files line");
+    let mut fields = line["Max open files".len()..].split_whitespace();
+    (
+        fields.next().unwrap_or_default().to_string(),
+        fields.next().unwrap_or_default().to_string(),
+    )
+}
+
+#[test]
+fn the_open_file_limit_is_raised_to_the_hard_limit_at_start() {
+    let (_, hard) = file_limits(std::process::id());
+    let nofile = format!("--nofile=256:{hard}");
+    let served = serve_under(&["prlimit", &nofile, "--"], &ANY_PORT, &[]);
+    let (soft, now_hard) = file_limits(served.child.id());
+    assert_eq!(
+        (soft.as_str(), now_hard.as_str()),
+        (hard.as_str(), hard.as_str())
+    );
+    served.signal(Signal::SIGTERM);
+    assert_eq!(served.wait().code(), Some(0));
 }
