@@ -96,7 +96,11 @@ fn query_side(criterion: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap_or_else(|error| panic!("runtime: {error}"));
-    let router = fanin::query::router(loaded_store(), Vec::new(), CancellationToken::new());
+    let router = fanin::query::router(
+        loaded_store(),
+        fanin::query::QuerySettings::new(Vec::new(), 1),
+        CancellationToken::new(),
+    );
     let get = |uri: &'static str| {
         let router = router.clone();
         async move {

@@ -13,6 +13,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, FileMode};
+use crate::query::QuerySettings;
 use crate::query::grpc::QueryServer;
 use crate::receiver::budget::Budget;
 use crate::receiver::grpc::{ExportService, ExportSettings};
@@ -177,12 +178,13 @@ impl App {
             connections(otlp.grpc.max_connections.get()),
             "OTLP/gRPC",
         );
+        let query_settings = QuerySettings::new(
+            config.aggregation.rules.clone(),
+            config.query.max_concurrent_queries.get(),
+        );
         let grpc_server = tonic::transport::Server::builder()
             .max_concurrent_streams(config.connections.max_concurrent_streams.get())
-            .add_service(QueryServer::service(
-                store.clone(),
-                config.aggregation.rules.clone(),
-            ))
+            .add_service(QueryServer::service(store.clone(), query_settings.clone()))
             .add_service(ExportService::new(
                 store.clone(),
                 export_settings(otlp.grpc.max_request_bytes.get()),
@@ -223,12 +225,12 @@ impl App {
             (server, path)
         });
         let sweeper = sweep(store.clone(), liveness, shutdown.clone());
-        let query_router = query::router(store, config.aggregation.rules.clone(), shutdown.clone());
-        let query_settings = connections(config.query.max_connections.get());
+        let query_router = query::router(store, query_settings, shutdown.clone());
+        let query_connections = connections(config.query.max_connections.get());
         let query_server = serve::serve_http(
-            Gate::new(query, query_settings, "query"),
+            Gate::new(query, query_connections, "query"),
             query_router,
-            query_settings,
+            query_connections,
             shutdown.clone(),
         );
 

@@ -101,6 +101,8 @@ pub struct QueryConfig {
     pub listen: SocketAddr,
     /// Connections held open at once.
     pub max_connections: NonZeroUsize,
+    /// Queries answered at once, off the threads that receive exports; more wait their turn.
+    pub max_concurrent_queries: NonZeroUsize,
 }
 
 /// How every TCP listener treats its connections.

@@ -61,7 +61,11 @@ fn ingest(store: &Store, request: ExportMetricsServiceRequest, pid: i32) {
 
 /// Every read side, on whatever the store now holds.
 async fn read_everything(store: &Store) {
-    let router = fanin::query::router(store.clone(), Vec::new(), CancellationToken::new());
+    let router = fanin::query::router(
+        store.clone(),
+        fanin::query::QuerySettings::new(Vec::new(), 1),
+        CancellationToken::new(),
+    );
     let mut uris = vec![
         "/metrics".to_string(),
         "/api/v1/metrics".into(),

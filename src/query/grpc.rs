@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{QueryError, QueryParams, answer, default_agg, message};
+use super::{QueryError, QueryParams, QuerySettings, Workers, answer, default_agg, message};
 use crate::config::AggregationRule;
 use crate::proto::v1 as pb;
 use crate::proto::v1::query_service_server::{QueryService, QueryServiceServer};
@@ -15,13 +15,15 @@ use crate::store::Store;
 pub struct QueryServer {
     store: Store,
     rules: Arc<[AggregationRule]>,
+    workers: Workers,
 }
 
 impl QueryServer {
-    pub fn service(store: Store, rules: Vec<AggregationRule>) -> QueryServiceServer<QueryServer> {
+    pub fn service(store: Store, settings: QuerySettings) -> QueryServiceServer<QueryServer> {
         QueryServiceServer::new(QueryServer {
             store,
-            rules: rules.into(),
+            rules: settings.rules.into(),
+            workers: settings.workers,
         })
     }
 }
@@ -35,6 +37,7 @@ impl From<QueryError> for Status {
             QueryError::Param(_) | QueryError::Aggregate(_) => {
                 Status::invalid_argument(error.to_string())
             }
+            QueryError::Failed => Status::internal(error.to_string()),
         }
     }
 }
@@ -46,15 +49,27 @@ impl QueryService for QueryServer {
         request: Request<pb::QueryRequest>,
     ) -> Result<Response<pb::QueryResponse>, Status> {
         let params = QueryParams::from_request(request.into_inner()).map_err(QueryError::from)?;
-        let answer = answer::answer(&self.store, &self.rules, &params)?;
-        Ok(Response::new(message::query_response(&answer)))
+        let (store, rules) = (self.store.clone(), Arc::clone(&self.rules));
+        let answer = self
+            .workers
+            .run(move || {
+                answer::answer(&store, &rules, &params)
+                    .map(|answer| message::query_response(&answer))
+            })
+            .await??;
+        Ok(Response::new(answer))
     }
 
     async fn metrics(
         &self,
         _: Request<pb::MetricsRequest>,
     ) -> Result<Response<pb::MetricsResponse>, Status> {
-        Ok(Response::new(metrics_response(&self.store, &self.rules)))
+        let (store, rules) = (self.store.clone(), Arc::clone(&self.rules));
+        let response = self
+            .workers
+            .run(move || metrics_response(&store, &rules))
+            .await?;
+        Ok(Response::new(response))
     }
 }
 

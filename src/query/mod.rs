@@ -22,6 +22,7 @@ mod json;
 mod message;
 mod params;
 pub mod prometheus;
+mod workers;
 
 use std::sync::Arc;
 
@@ -38,7 +39,8 @@ use crate::config::AggregationRule;
 use crate::store::Store;
 
 pub use answer::default_agg;
-pub use params::{ParamError, QueryParams, SeriesParams};
+pub use params::{MAX_GROUP_KEYS, MAX_MATCHES, ParamError, QueryParams, SeriesParams};
+pub use workers::Workers;
 
 /// Why a query could not be answered.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +53,8 @@ pub enum QueryError {
     Param(#[from] ParamError),
     #[error(transparent)]
     Aggregate(#[from] AggregateError),
+    #[error("fanin failed to answer this query")]
+    Failed,
 }
 
 impl IntoResponse for QueryError {
@@ -58,6 +62,7 @@ impl IntoResponse for QueryError {
         let status = match self {
             QueryError::Param(_) | QueryError::Aggregate(_) => StatusCode::BAD_REQUEST,
             QueryError::UnknownMetric(_) | QueryError::NotFound(_) => StatusCode::NOT_FOUND,
+            QueryError::Failed => StatusCode::INTERNAL_SERVER_ERROR,
         };
         (status, axum::Json(json!({ "error": self.to_string() }))).into_response()
     }
@@ -76,16 +81,35 @@ pub const ENDPOINTS: [&str; 9] = [
     "/readyz",
 ];
 
+/// How the query API answers.
+#[derive(Clone, Debug)]
+pub struct QuerySettings {
+    /// Each metric's default aggregation.
+    pub rules: Vec<AggregationRule>,
+    /// Where query work runs, shared with the gRPC `QueryService`.
+    pub workers: Workers,
+}
+
+impl QuerySettings {
+    /// `rules`, answered `max_concurrent` queries at a time.
+    pub fn new(rules: Vec<AggregationRule>, max_concurrent: usize) -> QuerySettings {
+        QuerySettings {
+            rules,
+            workers: Workers::new(max_concurrent),
+        }
+    }
+}
+
 #[derive(Clone)]
 struct QueryState {
     store: Store,
     rules: Arc<[AggregationRule]>,
+    workers: Workers,
     shutdown: CancellationToken,
 }
 
-/// The query router: `rules` give each metric's default aggregation; `/readyz` answers 503
-/// once `shutdown` is cancelled.
-pub fn router(store: Store, rules: Vec<AggregationRule>, shutdown: CancellationToken) -> Router {
+/// The query router; `/readyz` answers 503 once `shutdown` is cancelled.
+pub fn router(store: Store, settings: QuerySettings, shutdown: CancellationToken) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
         .route("/api/v1/query", get(query))
@@ -101,7 +125,8 @@ pub fn router(store: Store, rules: Vec<AggregationRule>, shutdown: CancellationT
         )
         .with_state(QueryState {
             store,
-            rules: rules.into(),
+            rules: settings.rules.into(),
+            workers: settings.workers,
             shutdown,
         })
 }
@@ -111,28 +136,50 @@ async fn query(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, QueryError> {
     let params = QueryParams::parse(raw.as_deref())?;
-    let answer = answer::answer(&state.store, &state.rules, &params)?;
-    Ok(axum::Json(message::query_response(&answer)).into_response())
+    let (store, rules) = (state.store.clone(), Arc::clone(&state.rules));
+    let answer = state
+        .workers
+        .run(move || {
+            answer::answer(&store, &rules, &params).map(|answer| message::query_response(&answer))
+        })
+        .await??;
+    Ok(axum::Json(answer).into_response())
 }
 
-async fn metrics_text(State(state): State<QueryState>) -> Response {
-    let page = prometheus::render(&state.store, &state.rules);
-    (
+async fn metrics_text(State(state): State<QueryState>) -> Result<Response, QueryError> {
+    let (store, rules) = (state.store.clone(), Arc::clone(&state.rules));
+    let page = state
+        .workers
+        .run(move || prometheus::render(&store, &rules))
+        .await?;
+    Ok((
         [(axum::http::header::CONTENT_TYPE, prometheus::CONTENT_TYPE)],
         page,
     )
-        .into_response()
+        .into_response())
 }
 
-async fn metrics(State(state): State<QueryState>) -> Response {
-    axum::Json(grpc::metrics_response(&state.store, &state.rules)).into_response()
+async fn metrics(State(state): State<QueryState>) -> Result<Response, QueryError> {
+    let (store, rules) = (state.store.clone(), Arc::clone(&state.rules));
+    let body = state
+        .workers
+        .run(move || grpc::metrics_response(&store, &rules))
+        .await?;
+    Ok(axum::Json(body).into_response())
 }
 
-async fn instances(State(state): State<QueryState>) -> Response {
-    let mut views = state.store.instances();
-    views.sort_by_key(|view| view.first_seen);
-    let instances: Vec<_> = views.iter().map(json::instance).collect();
-    axum::Json(json!({ "instances": instances })).into_response()
+async fn instances(State(state): State<QueryState>) -> Result<Response, QueryError> {
+    let store = state.store.clone();
+    let body = state
+        .workers
+        .run(move || {
+            let mut views = store.instances();
+            views.sort_by_key(|view| view.first_seen);
+            let instances: Vec<_> = views.iter().map(json::instance).collect();
+            json!({ "instances": instances })
+        })
+        .await?;
+    Ok(axum::Json(body).into_response())
 }
 
 async fn series(
@@ -143,33 +190,52 @@ async fn series(
     if !state.store.has_metric(&metric) {
         return Err(QueryError::UnknownMetric(metric));
     }
-    let views = state.store.streams(&metric);
-    let streams: Vec<_> = views.iter().map(json::stream).collect();
-    Ok(axum::Json(json!({ "metric": metric, "streams": streams })).into_response())
+    let store = state.store.clone();
+    let body = state
+        .workers
+        .run(move || {
+            let views = store.streams(&metric);
+            let streams: Vec<_> = views.iter().map(json::stream).collect();
+            json!({ "metric": metric, "streams": streams })
+        })
+        .await?;
+    Ok(axum::Json(body).into_response())
 }
 
-async fn stats(State(state): State<QueryState>) -> Response {
-    let store = &state.store;
-    let held = json::Held {
-        streams: store.stream_count(),
-        retired_totals: store.retired_total_count(),
-        instances: store.instance_count(),
-    };
-    let body = json::stats(&store.stats().snapshot(), held, &store.type_conflicts());
-    axum::Json(body).into_response()
+async fn stats(State(state): State<QueryState>) -> Result<Response, QueryError> {
+    let store = state.store.clone();
+    let body = state
+        .workers
+        .run(move || {
+            let held = json::Held {
+                streams: store.stream_count(),
+                retired_totals: store.retired_total_count(),
+                instances: store.instance_count(),
+            };
+            json::stats(&store.stats().snapshot(), held, &store.type_conflicts())
+        })
+        .await?;
+    Ok(axum::Json(body).into_response())
 }
 
-async fn collisions(State(state): State<QueryState>) -> Response {
-    let mut found = state.store.collisions();
-    found.sort_by_key(|collision| collision.first_seen);
-    let mut inherited = state.store.inherited_state();
-    inherited.sort_by(|a, b| {
-        a.metric
-            .name
-            .cmp(&b.metric.name)
-            .then(a.start.cmp(&b.start))
-    });
-    axum::Json(json::collisions(&found, &inherited)).into_response()
+async fn collisions(State(state): State<QueryState>) -> Result<Response, QueryError> {
+    let store = state.store.clone();
+    let body = state
+        .workers
+        .run(move || {
+            let mut found = store.collisions();
+            found.sort_by_key(|collision| collision.first_seen);
+            let mut inherited = store.inherited_state();
+            inherited.sort_by(|a, b| {
+                a.metric
+                    .name
+                    .cmp(&b.metric.name)
+                    .then(a.start.cmp(&b.start))
+            });
+            json::collisions(&found, &inherited)
+        })
+        .await?;
+    Ok(axum::Json(body).into_response())
 }
 
 async fn readyz(State(state): State<QueryState>) -> Response {
@@ -192,7 +258,11 @@ mod tests {
 
     fn app() -> Router {
         let store = Store::new(StoreSettings::for_tests(1));
-        router(store, Vec::new(), CancellationToken::new())
+        router(
+            store,
+            QuerySettings::new(Vec::new(), 1),
+            CancellationToken::new(),
+        )
     }
 
     async fn status_of(path: &str) -> StatusCode {

@@ -6,6 +6,14 @@
 
 use crate::aggregate::Agg;
 
+/// The most `by` keys one query may name. A point carries at most 128 attributes by default
+/// (`limits.max_attributes`), so more keys cannot group any finer; they would only make
+/// every stream's group key longer.
+pub const MAX_GROUP_KEYS: usize = 128;
+
+/// The most `match` conditions one query may give, for the same reason.
+pub const MAX_MATCHES: usize = 128;
+
 /// `GET /api/v1/query?metric=NAME[&agg=..][&by=k1,k2][&match=k=v]...`
 #[derive(Debug, Clone, PartialEq)]
 pub struct QueryParams {
@@ -59,6 +67,7 @@ impl QueryParams {
                             message: format!("{value:?} is not key=value"),
                         })?;
                     matches.push(condition(key, wanted)?);
+                    at_most("match", matches.len(), MAX_MATCHES)?;
                 }
                 other => {
                     return Err(ParamError::Unknown {
@@ -68,12 +77,13 @@ impl QueryParams {
                 }
             }
         }
-        Ok(QueryParams {
+        QueryParams {
             metric: metric_name(metric)?,
             agg,
             by,
             matches,
-        })
+        }
+        .within_caps()
     }
 
     /// The same parameters from a gRPC `QueryRequest`, under the same checks. Proto3 cannot
@@ -89,20 +99,41 @@ impl QueryParams {
             "" => None,
             agg => Some(parse_agg(agg)?),
         };
+        at_most("match", request.matches.len(), MAX_MATCHES)?;
         let matches = request
             .matches
             .iter()
             .map(|condition| self::condition(&condition.key, &condition.value))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(QueryParams {
+        QueryParams {
             metric: metric_name(Some(request.metric).filter(|metric| !metric.is_empty()))?,
             agg,
             by: request
                 .by
                 .map(|group| group_keys(group.keys.iter().map(String::as_str))),
             matches,
-        })
+        }
+        .within_caps()
     }
+
+    fn within_caps(self) -> Result<QueryParams, ParamError> {
+        if let Some(by) = &self.by {
+            at_most("by", by.len(), MAX_GROUP_KEYS)?;
+        }
+        at_most("match", self.matches.len(), MAX_MATCHES)?;
+        Ok(self)
+    }
+}
+
+/// `count` items of parameter `name`, at most `max` of them.
+fn at_most(name: &'static str, count: usize, max: usize) -> Result<(), ParamError> {
+    if count > max {
+        return Err(ParamError::Invalid {
+            name,
+            message: format!("gives more than {max} values"),
+        });
+    }
+    Ok(())
 }
 
 impl SeriesParams {
@@ -240,6 +271,40 @@ mod tests {
         check(
             "metric=x&match==a",
             Err("query parameter `match`: \"=a\" has an empty key"),
+        );
+    }
+
+    #[test]
+    fn key_and_condition_lists_are_capped() {
+        let keys = |n: usize| (0..n).map(|i| format!("k{i}")).collect::<Vec<_>>();
+        let by = |n| format!("metric=x&by={}", keys(n).join(","));
+        assert!(QueryParams::parse(Some(&by(MAX_GROUP_KEYS))).is_ok());
+        check(
+            &by(MAX_GROUP_KEYS + 1),
+            Err("query parameter `by`: gives more than 128 values"),
+        );
+        let matches = |n| {
+            let conditions: Vec<_> = keys(n).iter().map(|key| format!("match={key}=v")).collect();
+            format!("metric=x&{}", conditions.join("&"))
+        };
+        assert!(QueryParams::parse(Some(&matches(MAX_MATCHES))).is_ok());
+        check(
+            &matches(MAX_MATCHES + 1),
+            Err("query parameter `match`: gives more than 128 values"),
+        );
+
+        use crate::proto::v1::{GroupBy, QueryRequest};
+        let request = QueryRequest {
+            metric: "x".into(),
+            agg: String::new(),
+            by: Some(GroupBy {
+                keys: keys(100_000),
+            }),
+            matches: Vec::new(),
+        };
+        assert_eq!(
+            QueryParams::from_request(request).map_err(|e| e.to_string()),
+            Err("query parameter `by`: gives more than 128 values".to_string())
         );
     }
 
