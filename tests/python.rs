@@ -60,6 +60,17 @@ fn venv(client: &Path, target: &Path) -> PathBuf {
             .arg(client),
         "pip install clients/python",
     );
+    // The build backend must build out of tree: pip install leaves the sources alone.
+    for artefact in [
+        client.join("build"),
+        client.join("src").join("fanin_shim.egg-info"),
+    ] {
+        assert!(
+            !artefact.exists(),
+            "{} exists: installing the shim must not write into the source tree",
+            artefact.display()
+        );
+    }
     python
 }
 
