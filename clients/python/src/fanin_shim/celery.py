@@ -6,20 +6,13 @@
 
 Each pool process then builds its own pipeline when Celery initialises it
 (``worker_process_init``) and flushes its last values when it shuts down
-(``worker_process_shutdown``).
+(``worker_process_shutdown``). Pool processes leave through ``os._exit``, so without the
+second hook their last values would be lost.
 """
 
 from __future__ import annotations
 
 import fanin_shim
-
-
-def _init(**_kwargs) -> None:
-    fanin_shim.provider().sdk_provider()
-
-
-def _shutdown(**_kwargs) -> None:
-    fanin_shim.shutdown()
 
 
 def connect() -> None:
@@ -28,3 +21,11 @@ def connect() -> None:
 
     worker_process_init.connect(_init, weak=False)
     worker_process_shutdown.connect(_shutdown, weak=False)
+
+
+def _init(**_signal: object) -> None:
+    fanin_shim.provider().sdk_provider()
+
+
+def _shutdown(**_signal: object) -> None:
+    fanin_shim.shutdown()

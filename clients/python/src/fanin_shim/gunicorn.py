@@ -14,9 +14,11 @@ from __future__ import annotations
 import fanin_shim
 
 
-def post_fork(server, worker) -> None:  # noqa: ARG001 - gunicorn's hook signature
+def post_fork(server: object, worker: object) -> None:
+    """gunicorn's ``post_fork`` hook: builds this worker's pipeline."""
     fanin_shim.provider().sdk_provider()
 
 
-def worker_exit(server, worker) -> None:  # noqa: ARG001 - gunicorn's hook signature
+def worker_exit(server: object, worker: object) -> None:
+    """gunicorn's ``worker_exit`` hook: flushes this worker's last values."""
     fanin_shim.shutdown()

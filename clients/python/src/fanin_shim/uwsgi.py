@@ -3,7 +3,7 @@
 uWSGI forks its workers without running Python's ``os.register_at_fork`` hooks (unless
 ``py-call-osafterfork = true``) and, by default, without threads in workers, so an
 OpenTelemetry SDK set up in the master exports nothing from the workers. Run uWSGI with
-``enable-threads = true`` (the periodic exporter is a thread) and register the hook once,
+``enable-threads = true`` (the periodic exporter is a thread) and register the hooks once,
 in the application module::
 
     import fanin_shim, fanin_shim.uwsgi
@@ -27,8 +27,9 @@ def postfork() -> None:
 
 def register() -> None:
     """Registers :func:`postfork` and the exit flush with uWSGI (inside uWSGI only)."""
-    import uwsgi  # provided by the uWSGI server, not installable from PyPI
+    import uwsgi  # exists only inside a running uWSGI server
     from uwsgidecorators import postfork as uwsgi_postfork
 
     uwsgi_postfork(postfork)
     uwsgi.atexit = fanin_shim.shutdown
+
