@@ -11,7 +11,8 @@ use std::process::{Command, Stdio};
 
 use common::{TestFanin, export, start};
 use opentelemetry_proto::tonic::metrics::v1::{
-    Gauge, Metric, NumberDataPoint, metric::Data, number_data_point,
+    Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, Sum, metric::Data,
+    number_data_point,
 };
 
 async fn send(fanin: &TestFanin, request: common::Export) {
@@ -166,5 +167,119 @@ async fn names_that_collide_keep_the_page_valid() {
     let (_, page) = scrape(&fanin).await;
     assert_eq!(page.matches("# TYPE a_b gauge").count(), 1, "{page}");
     assert!(page.contains("a_b{service_name=\"app\"} 1\n"), "{page}");
+    fanin.stop().await;
+}
+
+/// A histogram point whose labels sort on both sides of `le`.
+fn labelled_histogram() -> Metric {
+    Metric {
+        name: "rpc.duration".into(),
+        unit: "s".into(),
+        data: Some(Data::Histogram(Histogram {
+            data_points: vec![HistogramDataPoint {
+                attributes: vec![
+                    common::string_attr("code", "ok"),
+                    common::string_attr("zone", "b"),
+                ],
+                start_time_unix_nano: 1,
+                time_unix_nano: 10,
+                count: 3,
+                sum: Some(7.0),
+                bucket_counts: vec![1, 2],
+                explicit_bounds: vec![5.0],
+                ..Default::default()
+            }],
+            aggregation_temporality: 2,
+        })),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn le_takes_its_place_among_the_labels() {
+    let fanin = start().await;
+    send(&fanin, export("w1").metric(labelled_histogram())).await;
+    let (_, page) = scrape(&fanin).await;
+    for line in [
+        r#"rpc_duration_seconds_bucket{code="ok",le="5",service_name="app",zone="b"} 1"#,
+        r#"rpc_duration_seconds_bucket{code="ok",le="+Inf",service_name="app",zone="b"} 3"#,
+        r#"rpc_duration_seconds_sum{code="ok",service_name="app",zone="b"} 7"#,
+        r#"rpc_duration_seconds_count{code="ok",service_name="app",zone="b"} 3"#,
+    ] {
+        assert!(
+            page.lines().any(|candidate| candidate == line),
+            "missing {line:?} in:\n{page}"
+        );
+    }
+    if let Some((ok, output)) = promtool_check(&page) {
+        assert!(ok, "{output}");
+    }
+    fanin.stop().await;
+}
+
+/// A cumulative counter with `n` streams, attribute `k` from 0, each at `value`.
+fn wide_counter(name: &str, n: usize, value: i64) -> Metric {
+    let points = (0..n)
+        .map(|index| NumberDataPoint {
+            attributes: vec![common::string_attr("k", &index.to_string())],
+            start_time_unix_nano: 1,
+            time_unix_nano: 10,
+            value: Some(number_data_point::Value::AsInt(value)),
+            ..Default::default()
+        })
+        .collect();
+    Metric {
+        name: name.into(),
+        data: Some(Data::Sum(Sum {
+            data_points: points,
+            aggregation_temporality: 2,
+            is_monotonic: true,
+        })),
+        ..Default::default()
+    }
+}
+
+/// More streams than one batch of the renderer holds (`prometheus::BATCH_STREAMS`), and a
+/// page many chunks long: every family is there once, with every group's total.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_page_larger_than_a_batch_is_whole() {
+    let fanin = start().await;
+    let per_metric = fanin::query::prometheus::BATCH_STREAMS * 3 / 5;
+    for (worker, value) in [("w1", 2), ("w2", 3)] {
+        for name in ["wide.a", "wide.b"] {
+            send(
+                &fanin,
+                export(worker).metric(wide_counter(name, per_metric, value)),
+            )
+            .await;
+        }
+    }
+    let (_, page) = scrape(&fanin).await;
+    assert!(
+        page.len() > 10 * fanin::query::prometheus::CHUNK,
+        "{} bytes",
+        page.len()
+    );
+    for family in ["wide_a_total", "wide_b_total"] {
+        assert_eq!(
+            page.matches(&format!("# TYPE {family} counter\n")).count(),
+            1
+        );
+        let values: Vec<&str> = page
+            .lines()
+            .filter(|line| line.starts_with(&format!("{family}{{")))
+            .filter_map(|line| line.rsplit(' ').next())
+            .collect();
+        assert_eq!(values.len(), per_metric, "{family}: one line per group");
+        assert!(
+            values.iter().all(|value| *value == "5"),
+            "{family}: 2 + 3 everywhere"
+        );
+    }
+    assert!(
+        page.contains("\nfanin_streams 120000\n") || per_metric != 30_000,
+        "{}",
+        &page[..2000]
+    );
     fanin.stop().await;
 }

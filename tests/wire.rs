@@ -602,7 +602,7 @@ fn contents(store: &Store) -> Vec<String> {
         store
             .metric_identities()
             .iter()
-            .map(|(metric, description)| format!("{metric:?} {description:?}")),
+            .map(|identity| format!("{:?} {:?}", identity.metric, identity.description)),
     );
     lines.sort();
     lines

@@ -113,16 +113,25 @@ impl Sidecar {
         Ok(answer.and_then(|answer| answer["series"].get(0)?["histogram"]["count"].as_u64()))
     }
 
-    /// Instances (live and retired) whose `service.name` is `service`.
+    /// Instances (live and retired) whose `service.name` is `service`, from every page.
     pub fn instances_of(&self, service: &str) -> Result<Vec<Value>, CheckError> {
-        let answer = self.get("/api/v1/instances")?.unwrap_or_default();
-        Ok(answer["instances"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|instance| instance["attributes"]["service.name"] == service)
-            .cloned()
-            .collect())
+        let mut found = Vec::new();
+        let mut path = "/api/v1/instances".to_string();
+        loop {
+            let answer = self.get(&path)?.unwrap_or_default();
+            found.extend(
+                answer["instances"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|instance| instance["attributes"]["service.name"] == service)
+                    .cloned(),
+            );
+            match answer["next_cursor"].as_str() {
+                Some(cursor) => path = format!("/api/v1/instances?cursor={cursor}"),
+                None => return Ok(found),
+            }
+        }
     }
 
     /// The `service.instance.id`s of `service`'s instances, sorted.

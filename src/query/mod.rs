@@ -27,6 +27,7 @@ mod workers;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -39,7 +40,10 @@ use crate::config::AggregationRule;
 use crate::store::Store;
 
 pub use answer::default_agg;
-pub use params::{MAX_GROUP_KEYS, MAX_MATCHES, ParamError, QueryParams, SeriesParams};
+pub use params::{
+    DEFAULT_PAGE, MAX_GROUP_KEYS, MAX_MATCHES, MAX_PAGE, PageParams, ParamError, QueryParams,
+    SeriesParams,
+};
 pub use workers::Workers;
 
 /// Why a query could not be answered.
@@ -131,98 +135,120 @@ pub fn router(store: Store, settings: QuerySettings, shutdown: CancellationToken
         })
 }
 
+impl QueryState {
+    /// Runs `work` on the query workers and answers what it returns as JSON.
+    async fn json<T: serde::Serialize + Send + 'static>(
+        &self,
+        work: impl FnOnce(&Store, &[AggregationRule]) -> Result<T, QueryError> + Send + 'static,
+    ) -> Result<Response, QueryError> {
+        let (store, rules) = (self.store.clone(), Arc::clone(&self.rules));
+        let body = self.workers.run(move || work(&store, &rules)).await??;
+        Ok(axum::Json(body).into_response())
+    }
+}
+
 async fn query(
     State(state): State<QueryState>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, QueryError> {
     let params = QueryParams::parse(raw.as_deref())?;
-    let (store, rules) = (state.store.clone(), Arc::clone(&state.rules));
-    let answer = state
-        .workers
-        .run(move || {
-            answer::answer(&store, &rules, &params).map(|answer| message::query_response(&answer))
+    state
+        .json(move |store, rules| {
+            let answer = answer::answer(store, rules, &params)?;
+            Ok(message::query_response(&answer))
         })
-        .await??;
-    Ok(axum::Json(answer).into_response())
+        .await
 }
 
-async fn metrics_text(State(state): State<QueryState>) -> Result<Response, QueryError> {
+/// The Prometheus page, streamed: rendered on a query worker, in chunks, as the client reads
+/// them (`prometheus.rs`).
+async fn metrics_text(State(state): State<QueryState>) -> Response {
+    let (chunks, body) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let (store, rules) = (state.store.clone(), Arc::clone(&state.rules));
-    let page = state
-        .workers
-        .run(move || prometheus::render(&store, &rules))
-        .await?;
-    Ok((
+    let render_chunks = chunks.clone();
+    let render = move || {
+        prometheus::render_chunks(&store, &rules, &mut |chunk| {
+            render_chunks.blocking_send(Ok(Bytes::from(chunk))).is_ok()
+        });
+    };
+    tokio::spawn(async move {
+        if state.workers.run(render).await.is_err() {
+            // Cut the body short rather than let a partial page look whole.
+            let failed = std::io::Error::other("rendering /metrics failed");
+            let _ = chunks.send(Err(failed)).await;
+        }
+    });
+    (
         [(axum::http::header::CONTENT_TYPE, prometheus::CONTENT_TYPE)],
-        page,
+        Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(body)),
     )
-        .into_response())
+        .into_response()
 }
 
 async fn metrics(State(state): State<QueryState>) -> Result<Response, QueryError> {
-    let (store, rules) = (state.store.clone(), Arc::clone(&state.rules));
-    let body = state
-        .workers
-        .run(move || grpc::metrics_response(&store, &rules))
-        .await?;
-    Ok(axum::Json(body).into_response())
+    state
+        .json(|store, rules| Ok(grpc::metrics_response(store, rules)))
+        .await
 }
 
-async fn instances(State(state): State<QueryState>) -> Result<Response, QueryError> {
-    let store = state.store.clone();
-    let body = state
-        .workers
-        .run(move || {
-            let mut views = store.instances();
-            views.sort_by_key(|view| view.first_seen);
-            let instances: Vec<_> = views.iter().map(json::instance).collect();
-            json!({ "instances": instances })
+async fn instances(
+    State(state): State<QueryState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, QueryError> {
+    let page = PageParams::parse(raw.as_deref())?;
+    state
+        .json(move |store, _| {
+            let found = store.instances_page(page.cursor, page.limit);
+            let instances: Vec<_> = found.items.iter().map(json::instance).collect();
+            Ok(json!({
+                "instances": instances,
+                "next_cursor": found.next.map(|next| next.to_string()),
+            }))
         })
-        .await?;
-    Ok(axum::Json(body).into_response())
+        .await
 }
 
 async fn series(
     State(state): State<QueryState>,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, QueryError> {
-    let SeriesParams { metric } = SeriesParams::parse(raw.as_deref())?;
+    let SeriesParams { metric, page } = SeriesParams::parse(raw.as_deref())?;
     if !state.store.has_metric(&metric) {
         return Err(QueryError::UnknownMetric(metric));
     }
-    let store = state.store.clone();
-    let body = state
-        .workers
-        .run(move || {
-            let views = store.streams(&metric);
-            let streams: Vec<_> = views.iter().map(json::stream).collect();
-            json!({ "metric": metric, "streams": streams })
+    state
+        .json(move |store, _| {
+            let found = store.streams_page(&metric, page.cursor, page.limit);
+            let streams: Vec<_> = found.items.iter().map(json::stream).collect();
+            Ok(json!({
+                "metric": metric,
+                "streams": streams,
+                "next_cursor": found.next.map(|next| next.to_string()),
+            }))
         })
-        .await?;
-    Ok(axum::Json(body).into_response())
+        .await
 }
 
 async fn stats(State(state): State<QueryState>) -> Result<Response, QueryError> {
-    let store = state.store.clone();
-    let body = state
-        .workers
-        .run(move || {
+    state
+        .json(|store, _| {
             let held = json::Held {
                 streams: store.stream_count(),
                 retired_totals: store.retired_total_count(),
                 instances: store.instance_count(),
             };
-            json::stats(&store.stats().snapshot(), held, &store.type_conflicts())
+            Ok(json::stats(
+                &store.stats().snapshot(),
+                held,
+                &store.type_conflicts(),
+            ))
         })
-        .await?;
-    Ok(axum::Json(body).into_response())
+        .await
 }
 
 async fn collisions(State(state): State<QueryState>) -> Result<Response, QueryError> {
-    let store = state.store.clone();
-    let body = state
-        .workers
-        .run(move || {
+    state
+        .json(|store, _| {
             let mut found = store.collisions();
             found.sort_by_key(|collision| collision.first_seen);
             let mut inherited = store.inherited_state();
@@ -232,10 +258,9 @@ async fn collisions(State(state): State<QueryState>) -> Result<Response, QueryEr
                     .cmp(&b.metric.name)
                     .then(a.start.cmp(&b.start))
             });
-            json::collisions(&found, &inherited)
+            Ok(json::collisions(&found, &inherited))
         })
-        .await?;
-    Ok(axum::Json(body).into_response())
+        .await
 }
 
 async fn readyz(State(state): State<QueryState>) -> Response {

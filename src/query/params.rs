@@ -5,6 +5,7 @@
 //! otherwise answer a different question than the one asked.
 
 use crate::aggregate::Agg;
+use crate::store::Cursor;
 
 /// The most `by` keys one query may name. A point carries at most 128 attributes by default
 /// (`limits.max_attributes`), so more keys cannot group any finer; they would only make
@@ -26,10 +27,26 @@ pub struct QueryParams {
     pub matches: Vec<(String, String)>,
 }
 
-/// `GET /api/v1/series?metric=NAME`
+/// `GET /api/v1/series?metric=NAME[&limit=N][&cursor=C]`
 #[derive(Debug, Clone, PartialEq)]
 pub struct SeriesParams {
     pub metric: String,
+    pub page: PageParams,
+}
+
+/// Items a page holds unless `limit` says otherwise.
+pub const DEFAULT_PAGE: usize = 1000;
+
+/// The largest `limit` a page may ask for.
+pub const MAX_PAGE: usize = 10_000;
+
+/// Which page of a long listing: `[limit=N][&cursor=C]`, as `/api/v1/instances` takes them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PageParams {
+    /// 1 to [`MAX_PAGE`]; [`DEFAULT_PAGE`] when not given.
+    pub limit: usize,
+    /// The previous page's `next_cursor`; `None` for the first page.
+    pub cursor: Option<Cursor>,
 }
 
 /// A parameter that is missing, repeated, unknown or malformed.
@@ -143,20 +160,78 @@ impl SeriesParams {
     /// [`ParamError`] naming the parameter.
     pub fn parse(query: Option<&str>) -> Result<SeriesParams, ParamError> {
         let mut metric = None;
+        let mut page = PageSlots::default();
         for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
             match name.as_ref() {
                 "metric" => set_once(&mut metric, "metric", value.into_owned())?,
-                other => {
-                    return Err(ParamError::Unknown {
-                        name: other.to_string(),
-                        allowed: "metric",
-                    });
-                }
+                other => page.take(other, &value, "metric, limit and cursor")?,
             }
         }
         Ok(SeriesParams {
             metric: metric_name(metric)?,
+            page: page.params(),
         })
+    }
+}
+
+impl PageParams {
+    /// Parses a raw query string that may hold only `limit` and `cursor`.
+    ///
+    /// # Errors
+    /// [`ParamError`] naming the parameter.
+    pub fn parse(query: Option<&str>) -> Result<PageParams, ParamError> {
+        let mut page = PageSlots::default();
+        for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+            page.take(&name, &value, "limit and cursor")?;
+        }
+        Ok(page.params())
+    }
+}
+
+/// `limit` and `cursor` as a query string gives them, each at most once.
+#[derive(Default)]
+struct PageSlots {
+    limit: Option<usize>,
+    cursor: Option<Cursor>,
+}
+
+impl PageSlots {
+    /// Takes parameter `name` if it is `limit` or `cursor`; any other name is unknown, and
+    /// `allowed` lists the ones the endpoint takes.
+    fn take(&mut self, name: &str, value: &str, allowed: &'static str) -> Result<(), ParamError> {
+        match name {
+            "limit" => set_once(&mut self.limit, "limit", page_limit(value)?),
+            "cursor" => {
+                let cursor = value.parse().map_err(|error: crate::store::CursorError| {
+                    ParamError::Invalid {
+                        name: "cursor",
+                        message: error.to_string(),
+                    }
+                })?;
+                set_once(&mut self.cursor, "cursor", cursor)
+            }
+            other => Err(ParamError::Unknown {
+                name: other.chars().take(80).collect(),
+                allowed,
+            }),
+        }
+    }
+
+    fn params(self) -> PageParams {
+        PageParams {
+            limit: self.limit.unwrap_or(DEFAULT_PAGE),
+            cursor: self.cursor,
+        }
+    }
+}
+
+fn page_limit(value: &str) -> Result<usize, ParamError> {
+    match value.parse::<usize>() {
+        Ok(limit @ 1..=MAX_PAGE) => Ok(limit),
+        _ => Err(ParamError::Invalid {
+            name: "limit",
+            message: format!("{value:?} is not a number from 1 to {MAX_PAGE}"),
+        }),
     }
 }
 
@@ -340,14 +415,62 @@ mod tests {
     }
 
     #[test]
-    fn series_takes_only_a_metric() {
+    fn pages_take_a_limit_and_a_cursor() {
+        let cursor = "0".repeat(63) + "a";
+        assert_eq!(
+            PageParams::parse(Some(&format!("limit=5&cursor={cursor}"))),
+            Ok(PageParams {
+                limit: 5,
+                cursor: cursor.parse().ok(),
+            })
+        );
+        assert_eq!(
+            PageParams::parse(None).map(|page| page.limit),
+            Ok(DEFAULT_PAGE)
+        );
+        let error = |query: &str| PageParams::parse(Some(query)).map_err(|e| e.to_string());
+        for limit in ["0", "10001", "-1", "ten", ""] {
+            assert_eq!(
+                error(&format!("limit={limit}")),
+                Err(format!(
+                    "query parameter `limit`: {limit:?} is not a number from 1 to 10000"
+                ))
+            );
+        }
+        assert_eq!(
+            error("cursor=abc"),
+            Err(
+                "query parameter `cursor`: \"abc\" is not a cursor: pass back the next_cursor \
+                 of the previous page"
+                    .to_string()
+            )
+        );
+        assert_eq!(
+            error("limit=1&limit=2"),
+            Err("query parameter `limit` is given more than once".to_string())
+        );
+        assert_eq!(
+            error("metric=x"),
+            Err("unknown query parameter `metric`; use limit and cursor".to_string())
+        );
+    }
+
+    #[test]
+    fn series_takes_a_metric_and_a_page() {
+        let first = PageParams {
+            limit: DEFAULT_PAGE,
+            cursor: None,
+        };
         assert_eq!(
             SeriesParams::parse(Some("metric=x")),
-            Ok(SeriesParams { metric: "x".into() })
+            Ok(SeriesParams {
+                metric: "x".into(),
+                page: first
+            })
         );
         assert_eq!(
             SeriesParams::parse(Some("metric=x&agg=sum")).map_err(|e| e.to_string()),
-            Err("unknown query parameter `agg`; use metric".to_string())
+            Err("unknown query parameter `agg`; use metric, limit and cursor".to_string())
         );
         assert_eq!(
             SeriesParams::parse(None).map_err(|e| e.to_string()),

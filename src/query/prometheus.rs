@@ -19,15 +19,20 @@
 //! repeat one already written is left out rather than making the whole page invalid.
 //! Exponential histograms, which 0.0.4 cannot carry, become classic buckets at their own
 //! bucket boundaries.
+//!
+//! The page is written in chunks of about [`CHUNK`] bytes as it is rendered, never whole:
+//! metrics are aggregated a batch of names at a time (about [`BATCH_STREAMS`] streams, or
+//! one metric if it alone has more), and a group's labels are written once however many
+//! bucket lines share them. Memory follows the largest batch, not the page.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write;
 use std::sync::Arc;
 
-use crate::aggregate::{Agg, Aggregated, Shape};
+use crate::aggregate::{Agg, Aggregated, Group, Shape};
 use crate::config::AggregationRule;
 use crate::model::{Attributes, ExpHistogram, Histogram, MetricId, Total};
-use crate::store::{RetiredView, Store, StreamView};
+use crate::store::{MetricIdentity, RetiredView, Store, StreamView};
 
 use super::answer::{Selection, build, default_agg};
 use super::json::attr_text;
@@ -35,155 +40,236 @@ use super::json::attr_text;
 /// The content type Prometheus expects for format 0.0.4.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Renders every metric in the store and fanin's own.
-pub fn render(store: &Store, rules: &[AggregationRule]) -> String {
-    let mut page = Page::default();
-    // One snapshot of every stream, indexed by metric name (each instance's streams stay
-    // together, as `build` needs).
-    let all_streams = store.all_streams();
-    let unreliable = all_streams
-        .iter()
-        .filter(|view| view.state.unreliable.is_some())
-        .count();
-    self_metrics(&mut page, store, unreliable);
+/// About how many bytes of the page are handed on at a time.
+pub const CHUNK: usize = 64 * 1024;
 
-    let mut streams: HashMap<&str, Vec<&StreamView>, foldhash::fast::RandomState> =
-        HashMap::default();
-    for view in &all_streams {
-        streams
-            .entry(view.key.metric.name.as_str())
-            .or_default()
-            .push(view);
-    }
-    let mut retired: HashMap<String, Vec<RetiredView>> = HashMap::new();
-    for total in store.all_retired_totals() {
-        retired
-            .entry(total.metric.name.clone())
-            .or_default()
-            .push(total);
-    }
+/// About how many streams are copied out of the store at a time.
+pub const BATCH_STREAMS: usize = 50_000;
+
+/// Renders every metric in the store and fanin's own, whole.
+pub fn render(store: &Store, rules: &[AggregationRule]) -> String {
+    let mut page = String::new();
+    render_chunks(store, rules, &mut |chunk| {
+        page.push_str(&chunk);
+        true
+    });
+    page
+}
+
+/// Renders every metric in the store and fanin's own, handing `send` one chunk at a time;
+/// when `send` answers `false` (the reader is gone) rendering stops.
+pub fn render_chunks(
+    store: &Store,
+    rules: &[AggregationRule],
+    send: &mut dyn FnMut(String) -> bool,
+) {
+    let mut out = Out::new(send);
+    self_metrics(&mut out, store);
     let mut identities = store.metric_identities();
-    identities.sort_by(|a, b| a.0.name.cmp(&b.0.name));
-    for (metric, description) in identities {
-        let name = &metric.name;
-        let agg = default_agg(rules, name);
-        let answer = build(
-            Arc::clone(&metric),
-            agg,
-            streams.get(name.as_str()).into_iter().flatten().copied(),
-            retired.get(name).map_or(&[][..], Vec::as_slice),
-            store.instance_attributes(),
-            Selection::default(),
-        );
-        // A rule may ask for max of a histogram; such a metric has no value to expose.
-        let Ok(answer) = answer else {
+    identities.sort_by(|a, b| a.metric.name.cmp(&b.metric.name));
+    for batch in batches(&identities, BATCH_STREAMS) {
+        if out.closed {
+            return;
+        }
+        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
             continue;
         };
-        let help = if description.is_empty() {
-            format!("OpenTelemetry metric {name}")
-        } else {
-            description.to_string()
-        };
-        let family = family_of(&answer.metric, agg, &help, &answer.groups);
-        page.add(family);
-    }
-    page.text
-}
-
-/// One metric family: HELP, TYPE and its samples.
-struct Family {
-    name: String,
-    kind: &'static str,
-    help: String,
-    samples: Vec<Sample>,
-}
-
-/// One sample line: `name{labels} value`.
-struct Sample {
-    name: String,
-    /// Sorted by label name.
-    labels: Vec<(String, String)>,
-    /// Integers are written exactly, however large.
-    value: Total,
-}
-
-impl Sample {
-    fn new(name: impl Into<String>, labels: Vec<(String, String)>, value: Total) -> Sample {
-        Sample {
-            name: name.into(),
-            labels,
-            value,
+        let names = first.metric.name.as_str()..=last.metric.name.as_str();
+        let batch_streams = store.streams_in(names.clone());
+        let mut streams: HashMap<&str, Vec<&StreamView>, foldhash::fast::RandomState> =
+            HashMap::default();
+        // Each instance's streams stay together, as `build` needs.
+        for view in &batch_streams {
+            streams
+                .entry(view.key.metric.name.as_str())
+                .or_default()
+                .push(view);
+        }
+        let mut retired: HashMap<String, Vec<RetiredView>> = HashMap::new();
+        for total in store.retired_totals_in(names) {
+            retired
+                .entry(total.metric.name.clone())
+                .or_default()
+                .push(total);
+        }
+        for identity in batch {
+            let name = &identity.metric.name;
+            let agg = default_agg(rules, name);
+            let answer = build(
+                Arc::clone(&identity.metric),
+                agg,
+                streams.get(name.as_str()).into_iter().flatten().copied(),
+                retired.get(name).map_or(&[][..], Vec::as_slice),
+                store.instance_attributes(),
+                Selection::default(),
+            );
+            // A rule may ask for max of a histogram; such a metric has no value to expose.
+            let Ok(answer) = answer else {
+                continue;
+            };
+            let help = if identity.description.is_empty() {
+                format!("OpenTelemetry metric {name}")
+            } else {
+                identity.description.to_string()
+            };
+            write_family(&mut out, &answer.metric, agg, &help, &answer.groups);
         }
     }
+    out.finish();
 }
 
-#[derive(Default)]
-struct Page {
+/// Consecutive runs of metric names holding about `size` streams and retired totals in all;
+/// a metric with more has a batch of its own.
+fn batches(identities: &[MetricIdentity], size: usize) -> Vec<&[MetricIdentity]> {
+    let mut batches = Vec::new();
+    let (mut start, mut held) = (0, 0usize);
+    for (index, identity) in identities.iter().enumerate() {
+        if index > start && held.saturating_add(identity.held) > size {
+            batches.push(&identities[start..index]);
+            (start, held) = (index, 0);
+        }
+        held = held.saturating_add(identity.held);
+    }
+    if start < identities.len() {
+        batches.push(&identities[start..]);
+    }
+    batches
+}
+
+/// Where the page is written: a buffer handed on whenever it holds [`CHUNK`] bytes.
+struct Out<'s> {
     text: String,
-    /// Every sample name written so far, to keep the page valid.
+    send: &'s mut dyn FnMut(String) -> bool,
+    /// The reader is gone; nothing more is written.
+    closed: bool,
+    /// Every family and sample name written so far, to keep the page valid.
     used: HashSet<String>,
 }
 
-impl Page {
-    fn add(&mut self, family: Family) {
-        let names: HashSet<&str> = family
-            .samples
-            .iter()
-            .map(|sample| sample.name.as_str())
-            .collect();
-        if self.used.contains(&family.name) || names.iter().any(|name| self.used.contains(*name)) {
+impl<'s> Out<'s> {
+    fn new(send: &'s mut dyn FnMut(String) -> bool) -> Out<'s> {
+        Out {
+            text: String::with_capacity(CHUNK + CHUNK / 4),
+            send,
+            closed: false,
+            used: HashSet::new(),
+        }
+    }
+
+    /// Writes a family's HELP and TYPE lines, unless one of its sample names is taken: then
+    /// the family is left out and `false` returned.
+    fn family(&mut self, family: &FamilyName, help: &str) -> bool {
+        let names = family.sample_names();
+        if self.used.contains(&family.name) || names.iter().any(|name| self.used.contains(name)) {
             tracing::debug!(name = %family.name, "Metric left out of /metrics: its Prometheus name is taken");
-            return;
+            return false;
         }
         self.used.insert(family.name.clone());
-        self.used.extend(names.iter().map(|name| name.to_string()));
-        let _ = writeln!(
-            self.text,
-            "# HELP {} {}",
-            family.name,
-            escape_help(&family.help)
-        );
+        self.used.extend(names);
+        let _ = writeln!(self.text, "# HELP {} {}", family.name, escape_help(help));
         let _ = writeln!(self.text, "# TYPE {} {}", family.name, family.kind);
-        for sample in &family.samples {
-            self.text.push_str(&sample.name);
-            if !sample.labels.is_empty() {
+        true
+    }
+
+    /// Writes `name{labels} value`, with `le="…"` among the labels when given.
+    fn sample(&mut self, name: &str, labels: &Labels, le: Option<&str>, value: Total) {
+        self.text.push_str(name);
+        match le {
+            Some(le) => {
+                let (before, after) = labels.text.split_at(labels.le_at);
+                let before = before.trim_end_matches(',');
                 self.text.push('{');
-                for (index, (label, label_value)) in sample.labels.iter().enumerate() {
-                    if index > 0 {
-                        self.text.push(',');
-                    }
-                    let _ = write!(self.text, "{label}=\"{}\"", escape_label_value(label_value));
+                if !before.is_empty() {
+                    self.text.push_str(before);
+                    self.text.push(',');
+                }
+                let _ = write!(self.text, "le=\"{le}\"");
+                if !after.is_empty() {
+                    self.text.push(',');
+                    self.text.push_str(after);
                 }
                 self.text.push('}');
             }
-            let _ = match sample.value {
-                Total::Int(value) => writeln!(self.text, " {value}"),
-                Total::Double(value) => writeln!(self.text, " {}", format_value(value)),
-            };
+            None if labels.text.is_empty() => {}
+            None => {
+                self.text.push('{');
+                self.text.push_str(&labels.text);
+                self.text.push('}');
+            }
+        }
+        let _ = match value {
+            Total::Int(value) => writeln!(self.text, " {value}"),
+            Total::Double(value) => writeln!(self.text, " {}", format_value(value)),
+        };
+        if self.text.len() >= CHUNK {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.closed || self.text.is_empty() {
+            return;
+        }
+        let chunk = std::mem::replace(&mut self.text, String::with_capacity(CHUNK + CHUNK / 4));
+        if !(self.send)(chunk) {
+            self.closed = true;
+        }
+    }
+
+    fn finish(mut self) {
+        self.flush();
+    }
+}
+
+/// A family's Prometheus name and type.
+struct FamilyName {
+    name: String,
+    kind: &'static str,
+}
+
+impl FamilyName {
+    fn of(metric: &MetricId, agg: Agg) -> FamilyName {
+        let shape = Shape::of(metric);
+        let base = metric_name(metric);
+        let (name, kind) = match shape {
+            Shape::Counter if agg == Agg::Sum => (with_suffix(&base, "total"), "counter"),
+            Shape::Counter | Shape::Current => (base, "gauge"),
+            Shape::Histogram | Shape::ExpHistogram => (base, "histogram"),
+            Shape::Summary => (base, "summary"),
+        };
+        FamilyName { name, kind }
+    }
+
+    /// Every name the family's samples may have.
+    fn sample_names(&self) -> Vec<String> {
+        let name = &self.name;
+        match self.kind {
+            "histogram" => vec![
+                format!("{name}_bucket"),
+                format!("{name}_sum"),
+                format!("{name}_count"),
+            ],
+            "summary" => vec![format!("{name}_sum"), format!("{name}_count")],
+            _ => vec![name.clone()],
         }
     }
 }
 
-fn family_of(
-    metric: &MetricId,
-    agg: Agg,
-    help: &str,
-    groups: &[crate::aggregate::Group],
-) -> Family {
-    let shape = Shape::of(metric);
-    let counter = shape == Shape::Counter && agg == Agg::Sum;
-    let base = metric_name(metric);
-    let (name, kind) = match shape {
-        _ if counter => (with_suffix(&base, "total"), "counter"),
-        Shape::Counter | Shape::Current => (base, "gauge"),
-        Shape::Histogram | Shape::ExpHistogram => (base, "histogram"),
-        Shape::Summary => (base, "summary"),
-    };
-    let mut samples = Vec::new();
+fn write_family(out: &mut Out<'_>, metric: &MetricId, agg: Agg, help: &str, groups: &[Group]) {
+    let family = FamilyName::of(metric, agg);
+    if !out.family(&family, help) {
+        return;
+    }
+    let name = &family.name;
+    let (bucket, sum, count) = (
+        format!("{name}_bucket"),
+        format!("{name}_sum"),
+        format!("{name}_count"),
+    );
     for group in groups {
-        let labels = labels(&group.attributes);
+        let labels = Labels::of(&group.attributes);
         match &group.value {
-            Aggregated::Number(value) => samples.push(Sample::new(name.clone(), labels, *value)),
+            Aggregated::Number(value) => out.sample(name, &labels, None, *value),
             Aggregated::Histogram {
                 histogram,
                 bounds_differ,
@@ -193,90 +279,51 @@ fn family_of(
                 } else {
                     explicit_buckets(histogram)
                 };
-                histogram_samples(
-                    &name,
-                    &labels,
-                    &buckets,
-                    histogram.count,
-                    histogram.sum,
-                    &mut samples,
-                );
+                let totals = (histogram.count, histogram.sum);
+                write_histogram(out, [&bucket, &sum, &count], &labels, &buckets, totals);
             }
             Aggregated::ExpHistogram(histogram) => {
                 let buckets = exponential_buckets(histogram);
-                histogram_samples(
-                    &name,
-                    &labels,
-                    &buckets,
-                    histogram.count,
-                    histogram.sum,
-                    &mut samples,
-                );
+                let totals = (histogram.count, histogram.sum);
+                write_histogram(out, [&bucket, &sum, &count], &labels, &buckets, totals);
             }
-            Aggregated::Summary { count, sum } => {
-                samples.push(Sample::new(
-                    format!("{name}_sum"),
-                    labels.clone(),
-                    Total::Double(*sum),
-                ));
-                samples.push(Sample::new(
-                    format!("{name}_count"),
-                    labels,
-                    count_of(*count),
-                ));
+            Aggregated::Summary {
+                count: total,
+                sum: summed,
+            } => {
+                out.sample(&sum, &labels, None, Total::Double(*summed));
+                out.sample(&count, &labels, None, count_of(*total));
             }
         }
-    }
-    Family {
-        name,
-        kind,
-        help: help.to_string(),
-        samples,
+        if out.closed {
+            return;
+        }
     }
 }
 
 /// `_bucket` lines with cumulative counts (the `+Inf` one always), then `_sum` and `_count`.
-fn histogram_samples(
-    name: &str,
-    labels: &[(String, String)],
+fn write_histogram(
+    out: &mut Out<'_>,
+    [bucket, sum, count]: [&str; 3],
+    labels: &Labels,
     buckets: &[(f64, u64)],
-    count: u64,
-    sum: Option<f64>,
-    samples: &mut Vec<Sample>,
+    (total, summed): (u64, Option<f64>),
 ) {
-    let bucket_name = format!("{name}_bucket");
-    let with_le = |le: String| {
-        let mut labels = labels.to_vec();
-        labels.push(("le".to_string(), le));
-        labels.sort();
-        labels
-    };
     let mut running = 0u64;
     for (bound, bucket_count) in buckets {
         running = running.saturating_add(*bucket_count);
-        samples.push(Sample::new(
-            bucket_name.clone(),
-            with_le(format_value(*bound)),
+        out.sample(
+            bucket,
+            labels,
+            Some(&format_value(*bound)),
             count_of(running),
-        ));
+        );
     }
-    samples.push(Sample::new(
-        bucket_name,
-        with_le("+Inf".to_string()),
-        count_of(count),
-    ));
-    if let Some(sum) = sum {
-        samples.push(Sample::new(
-            format!("{name}_sum"),
-            labels.to_vec(),
-            Total::Double(sum),
-        ));
+    out.sample(bucket, labels, Some("+Inf"), count_of(total));
+    if let Some(summed) = summed {
+        out.sample(sum, labels, None, Total::Double(summed));
     }
-    samples.push(Sample::new(
-        format!("{name}_count"),
-        labels.to_vec(),
-        count_of(count),
-    ));
+    out.sample(count, labels, None, count_of(total));
 }
 
 /// `(upper bound, count)` of every finite bucket.
@@ -288,7 +335,6 @@ fn explicit_buckets(histogram: &Histogram) -> Vec<(f64, u64)> {
         .map(|(bound, count)| (*bound, *count))
         .collect()
 }
-
 /// Classic buckets at an exponential histogram's own boundaries: negative buckets (upper
 /// bound `-base^i`), the zero bucket (`zero_threshold`), positive ones (`base^(i+1)`).
 /// Bounds that round to the same double are merged so `le` strictly increases.
@@ -318,22 +364,54 @@ fn exponential_buckets(histogram: &ExpHistogram) -> Vec<(f64, u64)> {
     merged
 }
 
+/// A group's labels, written once for all its samples: `name="value"` pairs sorted by name
+/// and joined by `,`, and where among them an `le` label goes.
+struct Labels {
+    text: String,
+    /// The byte offset in `text` of the first label whose name sorts after `le` (the length
+    /// of `text` when none does).
+    le_at: usize,
+}
+
+impl Labels {
+    fn of(attributes: &Attributes) -> Labels {
+        let mut text = String::new();
+        let mut le_at = None;
+        for (name, value) in labels(attributes) {
+            if le_at.is_none() && name.as_str() > "le" {
+                le_at = Some(text.len());
+            }
+            let _ = write!(text, "{name}=\"{}\",", escape_label_value(&value));
+        }
+        let le_at = le_at.unwrap_or(text.len());
+        text.pop();
+        Labels {
+            le_at: le_at.min(text.len()),
+            text,
+        }
+    }
+}
+
 /// Sanitised labels, sorted by name; attributes that collide after sanitising are joined
 /// with `;` in the order of their original keys.
 fn labels(attributes: &Attributes) -> Vec<(String, String)> {
-    let mut joined: Vec<(String, String)> = Vec::new();
-    for (key, value) in attributes.iter() {
-        let name = label_name(key);
-        let text = attr_text(value);
-        match joined.iter_mut().find(|(existing, _)| *existing == name) {
-            Some((_, existing)) => {
+    // Attributes come sorted by original key, and the sort is stable, so colliding names
+    // stay in that order.
+    let mut named: Vec<(String, String)> = attributes
+        .iter()
+        .map(|(key, value)| (label_name(key), attr_text(value)))
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut joined: Vec<(String, String)> = Vec::with_capacity(named.len());
+    for (name, text) in named {
+        match joined.last_mut() {
+            Some((last, existing)) if *last == name => {
                 existing.push(';');
                 existing.push_str(&text);
             }
-            None => joined.push((name, text)),
+            _ => joined.push((name, text)),
         }
     }
-    joined.sort();
     joined
 }
 
@@ -494,98 +572,107 @@ fn escape_label_value(text: &str) -> String {
 }
 
 /// fanin's own counters and gauges.
-fn self_metrics(page: &mut Page, store: &Store, unreliable_streams: usize) {
-    type Labels = Vec<(String, String)>;
+fn self_metrics(out: &mut Out<'_>, store: &Store) {
     let stats = store.stats().snapshot();
-    let family = |name: &str, kind: &'static str, help: &str, samples: Vec<(Labels, u64)>| Family {
-        name: name.to_string(),
-        kind,
-        help: help.to_string(),
-        samples: samples
-            .into_iter()
-            .map(|(labels, value)| Sample::new(name, labels, count_of(value)))
-            .collect(),
-    };
-    let by = |label: &str, pairs: &[(&'static str, u64)]| -> Vec<(Labels, u64)> {
+    let (live, retired) = store.instance_counts();
+    let by = |label: &str, pairs: &[(&'static str, u64)]| -> Vec<(Option<(String, String)>, u64)> {
         pairs
             .iter()
-            .map(|(value, count)| (vec![(label.to_string(), value.to_string())], *count))
+            .map(|(value, count)| (Some((label.to_string(), value.to_string())), *count))
             .collect()
     };
-    let single = |value: usize| vec![(Vec::new(), value as u64)];
-    let (live, retired) = store.instance_counts();
+    let single = |value: u64| vec![(None, value)];
     let state =
-        |state: &str, count: usize| (vec![("state".to_string(), state.to_string())], count as u64);
+        |state: &str, count: usize| (Some(("state".to_string(), state.to_string())), count as u64);
     let families = [
-        family(
+        (
             "fanin_requests_total",
             "counter",
             "Export requests received, by transport.",
             by("transport", &stats.requests),
         ),
-        family(
+        (
             "fanin_request_errors_total",
             "counter",
             "Export requests refused as a whole, by reason.",
             by("reason", &stats.request_errors),
         ),
-        family(
+        (
             "fanin_points_accepted_total",
             "counter",
             "Data points stored.",
-            vec![(Vec::new(), stats.points_accepted)],
+            single(stats.points_accepted),
         ),
-        family(
+        (
             "fanin_points_rejected_total",
             "counter",
             "Data points refused and reported in partial_success, by reason.",
             by("reason", &stats.points_rejected),
         ),
-        family(
+        (
             "fanin_points_dropped_total",
             "counter",
             "Duplicate, out-of-order or overlapping data points dropped, by reason.",
             by("reason", &stats.points_dropped),
         ),
-        family(
+        (
             "fanin_streams",
             "gauge",
             "Streams stored.",
-            single(store.stream_count()),
+            single(store.stream_count() as u64),
         ),
-        family(
+        (
             "fanin_instances",
             "gauge",
             "Instances stored, by state.",
             vec![state("live", live), state("retired", retired)],
         ),
-        family(
+        (
             "fanin_instances_retired_total",
             "counter",
             "Instances retired, by TTL or because their process was gone.",
-            vec![(Vec::new(), stats.instances_retired)],
+            single(stats.instances_retired),
         ),
-        family(
+        (
             "fanin_collisions_total",
             "counter",
             "Streams found written by more than one process; see /api/v1/collisions.",
-            vec![(Vec::new(), stats.collisions)],
+            single(stats.collisions),
         ),
-        family(
+        (
             "fanin_unreliable_streams",
             "gauge",
             "Streams whose writers fanin cannot tell apart, so their totals are unreliable; see the notes of /api/v1/query and /api/v1/collisions.",
-            single(unreliable_streams),
+            single(store.unreliable_stream_count() as u64),
         ),
-        family(
+        (
             "fanin_type_conflicts_total",
             "counter",
             "Metric names seen with a second kind, unit or monotonicity.",
-            vec![(Vec::new(), stats.type_conflicts)],
+            single(stats.type_conflicts),
         ),
     ];
-    for family in families {
-        page.add(family);
+    for (name, kind, help, samples) in families {
+        let family = FamilyName {
+            name: name.to_string(),
+            kind,
+        };
+        if !out.family(&family, help) {
+            continue;
+        }
+        for (label, value) in samples {
+            let labels = match label {
+                Some((label, value)) => Labels {
+                    text: format!("{label}=\"{value}\""),
+                    le_at: 0,
+                },
+                None => Labels {
+                    text: String::new(),
+                    le_at: 0,
+                },
+            };
+            out.sample(name, &labels, None, count_of(value));
+        }
     }
 }
 
@@ -593,6 +680,7 @@ fn self_metrics(page: &mut Page, store: &Store, unreliable_streams: usize) {
 mod tests {
     use super::*;
     use crate::model::{AttrValue, ExpBuckets, Kind, Temporality};
+    use crate::store::MetricIdentity;
 
     fn metric(name: &str, kind: Kind, unit: &str, monotonic: bool) -> MetricId {
         MetricId {
@@ -607,8 +695,7 @@ mod tests {
     #[track_caller]
     fn check_name(name: &str, kind: Kind, unit: &str, monotonic: bool, expected: &str) {
         let metric = metric(name, kind, unit, monotonic);
-        let family = family_of(&metric, Agg::Sum, "help", &[]);
-        assert_eq!(family.name, expected);
+        assert_eq!(FamilyName::of(&metric, Agg::Sum).name, expected);
     }
 
     #[test]
@@ -665,6 +752,81 @@ mod tests {
                 ("key_private".to_string(), "true".to_string()),
             ]
         );
+    }
+
+    #[test]
+    fn le_goes_between_the_labels_that_sort_around_it() {
+        let line = |keys: &[&str], le: Option<&str>| {
+            let attributes = Attributes::new(
+                keys.iter()
+                    .map(|key| (key.to_string(), AttrValue::Str("v".into())))
+                    .collect(),
+            );
+            let mut page = String::new();
+            let mut send = |chunk: String| {
+                page.push_str(&chunk);
+                true
+            };
+            let mut out = Out::new(&mut send);
+            out.sample("m", &Labels::of(&attributes), le, Total::Int(1));
+            out.finish();
+            page
+        };
+        assert_eq!(line(&[], None), "m 1\n");
+        assert_eq!(line(&[], Some("1")), "m{le=\"1\"} 1\n");
+        assert_eq!(line(&["a"], Some("1")), "m{a=\"v\",le=\"1\"} 1\n");
+        assert_eq!(line(&["z"], Some("1")), "m{le=\"1\",z=\"v\"} 1\n");
+        assert_eq!(
+            line(&["a", "b", "y", "z"], Some("+Inf")),
+            "m{a=\"v\",b=\"v\",le=\"+Inf\",y=\"v\",z=\"v\"} 1\n"
+        );
+        assert_eq!(line(&["a", "z"], None), "m{a=\"v\",z=\"v\"} 1\n");
+    }
+
+    #[test]
+    fn chunks_are_handed_on_as_written_until_the_reader_is_gone() {
+        let mut chunks = Vec::new();
+        let mut send = |chunk: String| {
+            chunks.push(chunk.len());
+            chunks.len() < 2
+        };
+        let mut out = Out::new(&mut send);
+        let labels = Labels::of(&Attributes::default());
+        let mut lines = 0;
+        while !out.closed {
+            out.sample("a_sample_name", &labels, None, Total::Int(1));
+            lines += 1;
+            assert!(lines < 100_000, "the reader's answer was ignored");
+        }
+        out.sample("after", &labels, None, Total::Int(1));
+        out.finish();
+        assert_eq!(chunks.len(), 2, "nothing is sent once the reader is gone");
+        assert!(
+            chunks.iter().all(|len| (CHUNK..CHUNK + 64).contains(len)),
+            "{chunks:?}"
+        );
+    }
+
+    #[test]
+    fn batches_hold_about_a_batch_and_big_metrics_alone() {
+        let identity = |name: &str, held| MetricIdentity {
+            metric: Arc::new(metric(name, Kind::Gauge, "", false)),
+            description: Arc::from(""),
+            held,
+        };
+        let identities = [
+            identity("a", 3),
+            identity("b", 4),
+            identity("c", 20),
+            identity("d", 1),
+            identity("e", 9),
+        ];
+        let names: Vec<Vec<&str>> = batches(&identities, 10)
+            .iter()
+            .map(|batch| batch.iter().map(|i| i.metric.name.as_str()).collect())
+            .collect();
+        assert_eq!(names, [vec!["a", "b"], vec!["c"], vec!["d", "e"]]);
+        assert!(batches(&[], 10).is_empty());
     }
 
     #[test]

@@ -28,12 +28,14 @@ mod collision;
 mod ingest;
 mod limits;
 mod liveness;
+mod page;
 mod process;
 mod stats;
 mod stream;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime};
@@ -50,6 +52,7 @@ pub use collision::{CollisionView, FIX, InheritedState};
 pub use ingest::{Ingest, InstanceWriter, MetricKey, PointAttributes};
 pub use limits::Limits;
 pub use liveness::{Liveness, RetireReason, Retirement, SweepReport};
+pub use page::{Cursor, CursorError, Page};
 pub use stats::{RequestError, Stats, StatsSnapshot};
 pub use stream::{CollisionPolicy, Evidence, RunState, StreamState};
 
@@ -153,6 +156,15 @@ pub struct RetiredView {
     pub value: StreamValue,
     /// How many evicted instances are folded in.
     pub instances: u64,
+}
+
+/// One metric name's first identity, and how much the store holds of it.
+#[derive(Clone, Debug)]
+pub struct MetricIdentity {
+    pub metric: Arc<MetricId>,
+    pub description: Arc<str>,
+    /// Streams and retired totals of the name, of any identity.
+    pub held: usize,
 }
 
 /// One metric name, for `/api/v1/metrics`.
@@ -381,11 +393,15 @@ impl Store {
 
     /// Every metric name's first identity and description, without the instance counts of
     /// [`Store::metrics`] (which cost a pass over every stream).
-    pub fn metric_identities(&self) -> Vec<(Arc<MetricId>, Arc<str>)> {
+    pub fn metric_identities(&self) -> Vec<MetricIdentity> {
         self.shared
             .metrics
             .iter()
-            .map(|entry| (Arc::clone(&entry.first), Arc::clone(&entry.description)))
+            .map(|entry| MetricIdentity {
+                metric: Arc::clone(&entry.first),
+                description: Arc::clone(&entry.description),
+                held: entry.streams,
+            })
             .collect()
     }
 
@@ -453,9 +469,29 @@ impl Store {
         self.streams_where(|_| true)
     }
 
-    /// Every retired total of every metric.
-    pub fn all_retired_totals(&self) -> Vec<RetiredView> {
-        self.retired_where(|_| true)
+    /// The retired totals of the metrics whose names sort within `names`.
+    pub fn retired_totals_in(&self, names: RangeInclusive<&str>) -> Vec<RetiredView> {
+        self.retired_where(|name| names.contains(&name))
+    }
+
+    /// The streams of the metrics whose names sort within `names`, across all instances.
+    pub fn streams_in(&self, names: RangeInclusive<&str>) -> Vec<StreamView> {
+        self.streams_where(|name| names.contains(&name))
+    }
+
+    /// How many streams are marked unreliable, in one pass that copies nothing.
+    pub fn unreliable_stream_count(&self) -> usize {
+        self.all_instances()
+            .iter()
+            .map(|instance| {
+                let state = lock(&instance.state);
+                state
+                    .streams
+                    .iter()
+                    .filter(|(_, stream)| stream.is_unreliable())
+                    .count()
+            })
+            .sum()
     }
 
     fn streams_where(&self, wanted: impl Fn(&str) -> bool) -> Vec<StreamView> {

@@ -200,6 +200,7 @@ impl TestFanin {
     pub async fn series(&self, metric: &str) -> Vec<Json> {
         let (status, body) = self.get(&format!("/api/v1/series?metric={metric}")).await;
         assert_eq!(status, 200, "series of {metric}: {body}");
+        assert!(body["next_cursor"].is_null(), "more than one page: {body}");
         let mut streams = body["streams"].as_array().expect("streams array").clone();
         streams.sort_by_key(|stream| format!("{}{}", stream["instance"], stream["attributes"]));
         streams

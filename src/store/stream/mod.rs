@@ -497,6 +497,11 @@ impl Stream {
         (step.result, step.finding)
     }
 
+    /// Whether the writers of this stream cannot be told apart.
+    pub fn is_unreliable(&self) -> bool {
+        self.unreliable.is_some()
+    }
+
     /// An owned copy of the stream's state.
     pub fn state(&self) -> StreamState {
         let rule = self.rule;
