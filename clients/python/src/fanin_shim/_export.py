@@ -9,7 +9,9 @@ that target, in each worker, when its pipeline is built.
 from __future__ import annotations
 
 import os
-from typing import NamedTuple, Optional
+import re
+from importlib import metadata
+from typing import NamedTuple, Optional, Tuple
 
 from opentelemetry.sdk.metrics.export import MetricExporter
 
@@ -17,9 +19,14 @@ DEFAULT_HTTP_ENDPOINT = "http://127.0.0.1:4318"
 DEFAULT_GRPC_ENDPOINT = "http://127.0.0.1:4317"
 PROTOCOLS = ("http/protobuf", "grpc")
 
+# The first release of the gRPC exporter that takes `channel_options`, which the unix
+# socket needs (see `exporter`).
+_GRPC_CHANNEL_OPTIONS_SINCE = (1, 35)
+
 
 class ShimError(ValueError):
-    """A setting the shim cannot work with (bad endpoint or protocol)."""
+    """A setting the shim cannot work with: a bad endpoint or protocol, or a unix socket
+    with a gRPC exporter too old for it."""
 
 
 class Target(NamedTuple):
@@ -33,8 +40,8 @@ class Target(NamedTuple):
 def resolve_target(endpoint: Optional[str], protocol: Optional[str]) -> Target:
     """The target the arguments name, with ``OTEL_*`` variables filling what they leave unset.
 
-    Raises :class:`ShimError` for an unknown protocol, or an endpoint that is not a URL or
-    an absolute unix socket path.
+    Raises :class:`ShimError` for an unknown protocol, an endpoint that is not a URL or an
+    absolute unix socket path, or a unix socket the installed exporter cannot reach.
     """
     source = "protocol="
     if protocol is None:
@@ -106,5 +113,19 @@ def _unix_path(endpoint: str, protocol: Optional[str]) -> str:
         path = path[2:]
     if not path.startswith("/"):
         raise ShimError(f"{endpoint}: the socket path must be absolute")
+    # Checked here rather than when a worker builds its exporter: there the error could only
+    # be logged, and every worker would run without metrics.
+    installed = metadata.version("opentelemetry-exporter-otlp-proto-grpc")
+    if _release(installed) < _GRPC_CHANNEL_OPTIONS_SINCE:
+        since = ".".join(map(str, _GRPC_CHANNEL_OPTIONS_SINCE))
+        raise ShimError(
+            f"{endpoint}: the unix socket needs opentelemetry-exporter-otlp-proto-grpc>={since}"
+            f" (installed: {installed}); upgrade it, or export over http:// or grpc to a port"
+        )
     return path
 
+
+def _release(version: str) -> Tuple[int, ...]:
+    """The leading release numbers of a version string: ``"1.35.0rc1"`` is ``(1, 35, 0)``."""
+    found = re.match(r"\d+(?:\.\d+)*", version)
+    return tuple(int(part) for part in found.group(0).split(".")) if found else ()
