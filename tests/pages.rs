@@ -10,32 +10,7 @@ mod common;
 use std::collections::HashSet;
 
 use common::{TestFanin, export, start};
-use opentelemetry_proto::tonic::metrics::v1::{
-    Metric, NumberDataPoint, Sum, metric::Data, number_data_point,
-};
 use serde_json::Value as Json;
-
-/// A cumulative counter with one point per `key` value `0..n`.
-fn wide_counter(name: &str, key: &str, n: usize) -> Metric {
-    let points = (0..n)
-        .map(|index| NumberDataPoint {
-            attributes: vec![common::string_attr(key, &index.to_string())],
-            start_time_unix_nano: 1,
-            time_unix_nano: 10,
-            value: Some(number_data_point::Value::AsInt(1)),
-            ..Default::default()
-        })
-        .collect();
-    Metric {
-        name: name.into(),
-        data: Some(Data::Sum(Sum {
-            data_points: points,
-            aggregation_temporality: 2,
-            is_monotonic: true,
-        })),
-        ..Default::default()
-    }
-}
 
 async fn send(fanin: &TestFanin, request: common::Export) {
     let response = fanin.export_grpc(request.build()).await.expect("export");
@@ -130,8 +105,8 @@ async fn instances_come_in_pages_in_the_order_they_arrived() {
 #[tokio::test(flavor = "multi_thread")]
 async fn series_come_in_pages_of_at_most_a_thousand() {
     let fanin = start().await;
-    send(&fanin, export("w1").metric(wide_counter("wide", "k", 1500))).await;
-    send(&fanin, export("w2").metric(wide_counter("wide", "k", 1000))).await;
+    send(&fanin, export("w1").wide_counter("wide", "k", 1500, 1)).await;
+    send(&fanin, export("w2").wide_counter("wide", "k", 1000, 1)).await;
     send(&fanin, export("w1").counter("other", 1, 10, 1)).await;
 
     let (streams, lengths) = every_page(&fanin, "/api/v1/series?metric=wide", "streams").await;

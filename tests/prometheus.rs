@@ -11,8 +11,7 @@ use std::process::{Command, Stdio};
 
 use common::{TestFanin, export, start};
 use opentelemetry_proto::tonic::metrics::v1::{
-    Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, Sum, metric::Data,
-    number_data_point,
+    Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, metric::Data, number_data_point,
 };
 
 async fn send(fanin: &TestFanin, request: common::Export) {
@@ -217,28 +216,6 @@ async fn le_takes_its_place_among_the_labels() {
     fanin.stop().await;
 }
 
-/// A cumulative counter with `n` streams, attribute `k` from 0, each at `value`.
-fn wide_counter(name: &str, n: usize, value: i64) -> Metric {
-    let points = (0..n)
-        .map(|index| NumberDataPoint {
-            attributes: vec![common::string_attr("k", &index.to_string())],
-            start_time_unix_nano: 1,
-            time_unix_nano: 10,
-            value: Some(number_data_point::Value::AsInt(value)),
-            ..Default::default()
-        })
-        .collect();
-    Metric {
-        name: name.into(),
-        data: Some(Data::Sum(Sum {
-            data_points: points,
-            aggregation_temporality: 2,
-            is_monotonic: true,
-        })),
-        ..Default::default()
-    }
-}
-
 /// More streams than one batch of the renderer holds (`prometheus::BATCH_STREAMS`), and a
 /// page many chunks long: every family is there once, with every group's total.
 #[tokio::test(flavor = "multi_thread")]
@@ -249,7 +226,7 @@ async fn a_page_larger_than_a_batch_is_whole() {
         for name in ["wide.a", "wide.b"] {
             send(
                 &fanin,
-                export(worker).metric(wide_counter(name, per_metric, value)),
+                export(worker).wide_counter(name, "k", per_metric, value),
             )
             .await;
         }

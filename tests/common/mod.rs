@@ -367,6 +367,26 @@ impl Export {
         self.sum(name, 2, true, int_point(attributes, start, time, value))
     }
 
+    /// One cumulative counter with `n` streams, attribute `key` from `0` to `n - 1`, each at
+    /// `value`.
+    pub fn wide_counter(self, name: &str, key: &str, n: usize, value: i64) -> Export {
+        let points = (0..n)
+            .map(|index| NumberDataPoint {
+                attributes: vec![string_attr(key, &index.to_string())],
+                ..int_point(&[], 1, 10, value)
+            })
+            .collect();
+        self.metric(Metric {
+            name: name.into(),
+            data: Some(Data::Sum(Sum {
+                data_points: points,
+                aggregation_temporality: 2,
+                is_monotonic: true,
+            })),
+            ..Default::default()
+        })
+    }
+
     /// A delta monotonic sum point.
     pub fn delta_counter(self, name: &str, start: u64, time: u64, value: i64) -> Export {
         self.sum(name, 1, true, int_point(&[], start, time, value))
