@@ -1,5 +1,5 @@
 //! The Python shim's end-to-end tests (clients/python/tests, pytest) against this build's
-//! `fanin` binary, with real gunicorn, uWSGI and `multiprocessing` workers and the
+//! `fanin` binary, with real gunicorn, uWSGI, Celery and `multiprocessing` workers and the
 //! official Python SDK. Two runs: the whole suite on the newest tested SDK
 //! (requirements-test.txt), and a representative subset on the oldest supported one
 //! (requirements-oldest.txt, the lower bounds in pyproject.toml). Each run makes its own
