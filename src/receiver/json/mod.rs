@@ -31,7 +31,9 @@ use opentelemetry_proto::tonic::metrics::v1::{
     summary_data_point::ValueAtQuantile,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use serde_json::{Map, Value};
+mod tree;
+
+use tree::{Object, Value};
 
 /// Why a JSON body could not be read, and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,7 +82,7 @@ type Result<T> = std::result::Result<T, JsonError>;
 /// # Errors
 /// [`JsonError`] when the body is not JSON, or a known field has a value that cannot be read.
 pub fn decode_request(body: &[u8]) -> Result<ExportMetricsServiceRequest> {
-    let tree: Value = serde_json::from_slice(body)
+    let tree = tree::parse(body)
         .map_err(|error| JsonError::new(format!("body is not valid JSON: {error}")))?;
     let object = as_object(&tree)?;
     Ok(ExportMetricsServiceRequest {
@@ -93,7 +95,7 @@ pub fn decode_request(body: &[u8]) -> Result<ExportMetricsServiceRequest> {
     })
 }
 
-fn as_object(value: &Value) -> Result<&Map<String, Value>> {
+fn as_object<'v, 'j>(value: &'v Value<'j>) -> Result<&'v Object<'j>> {
     value
         .as_object()
         .ok_or_else(|| JsonError::new(format!("expected an object, found {}", kind_of(value))))
@@ -111,11 +113,11 @@ fn kind_of(value: &Value) -> &'static str {
 }
 
 /// Looks a field up by its lowerCamelCase or snake_case name; `null` counts as absent.
-fn field<'a>(
-    object: &'a Map<String, Value>,
+fn field<'a, 'j>(
+    object: &'a Object<'j>,
     camel: &str,
     snake: &str,
-) -> Result<Option<&'a Value>> {
+) -> Result<Option<&'a Value<'j>>> {
     let by_camel = object.get(camel).filter(|value| !value.is_null());
     let by_snake = if camel == snake {
         None
@@ -132,7 +134,7 @@ fn field<'a>(
 
 /// Reads an optional field with `read`, prefixing any error with the field name.
 fn optional<T>(
-    object: &Map<String, Value>,
+    object: &Object,
     camel: &str,
     snake: &str,
     read: impl FnOnce(&Value) -> Result<T>,
@@ -145,7 +147,7 @@ fn optional<T>(
 
 /// Reads a field with `read`, or the type's default when it is absent.
 fn or_default<T: Default>(
-    object: &Map<String, Value>,
+    object: &Object,
     camel: &str,
     snake: &str,
     read: impl FnOnce(&Value) -> Result<T>,
@@ -155,10 +157,10 @@ fn or_default<T: Default>(
 
 /// Reads a repeated message field, each element with `read`.
 fn list<T>(
-    object: &Map<String, Value>,
+    object: &Object,
     camel: &str,
     snake: &str,
-    read: impl Fn(&Map<String, Value>) -> Result<T>,
+    read: impl Fn(&Object) -> Result<T>,
 ) -> Result<Vec<T>> {
     or_default(object, camel, snake, |value| {
         array(value, |element| read(as_object(element)?))
@@ -181,7 +183,7 @@ fn array<T>(value: &Value, read: impl Fn(&Value) -> Result<T>) -> Result<Vec<T>>
 
 fn string(value: &Value) -> Result<String> {
     match value {
-        Value::String(text) => Ok(text.clone()),
+        Value::String(text) => Ok(text.to_string()),
         other => Err(JsonError::new(format!(
             "expected a string, found {}",
             kind_of(other)
@@ -283,7 +285,7 @@ fn bytes(value: &Value) -> Result<Vec<u8>> {
 /// `AggregationTemporality`, as an integer or its name.
 fn temporality(value: &Value) -> Result<i32> {
     if let Value::String(name) = value {
-        match name.as_str() {
+        match name.as_ref() {
             "AGGREGATION_TEMPORALITY_UNSPECIFIED" => return Ok(0),
             "AGGREGATION_TEMPORALITY_DELTA" => return Ok(1),
             "AGGREGATION_TEMPORALITY_CUMULATIVE" => return Ok(2),
@@ -299,7 +301,7 @@ fn temporality(value: &Value) -> Result<i32> {
 }
 
 /// The `aggregationTemporality` of a sum or histogram; UNSPECIFIED (0) when absent.
-fn temporality_field(object: &Map<String, Value>) -> Result<i32> {
+fn temporality_field(object: &Object) -> Result<i32> {
     or_default(
         object,
         "aggregationTemporality",
@@ -308,7 +310,7 @@ fn temporality_field(object: &Map<String, Value>) -> Result<i32> {
     )
 }
 
-fn resource_metrics(object: &Map<String, Value>) -> Result<ResourceMetrics> {
+fn resource_metrics(object: &Object) -> Result<ResourceMetrics> {
     Ok(ResourceMetrics {
         resource: optional(object, "resource", "resource", |value| {
             let resource = as_object(value)?;
@@ -322,7 +324,7 @@ fn resource_metrics(object: &Map<String, Value>) -> Result<ResourceMetrics> {
     })
 }
 
-fn scope_metrics(object: &Map<String, Value>) -> Result<ScopeMetrics> {
+fn scope_metrics(object: &Object) -> Result<ScopeMetrics> {
     Ok(ScopeMetrics {
         scope: optional(object, "scope", "scope", |value| {
             let scope = as_object(value)?;
@@ -338,7 +340,7 @@ fn scope_metrics(object: &Map<String, Value>) -> Result<ScopeMetrics> {
     })
 }
 
-fn key_value(object: &Map<String, Value>) -> Result<KeyValue> {
+fn key_value(object: &Object) -> Result<KeyValue> {
     Ok(KeyValue {
         key: or_default(object, "key", "key", string)?,
         value: optional(object, "value", "value", |value| {
@@ -348,7 +350,7 @@ fn key_value(object: &Map<String, Value>) -> Result<KeyValue> {
     })
 }
 
-fn any_value(object: &Map<String, Value>) -> Result<AnyValue> {
+fn any_value(object: &Object) -> Result<AnyValue> {
     let mut members = Vec::new();
     if let Some(text) = optional(object, "stringValue", "string_value", string)? {
         members.push(any_value::Value::StringValue(text));
@@ -388,7 +390,7 @@ fn any_value(object: &Map<String, Value>) -> Result<AnyValue> {
     })
 }
 
-fn metric(object: &Map<String, Value>) -> Result<Metric> {
+fn metric(object: &Object) -> Result<Metric> {
     let mut data = Vec::new();
     if let Some(gauge) = optional(object, "gauge", "gauge", |value| {
         Ok(Gauge {
@@ -464,7 +466,7 @@ struct Common {
     flags: u32,
 }
 
-fn common(object: &Map<String, Value>) -> Result<Common> {
+fn common(object: &Object) -> Result<Common> {
     Ok(Common {
         attributes: list(object, "attributes", "attributes", key_value)?,
         start: or_default(object, "startTimeUnixNano", "start_time_unix_nano", uint64)?,
@@ -473,7 +475,7 @@ fn common(object: &Map<String, Value>) -> Result<Common> {
     })
 }
 
-fn number_point(object: &Map<String, Value>) -> Result<NumberDataPoint> {
+fn number_point(object: &Object) -> Result<NumberDataPoint> {
     let common = common(object)?;
     let as_double = optional(object, "asDouble", "as_double", double)?;
     let as_int = optional(object, "asInt", "as_int", int64)?;
@@ -495,7 +497,7 @@ fn number_point(object: &Map<String, Value>) -> Result<NumberDataPoint> {
     })
 }
 
-fn histogram_point(object: &Map<String, Value>) -> Result<HistogramDataPoint> {
+fn histogram_point(object: &Object) -> Result<HistogramDataPoint> {
     let common = common(object)?;
     Ok(HistogramDataPoint {
         attributes: common.attributes,
@@ -526,7 +528,7 @@ fn exp_buckets(value: &Value) -> Result<Buckets> {
     })
 }
 
-fn exp_histogram_point(object: &Map<String, Value>) -> Result<ExponentialHistogramDataPoint> {
+fn exp_histogram_point(object: &Object) -> Result<ExponentialHistogramDataPoint> {
     let common = common(object)?;
     Ok(ExponentialHistogramDataPoint {
         attributes: common.attributes,
@@ -546,7 +548,7 @@ fn exp_histogram_point(object: &Map<String, Value>) -> Result<ExponentialHistogr
     })
 }
 
-fn summary_point(object: &Map<String, Value>) -> Result<SummaryDataPoint> {
+fn summary_point(object: &Object) -> Result<SummaryDataPoint> {
     let common = common(object)?;
     Ok(SummaryDataPoint {
         attributes: common.attributes,
