@@ -85,6 +85,16 @@ const ANY_PORT: [&str; 6] = [
     "127.0.0.1:0",
 ];
 
+impl Drop for Served {
+    /// A test that fails before it stops fanin must not leave fanin running.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 impl Served {
     fn signal(&self, signal: Signal) {
         let pid = i32::try_from(self.child.id()).expect("pid fits i32");
