@@ -237,7 +237,12 @@ def test_counts_recorded_before_fork_show_as_inherited_state(fanin, gunicorn):
     # master recorded before fork lives on in all of them.
     service = service_name("inherited")
     pre_fork = 5
-    env = {**fanin.endpoint("http"), "APP_SERVICE": service, "PRE_FORK_COUNT": str(pre_fork)}
+    # With a count to export, the master's reader exports every interval, holding the SDK's
+    # export lock meanwhile; a worker forked in that moment inherits the lock held and its
+    # reader never exports (the SDK does not reset the lock after fork). A first export
+    # well after gunicorn has forked its workers keeps that hazard out of this test.
+    env = {**fanin.endpoint("http"), "APP_SERVICE": service, "PRE_FORK_COUNT": str(pre_fork),
+           "APP_EXPORT_INTERVAL_MS": "3000"}
     server = gunicorn("naive_app:app", "gunicorn_plain.conf.py", env,
                       args=("-w", str(WORKERS), "--preload"))
     n = 100

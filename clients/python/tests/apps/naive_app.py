@@ -5,6 +5,7 @@ the workers are forked: with SDK 1.43 every worker carries the master's resource
 is recorded before fork unless PRE_FORK_COUNT asks for that many requests to be counted in
 the master. OTEL_EXPORTER_OTLP_PROTOCOL picks the exporter (http/protobuf or grpc), and
 OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE the temporality, as the SDK reads them.
+APP_EXPORT_INTERVAL_MS sets the export interval (200 ms unless given).
 """
 
 import os
@@ -20,7 +21,12 @@ else:
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
 provider = MeterProvider(
-    metric_readers=[PeriodicExportingMetricReader(OTLPMetricExporter(), export_interval_millis=200)],
+    metric_readers=[
+        PeriodicExportingMetricReader(
+            OTLPMetricExporter(),
+            export_interval_millis=int(os.environ.get("APP_EXPORT_INTERVAL_MS", "200")),
+        )
+    ],
     resource=Resource.create({"service.name": os.environ["APP_SERVICE"]}),
 )
 meter = provider.get_meter("app")
