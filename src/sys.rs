@@ -1,8 +1,8 @@
-//! The only unsafe code in the crate: `fork(2)` and `pthread_atfork(3)`.
+//! The only unsafe code in the crate: `fork(2)`, `pthread_atfork(3)` and `setpriority(2)`.
 //!
-//! Both are unsafe for the same reason: after a fork, the child holds a copy of every lock
-//! the parent's other threads held at that moment, and none of those threads. Each function
-//! here says what its caller must guarantee.
+//! The first two are unsafe for the same reason: after a fork, the child holds a copy of
+//! every lock the parent's other threads held at that moment, and none of those threads.
+//! Each function here says what its caller must guarantee.
 
 use std::sync::Once;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -70,9 +70,60 @@ pub fn fork_generation() -> u64 {
     FORKS.load(Ordering::Relaxed)
 }
 
+/// Lowers the calling thread's scheduling priority to nice 10, so that when it competes
+/// for a core with the threads that receive exports, they win. Linux applies
+/// `setpriority(PRIO_PROCESS, tid)` to that one thread. Lowering needs no privilege; it
+/// cannot be undone without one, so only threads that do nothing else call it.
+#[allow(unsafe_code)]
+pub fn lower_thread_priority() -> std::io::Result<()> {
+    let thread = nix::unistd::gettid().as_raw();
+    let thread = libc::id_t::try_from(thread).map_err(std::io::Error::other)?;
+    // SAFETY: setpriority only reads its three integer arguments; no memory is shared.
+    let status = unsafe { libc::setpriority(libc::PRIO_PROCESS, thread, 10) };
+    if status == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_thread_lowers_its_own_priority_only() {
+        let nice_of = |thread: i32| -> i64 {
+            let stat = std::fs::read_to_string(format!("/proc/self/task/{thread}/stat"))
+                .expect("the thread's stat");
+            // Field 19, counted after the command name's closing parenthesis.
+            let after_name = &stat[stat.rfind(')').expect("a name") + 2..];
+            after_name
+                .split(' ')
+                .nth(16)
+                .expect("nice")
+                .parse()
+                .expect("a number")
+        };
+        let main = nix::unistd::gettid().as_raw();
+        let lowered = std::thread::spawn(|| {
+            lower_thread_priority().expect("setpriority");
+            nix::unistd::gettid().as_raw()
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let worker = std::thread::spawn(move || {
+            lower_thread_priority().expect("setpriority");
+            let _ = tx.send(nix::unistd::gettid().as_raw());
+            let _ = wait.recv();
+        });
+        let thread = rx.recv().expect("a tid");
+        assert_eq!(nice_of(thread), 10);
+        assert_eq!(nice_of(main), 0, "the calling thread only");
+        let _ = done.send(());
+        worker.join().expect("joined");
+        lowered.join().expect("joined");
+    }
 
     #[test]
     fn the_fork_hook_installs_and_a_single_process_keeps_its_generation() {

@@ -160,15 +160,24 @@ async fn query(
         .await
 }
 
+/// How long a `/metrics` reader may take to make room for the next chunk of the page.
+const SLOW_READER: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The Prometheus page, streamed: rendered on a query worker, in chunks, as the client reads
 /// them (`prometheus.rs`).
 async fn metrics_text(State(state): State<QueryState>) -> Response {
     let (chunks, body) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let (store, rules) = (state.store.clone(), Arc::clone(&state.rules));
     let render_chunks = chunks.clone();
+    let runtime = tokio::runtime::Handle::current();
     let render = move || {
         prometheus::render_chunks(&store, &rules, &mut |chunk| {
-            render_chunks.blocking_send(Ok(Bytes::from(chunk))).is_ok()
+            // A reader that hangs up, or takes a chunk slower than SLOW_READER, ends the
+            // rendering: it must not hold a query thread.
+            let send = render_chunks.send(Ok(Bytes::from(chunk)));
+            // The timer is the runtime's: the timeout is made inside block_on.
+            let sent = runtime.block_on(async { tokio::time::timeout(SLOW_READER, send).await });
+            matches!(sent, Ok(Ok(())))
         });
     };
     tokio::spawn(async move {

@@ -1,45 +1,76 @@
-//! Where query work runs: never on the tokio threads that receive exports.
+//! Where query work runs: on threads of its own, never on the tokio threads that receive
+//! exports, and at a lower priority than they have.
 
-use std::sync::Arc;
-
-use tokio::sync::Semaphore;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::QueryError;
 
-/// Where query work runs: on tokio's blocking pool, at most `max` requests at once, never
-/// on the threads that receive exports. A query over a million streams then delays other
-/// queries, not ingest or `/healthz`.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// `max` threads that run query work one job each at a time, in the order asked, at nice
+/// 10: when queries and ingest compete for a core, ingest wins, and a query over a million
+/// streams delays other queries, not exports or `/healthz`. The threads end when the last
+/// clone of `Workers` is dropped.
 #[derive(Clone, Debug)]
 pub struct Workers {
-    permits: Arc<Semaphore>,
+    jobs: mpsc::Sender<Job>,
 }
 
 impl Workers {
+    /// Starts `max` (at least one) query threads.
     pub fn new(max: usize) -> Workers {
-        Workers {
-            permits: Arc::new(Semaphore::new(max.max(1))),
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let queue = Arc::new(Mutex::new(queue));
+        for index in 0..max.max(1) {
+            let queue = Arc::clone(&queue);
+            let started = std::thread::Builder::new()
+                .name(format!("fanin-query-{index}"))
+                .spawn(move || {
+                    if let Err(error) = crate::sys::lower_thread_priority() {
+                        tracing::debug!(%error, "A query thread keeps its priority");
+                    }
+                    loop {
+                        // Hold the queue's lock only to take a job.
+                        let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                        match job {
+                            Ok(job) => job(),
+                            Err(mpsc::RecvError) => return,
+                        }
+                    }
+                });
+            if let Err(error) = started {
+                tracing::error!(%error, "Cannot start a query thread");
+            }
         }
+        Workers { jobs }
     }
 
-    /// Runs `work` on the blocking pool once one of the `max` places is free.
+    /// Runs `work` on a query thread once one is free.
     ///
     /// # Errors
-    /// [`QueryError::Failed`] when the work panicked.
+    /// [`QueryError::Failed`] when the work panicked or no query thread runs.
     pub async fn run<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, QueryError> {
-        // The semaphore is never closed, so acquiring only waits. The place moves into the
-        // task: a client that hangs up does not free it while its work still runs.
-        let place = Arc::clone(&self.permits).acquire_owned().await;
-        let work = move || {
-            let _place = place;
-            work()
-        };
-        tokio::task::spawn_blocking(work).await.map_err(|error| {
-            tracing::error!(%error, "A query failed unexpectedly");
-            QueryError::Failed
-        })
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
+            // A panic is this query's failure, not the thread's: it goes on to the next.
+            let _ = reply.send(catch_unwind(AssertUnwindSafe(work)));
+        });
+        if self.jobs.send(job).is_err() {
+            tracing::error!("No query thread is running");
+            return Err(QueryError::Failed);
+        }
+        match answer.await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(_)) | Err(_) => {
+                tracing::error!("A query failed unexpectedly");
+                Err(QueryError::Failed)
+            }
+        }
     }
 }
 
