@@ -6,7 +6,9 @@
 //!   listeners (`/healthz` among them) keep answering. An `accept` that fails for a reason
 //!   other than the peer (out of file descriptors, say) is retried after a back-off that
 //!   doubles up to a second, instead of spinning.
-//! - An [`Admitted`] connection that has sent nothing for `idle_timeout` is closed; the
+//! - An [`Admitted`] connection that sends nothing within `header_timeout` of being
+//!   accepted, or nothing for `idle_timeout` later on, is closed (so idle connections
+//!   opened to fill the cap are gone within seconds, on HTTP/2 listeners too); the
 //!   HTTP/1 server also closes one whose request headers take longer than `header_timeout`
 //!   (and, hyper measuring it from the moment a connection falls idle, one that sends no
 //!   next request within it). Slow bodies are the receivers' business (`body_timeout`).
@@ -62,6 +64,7 @@ pub struct ConnectionSettings {
 pub struct Gate {
     listener: TcpListener,
     slots: Arc<Semaphore>,
+    header_timeout: Duration,
     idle_timeout: Duration,
     name: &'static str,
 }
@@ -74,6 +77,7 @@ impl Gate {
         Gate {
             listener,
             slots: Arc::new(Semaphore::new(settings.max_connections)),
+            header_timeout: settings.header_timeout,
             idle_timeout: settings.idle_timeout,
             name,
         }
@@ -91,7 +95,8 @@ impl Gate {
                             // small responses back by up to ~40 ms; the connection still works.
                             tracing::debug!(%error, "Cannot set TCP_NODELAY on a connection");
                         }
-                        return (Admitted::new(stream, slot, self.idle_timeout), peer);
+                        let timeouts = (self.header_timeout, self.idle_timeout);
+                        return (Admitted::new(stream, slot, timeouts), peer);
                     }
                     Err(_) => {
                         tracing::debug!(
@@ -133,7 +138,8 @@ fn peer_gone(error: &io::Error) -> bool {
 }
 
 /// An admitted connection: it holds its slot under the cap, and fails its next read once
-/// the peer has sent nothing for the idle timeout, which closes it.
+/// the peer has sent nothing within the header timeout of the accept, or later for the
+/// idle timeout, which closes it.
 pub struct Admitted {
     stream: TcpStream,
     _slot: OwnedSemaphorePermit,
@@ -142,12 +148,18 @@ pub struct Admitted {
 }
 
 impl Admitted {
-    fn new(stream: TcpStream, slot: OwnedSemaphorePermit, idle_timeout: Duration) -> Admitted {
+    /// `(first, idle)`: how long the peer may take to send its first bytes, and later to
+    /// send more.
+    fn new(
+        stream: TcpStream,
+        slot: OwnedSemaphorePermit,
+        (first, idle_timeout): (Duration, Duration),
+    ) -> Admitted {
         Admitted {
             stream,
             _slot: slot,
             idle_timeout,
-            quiet: Box::pin(tokio::time::sleep(idle_timeout)),
+            quiet: Box::pin(tokio::time::sleep(first.min(idle_timeout))),
         }
     }
 }
@@ -171,7 +183,7 @@ impl AsyncRead for Admitted {
             Poll::Pending => match this.quiet.as_mut().poll(context) {
                 Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::TimedOut,
-                    "the peer sent nothing for the idle timeout",
+                    "the peer sent nothing for the header or idle timeout",
                 ))),
                 Poll::Pending => Poll::Pending,
             },

@@ -105,6 +105,36 @@ async fn slow_headers_are_cut_off_while_a_good_client_exports() {
     fanin.stop().await;
 }
 
+/// Connections opened only to fill the cap, which never send a byte, are closed after the
+/// header timeout, long before the idle timeout; a client that exports keeps its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_connection_that_never_speaks_is_closed_after_the_header_timeout() {
+    let fanin = start_with(|config| {
+        config.connections.header_timeout = Duration::from_millis(300);
+        config.connections.idle_timeout = Duration::from_secs(3600);
+        config.receivers.otlp.grpc.max_connections = NonZeroUsize::new(4).expect("non-zero");
+    })
+    .await;
+    let mut client = fanin.grpc_client().await;
+    let export = |time| export("w1").counter("requests", 1, time, 1).build();
+    client.export(export(10)).await.expect("an export");
+    let mut silent = Vec::new();
+    for _ in 0..3 {
+        silent.push(connect(fanin.addresses.grpc).await);
+    }
+    for connection in &silent {
+        wait_closed(connection, "a silent connection to be closed").await;
+    }
+    // The places are free again, and the exporting client's connection was kept.
+    let newcomer = fanin.export_grpc(export(20)).await;
+    assert!(newcomer.is_ok(), "{newcomer:?}");
+    client
+        .export(export(30))
+        .await
+        .expect("the first client's channel still works");
+    fanin.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_silent_connection_is_closed_after_the_idle_timeout() {
     let fanin = start_with(|config| {

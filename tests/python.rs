@@ -68,6 +68,9 @@ fn venv(client: &Path, requirements: &Path, venv: &Path) -> PathBuf {
     let stamp = venv.join("fanin-requirements.txt");
     let python = venv.join("bin").join("python");
     if std::fs::read_to_string(&stamp).ok().as_deref() != Some(pinned.as_str()) {
+        if pinned.lines().any(|line| line.starts_with("uwsgi==")) {
+            assert_python_headers();
+        }
         let _ = std::fs::remove_dir_all(venv);
         run(
             Command::new("python3").args(["-m", "venv"]).arg(venv),
@@ -115,4 +118,22 @@ fn venv(client: &Path, requirements: &Path, venv: &Path) -> PathBuf {
         );
     }
     python
+}
+
+/// uWSGI has no wheels: pip builds it, which needs `Python.h`. Without it pip's own error is
+/// a screen of compiler output; this says what to install.
+fn assert_python_headers() {
+    let found = Command::new("python3")
+        .args([
+            "-c",
+            "import os, sysconfig, sys; \
+             sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()['include'], 'Python.h')))",
+        ])
+        .status()
+        .is_ok_and(|status| status.success());
+    assert!(
+        found,
+        "the Python headers are missing, and uWSGI is built from source for the tests: \
+         install them (Debian: apt-get install python3-dev; .ci/run does this)"
+    );
 }
