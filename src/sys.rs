@@ -1,4 +1,5 @@
-//! The only unsafe code in the crate: `fork(2)`, `pthread_atfork(3)` and `setpriority(2)`.
+//! The only unsafe code in the crate: `fork(2)`, `pthread_atfork(3)`, `sched_setscheduler(2)` and
+//! `setpriority(2)`.
 //!
 //! The first two are unsafe for the same reason: after a fork, the child holds a copy of
 //! every lock the parent's other threads held at that moment, and none of those threads.
@@ -70,18 +71,30 @@ pub fn fork_generation() -> u64 {
     FORKS.load(Ordering::Relaxed)
 }
 
-/// Lowers the calling thread's scheduling priority to nice 10, so that when it competes
-/// for a core with the threads that receive exports, they win. Linux applies
-/// `setpriority(PRIO_PROCESS, tid)` to that one thread. Lowering needs no privilege; it
-/// cannot be undone without one, so only threads that do nothing else call it.
+/// Puts the calling thread in the background: Linux's `SCHED_IDLE` policy, under which it
+/// runs only on CPU time that no ordinary thread wants (a tiny share when every core is
+/// busy) and any ordinary thread that wakes up takes its core at once. Nice 10 (what
+/// `setpriority` sets) is not enough for that: the scheduler lets a niced thread finish its
+/// time slice, a few milliseconds, before a woken receiver runs. Where `SCHED_IDLE` is
+/// refused, the thread falls back to nice 10; the error says why. Lowering needs no
+/// privilege; it cannot be undone without one, so only threads that do nothing else call
+/// it. Linux applies both calls, given thread 0 or a thread's id, to that one thread.
 #[allow(unsafe_code)]
-pub fn lower_thread_priority() -> std::io::Result<()> {
-    let thread = nix::unistd::gettid().as_raw();
-    let thread = libc::id_t::try_from(thread).map_err(std::io::Error::other)?;
+pub fn run_in_background() -> std::io::Result<()> {
+    let parameters = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler reads the parameter block it is given, which lives for the
+    // whole call, and nothing else.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &parameters) } == 0 {
+        return Ok(());
+    }
+    let refused = std::io::Error::last_os_error();
+    let thread =
+        libc::id_t::try_from(nix::unistd::gettid().as_raw()).map_err(std::io::Error::other)?;
     // SAFETY: setpriority only reads its three integer arguments; no memory is shared.
-    let status = unsafe { libc::setpriority(libc::PRIO_PROCESS, thread, 10) };
-    if status == 0 {
-        Ok(())
+    if unsafe { libc::setpriority(libc::PRIO_PROCESS, thread, 10) } == 0 {
+        Err(std::io::Error::other(format!(
+            "SCHED_IDLE refused ({refused}); running at nice 10 instead"
+        )))
     } else {
         Err(std::io::Error::last_os_error())
     }
@@ -92,37 +105,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_thread_lowers_its_own_priority_only() {
-        let nice_of = |thread: i32| -> i64 {
+    fn a_thread_puts_itself_only_in_the_background() {
+        // Field 41 of a thread's stat, `policy`, counted after the name's closing parenthesis.
+        let policy_of = |thread: i32| -> i32 {
             let stat = std::fs::read_to_string(format!("/proc/self/task/{thread}/stat"))
                 .expect("the thread's stat");
-            // Field 19, counted after the command name's closing parenthesis.
             let after_name = &stat[stat.rfind(')').expect("a name") + 2..];
             after_name
                 .split(' ')
-                .nth(16)
-                .expect("nice")
+                .nth(38)
+                .expect("policy")
                 .parse()
                 .expect("a number")
         };
         let main = nix::unistd::gettid().as_raw();
-        let lowered = std::thread::spawn(|| {
-            lower_thread_priority().expect("setpriority");
-            nix::unistd::gettid().as_raw()
-        });
         let (tx, rx) = std::sync::mpsc::channel();
         let (done, wait) = std::sync::mpsc::channel::<()>();
         let worker = std::thread::spawn(move || {
-            lower_thread_priority().expect("setpriority");
+            run_in_background().expect("SCHED_IDLE");
             let _ = tx.send(nix::unistd::gettid().as_raw());
             let _ = wait.recv();
         });
         let thread = rx.recv().expect("a tid");
-        assert_eq!(nice_of(thread), 10);
-        assert_eq!(nice_of(main), 0, "the calling thread only");
+        assert_eq!(policy_of(thread), libc::SCHED_IDLE);
+        assert_eq!(
+            policy_of(main),
+            libc::SCHED_OTHER,
+            "the calling thread only"
+        );
         let _ = done.send(());
         worker.join().expect("joined");
-        lowered.join().expect("joined");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Where query work runs: on threads of its own, never on the tokio threads that receive
-//! exports, and at a lower priority than they have.
+//! exports, and in the background of them.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc;
@@ -9,9 +9,11 @@ use super::QueryError;
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// `max` threads that run query work one job each at a time, in the order asked, at nice
-/// 10: when queries and ingest compete for a core, ingest wins, and a query over a million
-/// streams delays other queries, not exports or `/healthz`. The threads end when the last
+/// `max` threads that run query work one job each at a time, in the order asked, in the
+/// background (`SCHED_IDLE`, see [`crate::sys::run_in_background`]): when queries and
+/// ingest compete for a core, ingest wins at once, and a query over a million streams
+/// delays other queries, not exports or `/healthz`. Under an ingest load that keeps every
+/// core busy, queries slow down instead of exports. The threads end when the last
 /// clone of `Workers` is dropped.
 #[derive(Clone, Debug)]
 pub struct Workers {
@@ -28,8 +30,11 @@ impl Workers {
             let started = std::thread::Builder::new()
                 .name(format!("fanin-query-{index}"))
                 .spawn(move || {
-                    if let Err(error) = crate::sys::lower_thread_priority() {
-                        tracing::debug!(%error, "A query thread keeps its priority");
+                    if let Err(error) = crate::sys::run_in_background() {
+                        // Said once, not once per thread.
+                        if index == 0 {
+                            tracing::warn!(%error, "Query threads are not in the background");
+                        }
                     }
                     loop {
                         // Hold the queue's lock only to take a job.
