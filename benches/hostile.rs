@@ -24,7 +24,8 @@
 //! - `json`, `json-x4`: one 20 MB OTLP/JSON body, or four at once, whose points fanin
 //!   refuses (time 0), so that the peak is the decode's: memory per body byte.
 //! - `render-stall`: 1,000,000 streams stored; a small export's and `/healthz`'s latency,
-//!   idle and while two `/metrics` renders run back to back.
+//!   idle and while two `/metrics` renders run back to back (their readers in the
+//!   background, see `read_metrics_in_the_background`).
 //! - `idle-connections`: 20,000 idle connections to the gRPC port (64 fewer than the
 //!   open-file limit if that is lower); the export latency of a
 //!   worker connected before them, `/healthz`'s, whether a new client gets an export
@@ -555,31 +556,12 @@ async fn render_stall(fanin: &Fanin) -> String {
     let (steady, _) = fanin.memory();
     fanin.reset_peak();
     let rendering = Arc::new(AtomicBool::new(true));
-    let mut renders = Vec::new();
-    for _ in 0..2 {
-        let rendering = Arc::clone(&rendering);
-        let query = fanin.query;
-        renders.push(tokio::spawn(async move {
-            let mut pages = Vec::new();
-            while rendering.load(Ordering::Relaxed) {
-                let started = Instant::now();
-                let response = reqwest::get(format!("http://{query}/metrics")).await;
-                if let Ok(mut response) = response {
-                    while let Ok(Some(_)) = response.chunk().await {}
-                }
-                pages.push(started.elapsed().as_secs_f64());
-            }
-            pages
-        }));
-    }
+    let readers = read_metrics_in_the_background(fanin.query, 2, Arc::clone(&rendering));
     // Let both renders get going.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let busy = probe(fanin, PROBES as u64).await;
     rendering.store(false, Ordering::Relaxed);
-    let mut pages = Vec::new();
-    for render in renders {
-        pages.extend(render.await.unwrap_or_default());
-    }
+    let pages = readers.join().expect("the readers");
     let (_, peak) = fanin.memory();
     let kept = kept_after_a_while(fanin).await;
     let slowest_page = pages.iter().copied().fold(0.0, f64::max);
@@ -600,6 +582,43 @@ async fn render_stall(fanin: &Fanin) -> String {
         peak - steady,
         kept - steady
     )
+}
+
+/// `readers` loops of `GET /metrics`, each reading every page to its end, until `rendering`
+/// is cleared; returns how long each page took. They run on a thread of their own under
+/// `SCHED_IDLE`: on two cores, readers at the probes' priority would hold a core for a
+/// time slice of theirs whenever the export's answer is ready, and the latency measured
+/// would be this benchmark's sharing of the machine rather than fanin's doing.
+fn read_metrics_in_the_background(
+    query: SocketAddr,
+    readers: usize,
+    rendering: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<f64>> {
+    std::thread::spawn(move || {
+        fanin::sys::run_in_background().expect("SCHED_IDLE for the readers");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        runtime.block_on(async move {
+            let loops = (0..readers).map(|_| {
+                let rendering = Arc::clone(&rendering);
+                async move {
+                    let mut pages = Vec::new();
+                    while rendering.load(Ordering::Relaxed) {
+                        let started = Instant::now();
+                        let response = reqwest::get(format!("http://{query}/metrics")).await;
+                        if let Ok(mut response) = response {
+                            while let Ok(Some(_)) = response.chunk().await {}
+                        }
+                        pages.push(started.elapsed().as_secs_f64());
+                    }
+                    pages
+                }
+            });
+            futures_util::future::join_all(loops).await.concat()
+        })
+    })
 }
 
 async fn idle_connections(fanin: &Fanin) -> String {
