@@ -15,8 +15,9 @@
 //! allocator has not returned); latencies are in milliseconds.
 //!
 //! - `amplification`: the 1.6 MB export of a histogram with 100,000 bounds and 200
-//!   attributes, then a `/metrics` scrape; then the largest histogram the limits allow (1,024
-//!   bounds, 128 attributes of 8,000 bytes: a 1 GB page) and its scrape.
+//!   attributes, then a `/metrics` scrape.
+//! - `largest-page`: the same with the largest histogram the default limits allow (1,024
+//!   bounds, 128 attributes of 8,000 bytes: a 1 GB page).
 //! - `grpc-held`: one HTTP/2 connection opening 250 gRPC exports of 4 MB each and sending
 //!   all but 1,000 bytes of each.
 //! - `http-held`: 50 HTTP/1.1 connections each sending all but 1,000 bytes of a 20 MB body;
@@ -61,8 +62,9 @@ use common::attr;
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
 
-const SCENARIOS: [&str; 8] = [
+const SCENARIOS: [&str; 9] = [
     "amplification",
+    "largest-page",
     "grpc-held",
     "http-held",
     "json",
@@ -101,7 +103,8 @@ fn main() {
         let fanin = Fanin::start(&args.fanin);
         let result = runtime.block_on(async {
             match scenario {
-                "amplification" => amplification(&fanin).await,
+                "amplification" => amplification(&fanin, "issue").await,
+                "largest-page" => amplification(&fanin, "largest").await,
                 "grpc-held" => grpc_held(&fanin).await,
                 "http-held" => http_held(&fanin).await,
                 "json" => json(&fanin, 1).await,
@@ -292,12 +295,16 @@ async fn scrape(fanin: &Fanin, path: &str) -> (u16, usize) {
     (status, bytes)
 }
 
-async fn amplification(fanin: &Fanin) -> String {
+/// One histogram export and a `/metrics` scrape: `issue` is the issue's export, `largest` the
+/// largest histogram the default limits let through. Each on a fresh fanin, so that one
+/// page does not carry the other's histogram.
+async fn amplification(fanin: &Fanin, case: &str) -> String {
     let mut out = Vec::new();
-    for (label, bounds, attributes, value_bytes) in [
-        ("issue", 100_000, 200, 8),
-        ("largest_allowed", 1024, 128, 8_000),
-    ] {
+    let (label, bounds, attributes, value_bytes) = match case {
+        "issue" => ("issue", 100_000, 200, 8),
+        _ => ("largest_allowed", 1024, 128, 8_000),
+    };
+    {
         let request = request("amp", vec![histogram(bounds, attributes, value_bytes)]);
         let size = request.encoded_len();
         let (ok, rejected, message) = export(fanin, request).await;
@@ -389,8 +396,9 @@ async fn http_held(fanin: &Fanin) -> String {
     let length = 20_000_000;
     let part = Bytes::from(vec![0u8; length - 1_000]);
     let mut connections = Vec::new();
+    let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     for _ in 0..50 {
-        let (address, part) = (fanin.http, part.clone());
+        let (address, part, written) = (fanin.http, part.clone(), Arc::clone(&written));
         connections.push(tokio::spawn(async move {
             let mut connection = TcpStream::connect(address).await.ok()?;
             let head = format!(
@@ -400,14 +408,16 @@ async fn http_held(fanin: &Fanin) -> String {
             connection.write_all(head.as_bytes()).await.ok()?;
             // The write stops where fanin stops reading. The connection is the task's
             // output, so it stays open until the task's handle is dropped.
-            let _ = connection.write_all(&part).await;
+            if connection.write_all(&part).await.is_ok() {
+                written.fetch_add(1, Ordering::Relaxed);
+            }
             Some(connection)
         }));
     }
     // Keep the sockets: the tasks block in write_all while fanin holds the body.
     tokio::time::sleep(Duration::from_secs(10)).await;
     let (held, peak) = fanin.memory();
-    let finished_writing = connections.iter().filter(|task| task.is_finished()).count();
+    let finished_writing = written.load(Ordering::Relaxed);
     // Past the body timeout (30 s by default) the connections should be gone.
     tokio::time::sleep(Duration::from_secs(25)).await;
     let still_open = established_sockets(fanin.http);
@@ -488,59 +498,80 @@ async fn json(fanin: &Fanin, concurrent: usize) -> String {
     .replace(", ", ",")
 }
 
-/// Latencies of `count` runs of `work`, in ms: `(p50, p99)`.
-async fn latencies<F, Fut>(count: usize, mut work: F) -> (f64, f64)
+/// Latencies of a series of calls, in ms, and how many of them failed (a failed call is
+/// timed too: the figures are only meaningful when `failed` is 0).
+#[derive(Clone, Copy, Debug)]
+struct Latency {
+    p50: f64,
+    p99: f64,
+    failed: usize,
+}
+
+impl Latency {
+    /// `NAME_p50_ms=… NAME_p99_ms=… NAME_failed=…`.
+    fn fields(&self, name: &str) -> String {
+        format!(
+            "{name}_p50_ms={:.2} {name}_p99_ms={:.2} {name}_failed={}",
+            self.p50, self.p99, self.failed
+        )
+    }
+}
+
+/// `count` runs of `work` one after another; `work` says whether its call succeeded.
+async fn latencies<F, Fut>(count: usize, mut work: F) -> Latency
 where
     F: FnMut(usize) -> Fut,
-    Fut: std::future::Future<Output = ()>,
+    Fut: std::future::Future<Output = bool>,
 {
     let mut times = Vec::with_capacity(count);
+    let mut failed = 0;
     for round in 0..count {
         let started = Instant::now();
-        work(round).await;
+        if !work(round).await {
+            failed += 1;
+        }
         times.push(started.elapsed().as_secs_f64() * 1000.0);
     }
     times.sort_by(f64::total_cmp);
     let at = |quantile: f64| times[((times.len() - 1) as f64 * quantile).round() as usize];
-    (at(0.5), at(0.99))
+    Latency {
+        p50: at(0.5),
+        p99: at(0.99),
+        failed,
+    }
 }
 
 /// How many exports and `/healthz` requests a latency figure is taken over.
 const PROBES: usize = 5_000;
 
-/// A small export's (over a new client) and `/healthz`'s latencies: `(export p50, p99,
-/// healthz p50, p99)`.
-async fn probe(fanin: &Fanin, offset: u64) -> (f64, f64, f64, f64) {
-    probe_with(fanin, &fanin.client().await, offset).await
-}
-
-/// The same over `client`'s connection.
-async fn probe_with(
-    fanin: &Fanin,
+/// `PROBES` exports of one point of `metric` for `instance` over `client`'s connection, each
+/// a newer point than the last (times from `offset` on).
+async fn export_latency(
     client: &MetricsServiceClient<tonic::transport::Channel>,
+    instance: &str,
+    metric: &str,
     offset: u64,
-) -> (f64, f64, f64, f64) {
-    let (export_p50, export_p99) = latencies(PROBES, |round| {
+) -> Latency {
+    latencies(PROBES, |round| {
         let request = request(
-            "probe",
-            vec![counters("probe", 0..1, 100 + offset + round as u64)],
+            instance,
+            vec![counters(metric, 0..1, 100 + offset + round as u64)],
         );
         let mut client = client.clone();
-        async move {
-            let _ = client.export(request).await;
-        }
+        async move { client.export(request).await.is_ok() }
     })
-    .await;
+    .await
+}
+
+/// `PROBES` calls of `/healthz`.
+async fn healthz_latency(fanin: &Fanin) -> Latency {
     let http = reqwest::Client::new();
     let url = format!("http://{}/healthz", fanin.query);
-    let (health_p50, health_p99) = latencies(PROBES, |_| {
+    latencies(PROBES, |_| {
         let call = http.get(&url).send();
-        async move {
-            let _ = call.await;
-        }
+        async move { matches!(call.await, Ok(response) if response.status().is_success()) }
     })
-    .await;
-    (export_p50, export_p99, health_p50, health_p99)
+    .await
 }
 
 async fn render_stall(fanin: &Fanin) -> String {
@@ -552,32 +583,39 @@ async fn render_stall(fanin: &Fanin) -> String {
         let (ok, rejected, message) = export(fanin, request).await;
         assert!(ok && rejected == 0, "loading: {message}");
     }
-    let idle = probe(fanin, 0).await;
+    // Exports to an instance of their own, and to one whose 10,000 streams the renders
+    // copy under its lock; then `/healthz`.
+    let client = fanin.client().await;
+    let measure = |offset: u64| {
+        let client = client.clone();
+        async move {
+            let own = export_latency(&client, "probe", "probe", offset).await;
+            let loaded = export_latency(&client, "load-000", "load", offset).await;
+            (own, loaded, healthz_latency(fanin).await)
+        }
+    };
+    let idle = measure(0).await;
     let (steady, _) = fanin.memory();
     fanin.reset_peak();
     let rendering = Arc::new(AtomicBool::new(true));
     let readers = read_metrics_in_the_background(fanin.query, 2, Arc::clone(&rendering));
     // Let both renders get going.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let busy = probe(fanin, PROBES as u64).await;
+    let busy = measure(PROBES as u64).await;
     rendering.store(false, Ordering::Relaxed);
     let pages = readers.join().expect("the readers");
     let (_, peak) = fanin.memory();
     let kept = kept_after_a_while(fanin).await;
     let slowest_page = pages.iter().copied().fold(0.0, f64::max);
     format!(
-        "idle_export_p50_ms={:.2} idle_export_p99_ms={:.2} idle_healthz_p99_ms={:.2} \
-         rendering_export_p50_ms={:.2} rendering_export_p99_ms={:.2} \
-         rendering_healthz_p50_ms={:.2} rendering_healthz_p99_ms={:.2} pages={} \
-         slowest_page_s={slowest_page:.1} render_peak_above_steady_mib={:.0} \
-         kept_above_steady_mib={:.0}",
-        idle.0,
-        idle.1,
-        idle.3,
-        busy.0,
-        busy.1,
-        busy.2,
-        busy.3,
+        "{} {} {} {} {} {} pages={} slowest_page_s={slowest_page:.1} \
+         render_peak_above_steady_mib={:.0} kept_above_steady_mib={:.0}",
+        idle.0.fields("idle_export"),
+        idle.1.fields("idle_loaded_export"),
+        idle.2.fields("idle_healthz"),
+        busy.0.fields("rendering_export"),
+        busy.1.fields("rendering_loaded_export"),
+        busy.2.fields("rendering_healthz"),
         pages.len(),
         peak - steady,
         kept - steady
@@ -636,7 +674,7 @@ async fn idle_connections(fanin: &Fanin) -> String {
     let count = 20_000.min(limit.saturating_sub(64));
     // A worker's exporter holds its connection from before the flood.
     let worker = fanin.client().await;
-    let idle = probe_with(fanin, &worker, 0).await;
+    let idle = export_latency(&worker, "probe", "probe", 0).await;
     let mut connections = Vec::new();
     let mut failed = 0;
     for _ in 0..count {
@@ -645,28 +683,27 @@ async fn idle_connections(fanin: &Fanin) -> String {
             Err(_) => failed += 1,
         }
     }
-    let busy = tokio::time::timeout(
-        Duration::from_secs(120),
-        probe_with(fanin, &worker, PROBES as u64),
-    );
-    let busy = match busy.await {
-        Ok(busy) => format!(
-            "export_p50_ms={:.2} export_p99_ms={:.2} healthz_p50_ms={:.2} healthz_p99_ms={:.2}",
-            busy.0, busy.1, busy.2, busy.3
-        ),
-        Err(_) => "export_p50_ms=timeout export_p99_ms=timeout".to_string(),
+    let busy = async {
+        let export = export_latency(&worker, "probe", "probe", PROBES as u64).await;
+        (export, healthz_latency(fanin).await)
+    };
+    let busy = match tokio::time::timeout(Duration::from_secs(120), busy).await {
+        Ok((export, healthz)) => {
+            format!("{} {}", export.fields("export"), healthz.fields("healthz"))
+        }
+        Err(_) => "export_p99_ms=timeout healthz_p99_ms=timeout".to_string(),
     };
     let newcomer_now = newcomer_exports(fanin, 1).await;
     // fanin closes connections that never speak after connections.header_timeout (10 s).
     tokio::time::sleep(Duration::from_secs(12)).await;
-    let still_open = still_open(&mut connections).await;
+    let count_made = connections.len();
+    let still_open = still_open(connections).await;
     let newcomer_later = newcomer_exports(fanin, 2).await;
     format!(
-        "idle_export_p99_ms={:.2} connections_made={} connect_failed={failed} {busy} \
+        "{} connections_made={count_made} connect_failed={failed} {busy} \
          new_client_exports_during={newcomer_now} still_open_after_12s={still_open} \
          new_client_exports_after_12s={newcomer_later}",
-        idle.1,
-        connections.len()
+        idle.fields("idle_export"),
     )
 }
 
@@ -690,25 +727,26 @@ async fn newcomer_exports(fanin: &Fanin, time: u64) -> String {
     }
 }
 
-/// How many of `connections` fanin has not closed: what it has sent (an HTTP/2 server's
-/// SETTINGS) is read, then a connection without an end of stream waiting is open.
-async fn still_open(connections: &mut [TcpStream]) -> usize {
-    let mut open = 0;
-    for connection in connections {
+/// How many of `connections` fanin has not closed, all looked at together: what fanin has
+/// sent (an HTTP/2 server's SETTINGS) is read, then a connection with no end of stream
+/// waiting within 100 ms is open.
+async fn still_open(connections: Vec<TcpStream>) -> usize {
+    let checks = connections.into_iter().map(|mut connection| async move {
         let mut buffer = [0u8; 1024];
         loop {
             let read = connection.read(&mut buffer);
-            match tokio::time::timeout(Duration::from_millis(1), read).await {
-                Err(_) => {
-                    open += 1; // nothing more to read yet: open
-                    break;
-                }
-                Ok(Ok(0) | Err(_)) => break, // closed by fanin
-                Ok(Ok(_)) => {}              // what fanin sent before closing, or not
+            match tokio::time::timeout(Duration::from_millis(100), read).await {
+                Err(_) => return true,              // nothing more to read yet: open
+                Ok(Ok(0) | Err(_)) => return false, // closed by fanin
+                Ok(Ok(_)) => {}                     // what fanin sent before closing, or not
             }
         }
-    }
-    open
+    });
+    futures_util::future::join_all(checks)
+        .await
+        .into_iter()
+        .filter(|open| *open)
+        .count()
 }
 
 async fn flood(fanin: &Fanin) -> String {
