@@ -33,6 +33,8 @@ pub struct Config {
     /// How long shutdown waits for requests in flight.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Whether a TCP listener may bind an address other than loopback.
+    pub allow_insecure: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -209,6 +211,12 @@ pub enum ConfigError {
     Invalid { path: String, message: String },
     #[error("config key `{path}`: {message}")]
     Env { path: String, message: String },
+    #[error(
+        "config key `{path}`: {address} is not a loopback address, and fanin has no TLS or \
+         tokens yet: anyone who can reach it could write any worker's streams and read every \
+         total. Listen on 127.0.0.1 (or ::1), or set `allow_insecure: true` to accept that"
+    )]
+    Exposed { path: String, address: SocketAddr },
 }
 
 impl Config {
@@ -274,6 +282,35 @@ impl Config {
                 message: error.into_inner().to_string(),
             }
         })
+    }
+
+    /// The TCP listeners bound to an address other than loopback, by config key: with no TLS
+    /// or tokens, anyone who reaches one of them can write and read everything.
+    pub fn exposed_listeners(&self) -> Vec<(&'static str, SocketAddr)> {
+        let otlp = &self.receivers.otlp;
+        [
+            ("receivers.otlp.grpc.listen", otlp.grpc.listen),
+            ("receivers.otlp.http.listen", otlp.http.listen),
+            ("query.listen", self.query.listen),
+        ]
+        .into_iter()
+        .filter(|(_, address)| !address.ip().is_loopback())
+        .collect()
+    }
+
+    /// Refuses a listener off loopback unless `allow_insecure` says so (`docs/design.md`,
+    /// "Who may write and read"). Run after every override of the addresses.
+    ///
+    /// # Errors
+    /// [`ConfigError::Exposed`] naming the first such listener's key.
+    pub fn check_exposure(&self) -> Result<(), ConfigError> {
+        match self.exposed_listeners().first() {
+            Some(&(path, address)) if !self.allow_insecure => Err(ConfigError::Exposed {
+                path: path.to_string(),
+                address,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// The built-in default configuration.
@@ -519,6 +556,28 @@ mod tests {
                 .contains("config key `query.lissten`: unknown field"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn listeners_off_loopback_need_allow_insecure() {
+        let mut config = Config::default_config().expect("default");
+        assert!(config.exposed_listeners().is_empty());
+        config.check_exposure().expect("the default binds loopback");
+        config.receivers.otlp.http.listen = "[::1]:4318".parse().expect("address");
+        config.query.listen = "127.0.0.53:9464".parse().expect("address");
+        config.check_exposure().expect("::1 and 127/8 are loopback");
+        config.receivers.otlp.grpc.listen = "0.0.0.0:4317".parse().expect("address");
+        config.query.listen = "192.0.2.7:9464".parse().expect("address");
+        let exposed: Vec<&str> = config.exposed_listeners().iter().map(|e| e.0).collect();
+        assert_eq!(exposed, ["receivers.otlp.grpc.listen", "query.listen"]);
+        let message = config.check_exposure().expect_err("refused").to_string();
+        assert!(
+            message.contains("`receivers.otlp.grpc.listen`"),
+            "{message}"
+        );
+        assert!(message.contains("0.0.0.0:4317"), "{message}");
+        config.allow_insecure = true;
+        config.check_exposure().expect("allowed");
     }
 
     #[test]

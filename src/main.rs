@@ -166,6 +166,7 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(address) = args.query_listen {
         config.query.listen = address;
     }
+    config.check_exposure()?;
     Ok(config)
 }
 
@@ -191,6 +192,16 @@ fn serve(config: Config) -> anyhow::Result<()> {
         // Handlers go in before the listener lines are printed: a script that reads them and
         // sends SIGTERM at once must get a graceful shutdown, not the default action.
         let signals = Signals::install()?;
+        // Only with allow_insecure: check_exposure refused the others.
+        for (key, address) in config.exposed_listeners() {
+            tracing::warn!(
+                key,
+                %address,
+                "Listening beyond loopback without TLS or a token (allow_insecure: true): \
+                 anyone who can reach this address can write any worker's streams and read \
+                 every total"
+            );
+        }
         let app = App::bind(config).await?;
         let addresses = app.addresses();
         {

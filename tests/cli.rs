@@ -101,6 +101,16 @@ impl Served {
         kill(Pid::from_raw(pid), signal).expect("signal our own child");
     }
 
+    /// Stops fanin with SIGTERM and returns its exit status and everything it logged.
+    fn stop_with_stderr(mut self) -> (std::process::ExitStatus, String) {
+        self.signal(Signal::SIGTERM);
+        let mut stderr = self.child.stderr.take().expect("piped stderr");
+        let status = self.wait();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut text).expect("read stderr");
+        (status, text)
+    }
+
     /// Waits for the exit, failing after a deadline.
     fn wait(mut self) -> std::process::ExitStatus {
         let status = fanin::check::poll_until(WAIT, || self.child.try_wait()).expect("wait");
@@ -254,6 +264,65 @@ fn port_in_use_exits_1_naming_the_listener() {
         stderr.contains(&format!("cannot listen for OTLP/HTTP on {address}")),
         "{stderr}"
     );
+}
+
+/// The three address flags, each `127.0.0.1:0` unless `flag` gives it `address`.
+fn listening(flag: &str, address: &'static str) -> Vec<&'static str> {
+    ANY_PORT
+        .chunks(2)
+        .flat_map(|pair| [pair[0], if pair[0] == flag { address } else { pair[1] }])
+        .collect()
+}
+
+#[test]
+fn a_listener_beyond_loopback_exits_2_unless_allowed() {
+    for (flag, address, key) in [
+        ("--grpc-listen", "0.0.0.0:0", "`receivers.otlp.grpc.listen`"),
+        ("--query-listen", "[::]:0", "`query.listen`"),
+    ] {
+        let (code, stdout, stderr) =
+            run(&[&["serve"], &listening(flag, address)[..]].concat(), &[]);
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(stdout.is_empty(), "nothing was bound: {stdout}");
+        assert!(stderr.contains(key), "{stderr}");
+        assert!(stderr.contains("is not a loopback address"), "{stderr}");
+        assert!(stderr.contains("allow_insecure: true"), "{stderr}");
+    }
+    // A loopback address other than 127.0.0.1 is loopback too.
+    let served = serve(&listening("--http-listen", "127.0.0.2:0"), &[]);
+    assert_eq!(served.http.ip().to_string(), "127.0.0.2");
+    let (status, stderr) = served.stop_with_stderr();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("beyond loopback"), "{stderr}");
+}
+
+#[test]
+fn allow_insecure_starts_beyond_loopback_and_warns() {
+    let path = write_config("insecure", "allow_insecure: true\n");
+    let served = serve(
+        &[
+            &["--config", path.to_str().expect("utf-8")],
+            &listening("--grpc-listen", "0.0.0.0:0")[..],
+        ]
+        .concat(),
+        &[],
+    );
+    assert!(served.grpc.ip().is_unspecified(), "{}", served.grpc);
+    // Test traffic stays on loopback, which the wildcard bind includes.
+    let local = SocketAddr::from(([127, 0, 0, 1], served.grpc.port()));
+    assert!(
+        std::net::TcpStream::connect(local).is_ok(),
+        "the listener is up"
+    );
+    let (status, stderr) = served.stop_with_stderr();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("Listening beyond loopback"), "{stderr}");
+    assert!(stderr.contains("receivers.otlp.grpc.listen"), "{stderr}");
+    assert!(
+        !stderr.contains("query.listen"),
+        "only the exposed listener is named: {stderr}"
+    );
+    let _ = std::fs::remove_file(path);
 }
 
 #[test]
