@@ -114,6 +114,7 @@ impl App {
             } else {
                 None
             },
+            verify_unix_pids: otlp.unix.verify_pid,
             clock,
         });
         let liveness = Liveness {

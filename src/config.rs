@@ -65,6 +65,8 @@ pub struct UnixConfig {
     /// Permissions of the socket file.
     pub mode: FileMode,
     pub max_request_bytes: NonZeroUsize,
+    /// Refuse a resource whose `process.pid` is not the connected process's pid.
+    pub verify_pid: bool,
 }
 
 /// Unix permission bits written in octal, e.g. `"0660"`.

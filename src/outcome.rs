@@ -39,10 +39,13 @@ pub enum RejectReason {
     /// The point is evidence that another process writes the stream (`collisions.policy:
     /// reject`).
     Collision,
+    /// Over the unix socket, the resource's `process.pid` is not the pid of the process
+    /// that connected (`receivers.otlp.unix.verify_pid`).
+    PidMismatch,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 14] = [
+    pub const ALL: [RejectReason; 15] = [
         RejectReason::TimeZero,
         RejectReason::NoValue,
         RejectReason::BadTemporality,
@@ -57,6 +60,7 @@ impl RejectReason {
         RejectReason::HistogramLimit,
         RejectReason::TypeConflictLimit,
         RejectReason::Collision,
+        RejectReason::PidMismatch,
     ];
 
     /// The label used in counters and messages.
@@ -76,6 +80,7 @@ impl RejectReason {
             RejectReason::HistogramLimit => "histogram_limit",
             RejectReason::TypeConflictLimit => "type_conflict_limit",
             RejectReason::Collision => "collision",
+            RejectReason::PidMismatch => "pid_mismatch",
         }
     }
 

@@ -348,13 +348,20 @@ fn a_partial_config_file_keeps_the_other_defaults() {
 /// `fanin check` with its own sidecar: the shim round and the naive round both pass.
 #[test]
 fn check_proves_the_shim_and_catches_the_naive_collision() {
-    for (args, evidence) in [
-        (&["--workers", "4"][..], "went_down_without_new_start"),
+    // Over the unix socket the inherited process.pid is refused before it can collide.
+    for (args, caught) in [
+        (
+            &["--workers", "4"][..],
+            "collision caught on fanin.check.requests (evidence: went_down_without_new_start",
+        ),
         (
             &["--workers", "2", "--protocol", "http"][..],
-            "went_down_without_new_start",
+            "collision caught on fanin.check.requests (evidence: went_down_without_new_start",
         ),
-        (&["--workers", "3", "--unix"][..], "different_processes"),
+        (
+            &["--workers", "3", "--unix"][..],
+            "fanin refused their 3 point(s) (pid_mismatch)",
+        ),
     ] {
         let (code, stdout, stderr) = run(&[&["check"], args].concat(), &[]);
         assert_eq!(code, Some(0), "{args:?}\n{stdout}\n{stderr}");
@@ -364,8 +371,7 @@ fn check_proves_the_shim_and_catches_the_naive_collision() {
             "{stdout}"
         );
         assert!(stdout.contains("the final values arrived"), "{stdout}");
-        assert!(stdout.contains("collision caught"), "{stdout}");
-        assert!(stdout.contains(evidence), "{args:?}: {stdout}");
+        assert!(stdout.contains(caught), "{args:?}: {stdout}");
         assert!(stdout.ends_with("result: ok\n"), "{stdout}");
     }
 }

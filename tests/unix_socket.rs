@@ -1,6 +1,6 @@
 //! The unix-socket receiver: OTLP/gRPC over a unix domain socket, the peer's pid taken from
-//! the kernel and recorded as the writer; socket mode; stale sockets replaced, live ones and
-//! other files left alone.
+//! the kernel, recorded as the writer and checked against the resource's `process.pid`;
+//! socket mode; stale sockets replaced, live ones and other files left alone.
 
 // Tests may panic on what they expect: a failed expectation is the test failing.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -10,9 +10,10 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use common::{export, start_with, test_config};
+use common::{export, int_attr, start_with, string_attr, test_config};
 use hyper_util::rt::TokioIo;
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use serde_json::json;
 use tonic::transport::{Channel, Endpoint};
 
@@ -116,5 +117,86 @@ async fn a_file_that_is_not_a_socket_is_never_removed() {
         std::fs::read_to_string(&path).expect("still there"),
         "keep me"
     );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Exports one counter point for a resource that carries `pid` as its `process.pid`; the
+/// answer's rejected points and message.
+async fn export_claiming(
+    client: &mut MetricsServiceClient<Channel>,
+    instance: &str,
+    pid: KeyValue,
+) -> (i64, String) {
+    let request = export(instance)
+        .resource_attr(pid)
+        .counter("requests", 1, 10, 7)
+        .build();
+    let answer = client.export(request).await.expect("export answered");
+    answer
+        .into_inner()
+        .partial_success
+        .map(|partial| (partial.rejected_data_points, partial.error_message))
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resource_naming_another_pid_is_refused() {
+    let dir = temp_dir("verify");
+    let socket = dir.join("fanin.sock");
+    let path = socket.clone();
+    let fanin = start_with(move |config| config.receivers.otlp.unix.path = Some(path)).await;
+    let mut client = unix_client(&socket).await;
+    let own = i64::from(std::process::id());
+
+    let (rejected, message) =
+        export_claiming(&mut client, "me", int_attr("process.pid", own)).await;
+    assert_eq!((rejected, message.as_str()), (0, ""));
+    let other = own + 1_000_000;
+    let (rejected, message) =
+        export_claiming(&mut client, "spoof", int_attr("process.pid", other)).await;
+    assert_eq!(rejected, 1, "{message}");
+    assert!(
+        message.contains(&format!(
+            "process.pid {other}, but the process that connected"
+        )),
+        "{message}"
+    );
+    assert!(message.contains(&format!("is pid {own}")), "{message}");
+    let (rejected, message) = export_claiming(
+        &mut client,
+        "text",
+        string_attr("process.pid", &own.to_string()),
+    )
+    .await;
+    assert_eq!(rejected, 1, "a pid must be an integer: {message}");
+    assert!(message.contains("not an integer"), "{message}");
+
+    // Only the honest resource's point is stored; the refusals are counted.
+    assert_eq!(fanin.values("requests").await, vec![json!(7)]);
+    assert_eq!(
+        fanin.stats().await["points"]["rejected"]["pid_mismatch"],
+        json!(2)
+    );
+    fanin.stop().await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_pid_off_takes_any_pid() {
+    let dir = temp_dir("noverify");
+    let socket = dir.join("fanin.sock");
+    let path = socket.clone();
+    let fanin = start_with(move |config| {
+        config.receivers.otlp.unix.path = Some(path);
+        config.receivers.otlp.unix.verify_pid = false;
+    })
+    .await;
+    let mut client = unix_client(&socket).await;
+    let other = i64::from(std::process::id()) + 1_000_000;
+    let (rejected, message) =
+        export_claiming(&mut client, "elsewhere", int_attr("process.pid", other)).await;
+    assert_eq!((rejected, message.as_str()), (0, ""));
+    assert_eq!(fanin.values("requests").await, vec![json!(7)]);
+    fanin.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -575,6 +575,7 @@ fn store() -> Store {
         instance_attributes,
         collision_policy: CollisionPolicy::Report,
         local_host: None,
+        verify_unix_pids: true,
         clock: Default::default(),
     })
 }

@@ -30,6 +30,7 @@ pub fn empty_store() -> Store {
         instance_attributes,
         collision_policy: CollisionPolicy::Report,
         local_host: None,
+        verify_unix_pids: true,
         clock: Default::default(),
     })
 }

@@ -266,8 +266,9 @@ impl Round<'_> {
 
     /// Round 2: one provider built in the master before fork, inherited by every worker.
     pub(super) fn naive(&self, service: &str, out: &mut dyn Write) -> Result<bool, CheckError> {
+        let refused_before = self.sidecar.pid_mismatches()?;
         let mut problems = self.run_naive_workers(service)?;
-        let detail = self.naive_finding(service, &mut problems)?;
+        let detail = self.naive_finding(service, refused_before, &mut problems)?;
         report(out, "naive", &problems, &detail)?;
         Ok(problems.is_empty())
     }
@@ -333,19 +334,35 @@ impl Round<'_> {
     }
 
     /// What fanin found of the naive round's collision, for the report; a collision not
-    /// found, or a total neither exact nor noted, goes into `problems`.
+    /// found, or a total neither exact nor noted, goes into `problems`. Over the unix socket
+    /// the workers' points are refused instead (`pid_mismatch`: they carry the master's
+    /// `process.pid`), which `refused_before` tells from refusals before the round.
     fn naive_finding(
         &self,
         service: &str,
+        refused_before: u64,
         problems: &mut Vec<String>,
     ) -> Result<String, CheckError> {
         let truth = truth_requests(self.workers);
         let last_write = requests_of(0);
         let found = self.sidecar.poll(self.timeout, |sidecar| {
             let collisions = sidecar.collisions_of(service)?;
-            Ok((!collisions.collisions.is_empty()).then_some(collisions))
+            if !collisions.collisions.is_empty() {
+                return Ok(Some(Ok(collisions)));
+            }
+            let refused = sidecar.pid_mismatches()?.saturating_sub(refused_before);
+            Ok((refused > 0).then_some(Err(refused)))
         })?;
-        let Some(found) = found else {
+        if let Some(Err(refused)) = found {
+            return Ok(format!(
+                "provider built before fork: {} workers exported the master's process.pid \
+                 over the unix socket; fanin refused their {refused} point(s) (pid_mismatch), \
+                 so none of them wrote under the master's identity (the truth was {truth}); \
+                 the fix: build the provider in each worker after fork, as the shim does",
+                self.workers
+            ));
+        }
+        let Some(Ok(found)) = found else {
             problems.push(format!(
                 "{} workers shared one resource and start time, but fanin listed no collision",
                 self.workers

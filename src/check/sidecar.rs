@@ -88,6 +88,14 @@ impl Sidecar {
         }
     }
 
+    /// Points refused so far because a unix-socket writer named another `process.pid`.
+    pub fn pid_mismatches(&self) -> Result<u64, CheckError> {
+        let stats = self.get("/api/v1/stats")?.unwrap_or_default();
+        Ok(stats["points"]["rejected"]["pid_mismatch"]
+            .as_u64()
+            .unwrap_or(0))
+    }
+
     /// Calls `probe` until it returns Some, or `timeout` passes (then Ok(None)).
     pub fn poll<T>(
         &self,

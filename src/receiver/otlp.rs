@@ -125,6 +125,13 @@ pub fn store_view(store: &Store, request: &Request<'_>, writer: Writer) -> Outco
                 });
             continue;
         }
+        if let Some(mismatch) = store.pid_mismatch(&writer, pairs) {
+            let n = points_in(request, scopes);
+            ingest
+                .outcome()
+                .reject(RejectReason::PidMismatch, n, || mismatch);
+            continue;
+        }
         let stored = ingest.instance(&Attributes::from_pairs(pairs), |instance| {
             for scope in scopes {
                 let pairs = &request.attributes[scope.attributes.clone()];

@@ -43,7 +43,7 @@ use std::time::{Instant, SystemTime};
 use dashmap::DashMap;
 use foldhash::fast::RandomState;
 
-use crate::model::{Attributes, InstanceAttributes, InstanceKey, MetricId, StreamKey};
+use crate::model::{AttrRef, Attributes, InstanceAttributes, InstanceKey, MetricId, StreamKey};
 use crate::outcome::{Outcome, RejectReason};
 
 pub use crate::model::StreamValue;
@@ -117,6 +117,7 @@ struct Shared {
     collision_policy: CollisionPolicy,
     /// This host's name when pids may be checked here.
     local_host: Option<String>,
+    verify_unix_pids: bool,
     clock: Clock,
     /// Seeds the stream hashes of every instance (see `ingest::MetricKey`) and the hashes of
     /// `attribute_sets`.
@@ -259,6 +260,9 @@ pub struct StoreSettings {
     /// This host's name, when pids may be checked here (`aggregation.pid_check`): a resource
     /// whose `host.name` is this one names a process the store can look at.
     pub local_host: Option<String>,
+    /// Over the unix socket, refuse a resource whose `process.pid` is not the peer's pid
+    /// (`receivers.otlp.unix.verify_pid`).
+    pub verify_unix_pids: bool,
     /// The monotonic time exports and retirements are stamped with.
     pub clock: Clock,
 }
@@ -274,6 +278,7 @@ impl StoreSettings {
                 .expect("a literal glob"),
             collision_policy: CollisionPolicy::Report,
             local_host: None,
+            verify_unix_pids: true,
             clock: Clock::system(),
         }
     }
@@ -287,6 +292,7 @@ impl Store {
             instance_attributes,
             collision_policy,
             local_host,
+            verify_unix_pids,
             clock,
         } = settings;
         Store {
@@ -304,6 +310,7 @@ impl Store {
                 collisions: Mutex::new(HashMap::new()),
                 collision_policy,
                 local_host,
+                verify_unix_pids,
                 clock,
                 stream_hasher: RandomState::default(),
                 attribute_sets: Mutex::new(hashbrown::HashTable::new()),
@@ -314,6 +321,33 @@ impl Store {
     /// What one client may make the store keep.
     pub fn limits(&self) -> &Limits {
         &self.shared.limits
+    }
+
+    /// Over the unix socket, why a resource may not be written by `writer`: it names a
+    /// `process.pid` other than the kernel's pid of the process that connected
+    /// (`docs/design.md`, "Who may write and read"). `resource` is in wire order;
+    /// every `process.pid` pair must be the peer's pid as an integer.
+    pub fn pid_mismatch(
+        &self,
+        writer: &Writer,
+        resource: &[(&str, AttrRef<'_>)],
+    ) -> Option<String> {
+        let peer = writer
+            .pid
+            .filter(|_| self.shared.verify_unix_pids && writer.transport == Transport::Unix)?;
+        let claimed = resource.iter().find(|(key, value)| {
+            *key == "process.pid" && *value != AttrRef::Int(i64::from(peer))
+        })?;
+        Some(format!(
+            "the resource says process.pid {}, but the process that connected to the unix \
+             socket is pid {peer}: each process must open its own connection (as fanin's shim \
+             does after fork), so a child exporting over its parent's connection is refused \
+             too; none of the resource's points is stored",
+            match claimed.1 {
+                AttrRef::Int(pid) => pid.to_string(),
+                other => format!("{:?} (not an integer)", other.to_owned_value()),
+            }
+        ))
     }
 
     /// The clock liveness is measured with.
