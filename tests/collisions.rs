@@ -1,6 +1,7 @@
 //! Collisions through the real server: two writers on one stream are caught with evidence;
 //! one worker that retries, reconnects or restarts is not; `reject` refuses the evidence;
-//! counts recorded before fork show up as inherited state.
+//! counts recorded before fork show up as inherited state; a takeover of a live worker's
+//! counter shows as a second run.
 
 // Tests may panic on what they expect: a failed expectation is the test failing.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -384,5 +385,37 @@ async fn a_start_time_before_the_process_started_proves_inherited_state() {
         .filter_map(|finding| finding["metric"].as_str())
         .collect();
     assert_eq!(metrics, ["inherited"], "{findings}");
+    fanin.stop().await;
+}
+
+/// The takeover from issue 13: a second connection writes under a live worker's resource
+/// with a start time after the worker's latest point, as a restarted worker would. It is
+/// taken as a restart at first; the worker's next export shows two runs alive at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_writer_taking_over_a_live_workers_counter_is_caught() {
+    let fanin = start().await;
+    send(&fanin, export("w1").counter("requests", 100, 200, 12_345)).await;
+    send(
+        &fanin,
+        export("w1").counter("requests", 250, 260, 1_000_000_000),
+    )
+    .await;
+    assert_eq!(
+        collisions(&fanin).await["collisions"],
+        json!([]),
+        "one process restarting looks the same so far"
+    );
+    send(&fanin, export("w1").counter("requests", 100, 300, 12_346)).await;
+    let body = collisions(&fanin).await;
+    assert_eq!(
+        evidence_kinds(&body["collisions"][0]),
+        ["runs_overlap"],
+        "{body}"
+    );
+    assert_eq!(body["collisions"][0]["metric"], json!("requests"));
+    assert_eq!(body["collisions"][0]["repaired"], json!(true));
+    // Repaired as two processes: the forged run is its own, counted and shown.
+    assert_eq!(fanin.series("requests").await[0]["runs"], json!(2));
+    assert_eq!(fanin.total("metric=requests").await, json!(1_000_012_346));
     fanin.stop().await;
 }
