@@ -296,7 +296,7 @@ impl Config {
             ("query.listen", self.query.listen),
         ]
         .into_iter()
-        .filter(|(_, address)| !address.ip().is_loopback())
+        .filter(|(_, address)| !address.ip().to_canonical().is_loopback())
         .collect()
     }
 
@@ -567,7 +567,10 @@ mod tests {
         config.check_exposure().expect("the default binds loopback");
         config.receivers.otlp.http.listen = "[::1]:4318".parse().expect("address");
         config.query.listen = "127.0.0.53:9464".parse().expect("address");
-        config.check_exposure().expect("::1 and 127/8 are loopback");
+        config.receivers.otlp.grpc.listen = "[::ffff:127.0.0.1]:4317".parse().expect("address");
+        config
+            .check_exposure()
+            .expect("::1, 127/8 and its IPv4-mapped form are loopback");
         config.receivers.otlp.grpc.listen = "0.0.0.0:4317".parse().expect("address");
         config.query.listen = "192.0.2.7:9464".parse().expect("address");
         let exposed: Vec<&str> = config.exposed_listeners().iter().map(|e| e.0).collect();

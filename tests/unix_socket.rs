@@ -171,12 +171,37 @@ async fn a_resource_naming_another_pid_is_refused() {
     assert_eq!(rejected, 1, "a pid must be an integer: {message}");
     assert!(message.contains("not an integer"), "{message}");
 
+    // Every process.pid pair is checked, not only the one the resource keeps.
+    let request = export("twice")
+        .resource_attr(int_attr("process.pid", own))
+        .resource_attr(int_attr("process.pid", other))
+        .counter("requests", 1, 10, 7)
+        .build();
+    let answer = client.export(request).await.expect("export answered");
+    let refused = answer
+        .into_inner()
+        .partial_success
+        .map(|p| p.rejected_data_points);
+    assert_eq!(refused, Some(1));
+
     // Only the honest resource's point is stored; the refusals are counted.
     assert_eq!(fanin.values("requests").await, vec![json!(7)]);
     assert_eq!(
         fanin.stats().await["points"]["rejected"]["pid_mismatch"],
-        json!(2)
+        json!(3)
     );
+    // Over TCP the kernel names no process: the pid is not checked there.
+    let answer = fanin
+        .export_grpc(
+            export("tcp")
+                .resource_attr(int_attr("process.pid", other))
+                .counter("requests", 1, 10, 5)
+                .build(),
+        )
+        .await
+        .expect("export over TCP");
+    assert_eq!(answer.partial_success, None);
+    assert_eq!(fanin.total("metric=requests").await, json!(12));
     fanin.stop().await;
     let _ = std::fs::remove_dir_all(dir);
 }
