@@ -345,15 +345,35 @@ impl Round<'_> {
     ) -> Result<String, CheckError> {
         let truth = truth_requests(self.workers);
         let last_write = requests_of(0);
+        let over_unix = self.endpoint.starts_with("unix:");
         let found = self.sidecar.poll(self.timeout, |sidecar| {
             let collisions = sidecar.collisions_of(service)?;
             if !collisions.collisions.is_empty() {
                 return Ok(Some(Ok(collisions)));
             }
+            if !over_unix {
+                return Ok(None);
+            }
             let refused = sidecar.pid_mismatches()?.saturating_sub(refused_before);
             Ok((refused > 0).then_some(Err(refused)))
         })?;
         if let Some(Err(refused)) = found {
+            // One point a worker; more would be another client's, fewer a worker's stored.
+            if refused != self.workers as u64 {
+                problems.push(format!(
+                    "fanin refused {refused} point(s) for another process.pid during the \
+                     round, where {} workers exported one each",
+                    self.workers
+                ));
+            }
+            let stored = self
+                .sidecar
+                .total(REQUESTS, &format!("match=service.name={service}"))?;
+            if let Some((value, _)) = stored {
+                problems.push(format!(
+                    "the workers' points were refused, yet {REQUESTS} = {value} is stored"
+                ));
+            }
             return Ok(format!(
                 "provider built before fork: {} workers exported the master's process.pid \
                  over the unix socket; fanin refused their {refused} point(s) (pid_mismatch), \
