@@ -18,7 +18,7 @@ use crate::model::{
     Summary, Temporality, Value, sort_unique,
 };
 use crate::outcome::{Outcome, RejectReason};
-use crate::store::{Ingest, InstanceWriter, Limits, Store, Transport, Writer};
+use crate::store::{InstanceWriter, Limits, Store, Writer};
 
 /// `DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK`: the stream was explicitly removed.
 const NO_RECORDED_VALUE: u32 = 1;
@@ -125,9 +125,11 @@ pub fn store_view(store: &Store, request: &Request<'_>, writer: Writer) -> Outco
                 });
             continue;
         }
-        if writer.transport == Transport::Unix
-            && refused_for_its_pid(store, &writer, pairs, request, scopes, &mut ingest)
-        {
+        if let Some(mismatch) = store.pid_mismatch(&writer, pairs) {
+            let n = points_in(request, scopes);
+            ingest
+                .outcome()
+                .reject(RejectReason::PidMismatch, n, || mismatch);
             continue;
         }
         let stored = ingest.instance(&Attributes::from_pairs(pairs), |instance| {
@@ -166,28 +168,6 @@ pub fn store_view(store: &Store, request: &Request<'_>, writer: Writer) -> Outco
         }
     }
     ingest.finish()
-}
-
-/// Refuses a unix writer's resource that names another process's `process.pid`
-/// ([`Store::pid_mismatch`]); true when it did. Out of line, so that the walk of a TCP
-/// request carries none of it.
-#[inline(never)]
-fn refused_for_its_pid(
-    store: &Store,
-    writer: &Writer,
-    pairs: &[(&str, AttrRef<'_>)],
-    request: &Request<'_>,
-    scopes: &[view::ScopeView<'_>],
-    ingest: &mut Ingest<'_>,
-) -> bool {
-    let Some(mismatch) = store.pid_mismatch(writer, pairs) else {
-        return false;
-    };
-    let n = points_in(request, scopes);
-    ingest
-        .outcome()
-        .reject(RejectReason::PidMismatch, n, || mismatch);
-    true
 }
 
 /// How many data points the metrics of `scopes` carry.

@@ -324,10 +324,10 @@ impl Store {
     }
 
     /// Over the unix socket, why a resource may not be written by `writer`: it names a
-    /// `process.pid` other than the kernel's pid of the process that connected
-    /// (`docs/design.md`, "Who may write and read"). `resource` is in wire order;
-    /// every `process.pid` pair must be the peer's pid as an integer.
-    #[inline]
+    /// `process.pid` other than the kernel's pid of the process that connected, or the
+    /// kernel named none (`docs/design.md`, "Who may write and read"). `resource` is in wire
+    /// order; every `process.pid` pair must be the peer's pid as an integer. Other
+    /// transports return at the first comparison.
     pub fn pid_mismatch(
         &self,
         writer: &Writer,
@@ -336,7 +336,27 @@ impl Store {
         if writer.transport != Transport::Unix || !self.shared.verify_unix_pids {
             return None;
         }
-        unix_pid_mismatch(writer.pid, resource)
+        let peer = writer.pid;
+        let (_, claimed) = resource.iter().find(|(key, value)| {
+            *key == "process.pid" && peer.is_none_or(|peer| *value != AttrRef::Int(i64::from(peer)))
+        })?;
+        let claimed = match claimed {
+            AttrRef::Int(pid) => pid.to_string(),
+            other => format!("{:?} (not an integer)", other.to_owned_value()),
+        };
+        Some(match peer {
+            Some(peer) => format!(
+                "the resource says process.pid {claimed}, but the process that connected to \
+                 the unix socket is pid {peer}: each process must open its own connection (as \
+                 fanin's shim does after fork), so a child exporting over its parent's \
+                 connection is refused too; none of the resource's points is stored"
+            ),
+            None => format!(
+                "the resource says process.pid {claimed}, but the kernel did not name the \
+                 process that connected to the unix socket, so the pid cannot be verified; \
+                 none of the resource's points is stored"
+            ),
+        })
     }
 
     /// The clock liveness is measured with.
@@ -591,30 +611,4 @@ fn view_of(instance: &Instance, state: &InstanceState) -> InstanceView {
         retired: state.retired,
         evicted: state.evicted,
     }
-}
-
-/// [`Store::pid_mismatch`] for a unix writer whose pid the kernel gave as `peer`; out of
-/// line, so that the walk of a TCP request carries none of it.
-#[inline(never)]
-fn unix_pid_mismatch(peer: Option<i32>, resource: &[(&str, AttrRef<'_>)]) -> Option<String> {
-    let (_, claimed) = resource.iter().find(|(key, value)| {
-        *key == "process.pid" && peer.is_none_or(|peer| *value != AttrRef::Int(i64::from(peer)))
-    })?;
-    let claimed = match claimed {
-        AttrRef::Int(pid) => pid.to_string(),
-        other => format!("{:?} (not an integer)", other.to_owned_value()),
-    };
-    Some(match peer {
-        Some(peer) => format!(
-            "the resource says process.pid {claimed}, but the process that connected to the \
-             unix socket is pid {peer}: each process must open its own connection (as fanin's \
-             shim does after fork), so a child exporting over its parent's connection is \
-             refused too; none of the resource's points is stored"
-        ),
-        None => format!(
-            "the resource says process.pid {claimed}, but the kernel did not name the process \
-             that connected to the unix socket, so the pid cannot be verified; none of the \
-             resource's points is stored"
-        ),
-    })
 }
