@@ -349,15 +349,15 @@ impl Round<'_> {
         let found = self.sidecar.poll(self.timeout, |sidecar| {
             let collisions = sidecar.collisions_of(service)?;
             if !collisions.collisions.is_empty() {
-                return Ok(Some(Ok(collisions)));
+                return Ok(Some(NaiveFound::Collision(collisions)));
             }
             if !over_unix {
                 return Ok(None);
             }
             let refused = sidecar.pid_mismatches()?.saturating_sub(refused_before);
-            Ok((refused > 0).then_some(Err(refused)))
+            Ok((refused > 0).then_some(NaiveFound::Refused(refused)))
         })?;
-        if let Some(Err(refused)) = found {
+        if let Some(NaiveFound::Refused(refused)) = found {
             // One point a worker; more would be another client's, fewer a worker's stored.
             if refused != self.workers as u64 {
                 problems.push(format!(
@@ -382,7 +382,7 @@ impl Round<'_> {
                 self.workers
             ));
         }
-        let Some(Ok(found)) = found else {
+        let Some(NaiveFound::Collision(found)) = found else {
             problems.push(format!(
                 "{} workers shared one resource and start time, but fanin listed no collision",
                 self.workers
@@ -424,6 +424,13 @@ impl Round<'_> {
             listed("writers").join(", ")
         ))
     }
+}
+
+/// What fanin made of the naive round: a collision, or (over the unix socket) refusals of
+/// the workers' points for carrying the master's `process.pid`.
+enum NaiveFound {
+    Collision(super::Findings),
+    Refused(u64),
 }
 
 /// A [`ManualReader`] the master keeps a handle to, so a forked worker can collect from the
