@@ -25,6 +25,19 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// fanin listening on `socket` too, with `edit` applied to its config.
+async fn start_on_socket(
+    socket: &Path,
+    edit: impl FnOnce(&mut fanin::Config),
+) -> common::TestFanin {
+    let path = socket.to_path_buf();
+    start_with(move |config| {
+        config.receivers.otlp.unix.path = Some(path);
+        edit(config);
+    })
+    .await
+}
+
 async fn unix_client(path: &Path) -> MetricsServiceClient<Channel> {
     let path = path.to_path_buf();
     // The URI is required by the API and unused: the connector dials the socket.
@@ -44,8 +57,7 @@ async fn unix_client(path: &Path) -> MetricsServiceClient<Channel> {
 async fn exports_over_the_socket_record_the_peer_pid() {
     let dir = temp_dir("pid");
     let socket = dir.join("fanin.sock");
-    let path = socket.clone();
-    let fanin = start_with(move |config| config.receivers.otlp.unix.path = Some(path)).await;
+    let fanin = start_on_socket(&socket, |_| {}).await;
     assert_eq!(fanin.addresses.unix.as_deref(), Some(socket.as_path()));
     let mode = std::fs::metadata(&socket)
         .expect("socket exists")
@@ -78,8 +90,7 @@ async fn a_stale_socket_is_replaced_and_a_live_one_is_not_taken() {
     // A listener that went away without removing its file: the file stays, nobody listens.
     drop(std::os::unix::net::UnixListener::bind(&socket).expect("bind"));
     assert!(socket.exists());
-    let path = socket.clone();
-    let fanin = start_with(move |config| config.receivers.otlp.unix.path = Some(path)).await;
+    let fanin = start_on_socket(&socket, |_| {}).await;
     let mut client = unix_client(&socket).await;
     client
         .export(export("w1").gauge("up", 10, 1.0).build())
@@ -143,8 +154,7 @@ async fn export_claiming(
 async fn a_resource_naming_another_pid_is_refused() {
     let dir = temp_dir("verify");
     let socket = dir.join("fanin.sock");
-    let path = socket.clone();
-    let fanin = start_with(move |config| config.receivers.otlp.unix.path = Some(path)).await;
+    let fanin = start_on_socket(&socket, |_| {}).await;
     let mut client = unix_client(&socket).await;
     let own = i64::from(std::process::id());
 
@@ -210,10 +220,8 @@ async fn a_resource_naming_another_pid_is_refused() {
 async fn verify_pid_off_takes_any_pid() {
     let dir = temp_dir("noverify");
     let socket = dir.join("fanin.sock");
-    let path = socket.clone();
-    let fanin = start_with(move |config| {
-        config.receivers.otlp.unix.path = Some(path);
-        config.receivers.otlp.unix.verify_pid = false;
+    let fanin = start_on_socket(&socket, |config| {
+        config.receivers.otlp.unix.verify_pid = false
     })
     .await;
     let mut client = unix_client(&socket).await;
