@@ -99,6 +99,7 @@ fn query_side(criterion: &mut Criterion) {
     let router = fanin::query::router(
         loaded_store(),
         fanin::query::QuerySettings::new(Vec::new(), 1),
+        std::sync::Arc::new(fanin::security::Guard::open(fanin::store::Listener::Query)),
         CancellationToken::new(),
     );
     let get = |uri: &'static str| {

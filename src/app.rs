@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
@@ -18,9 +19,10 @@ use crate::query::grpc::QueryServer;
 use crate::receiver::budget::Budget;
 use crate::receiver::grpc::{ExportService, ExportSettings};
 use crate::receiver::http::HttpSettings;
+use crate::security::{Alpn, Guard, SecurityError};
 use crate::serve::{self, ConnectionSettings, Gate};
-use crate::store::{Clock, Liveness, Store, StoreSettings, Transport};
-use crate::{query, receiver};
+use crate::store::{Clock, Listener, Liveness, Store, StoreSettings, Transport};
+use crate::{query, receiver, security};
 
 /// Why the app could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +36,8 @@ pub enum AppError {
     },
     #[error("cannot listen on the unix socket {path}: {message}")]
     Unix { path: PathBuf, message: String },
+    #[error(transparent)]
+    Security(#[from] SecurityError),
     #[error("{listener} server failed: {source}")]
     Serve {
         listener: &'static str,
@@ -52,6 +56,25 @@ pub struct App {
     query: TcpListener,
     /// The unix socket listener and its path, when configured.
     unix: Option<(UnixListener, PathBuf)>,
+    guards: Guards,
+}
+
+/// What guards each TCP listener (TLS, token).
+struct Guards {
+    grpc: Arc<Guard>,
+    http: Arc<Guard>,
+    query: Arc<Guard>,
+}
+
+impl Guards {
+    fn load(config: &Config) -> Result<Guards, SecurityError> {
+        let [grpc, http, query] = config.tcp_listeners();
+        Ok(Guards {
+            grpc: Arc::new(Guard::load(grpc, Listener::Grpc, Alpn::H2)?),
+            http: Arc::new(Guard::load(http, Listener::Http, Alpn::H2OrHttp1)?),
+            query: Arc::new(Guard::load(query, Listener::Query, Alpn::H2OrHttp1)?),
+        })
+    }
 }
 
 /// The address each listener actually bound.
@@ -94,9 +117,12 @@ impl App {
     /// one instead of waiting out `instance_ttl`).
     ///
     /// # Errors
-    /// [`AppError::Bind`] naming the listener and address that could not be bound.
+    /// [`AppError::Bind`] naming the listener and address that could not be bound;
+    /// [`AppError::Security`] naming the key of a certificate, key or token file that cannot
+    /// be used.
     pub async fn bind_with_clock(config: Config, clock: Clock) -> Result<App, AppError> {
         serve::raise_file_limit();
+        let guards = Guards::load(&config)?;
         let otlp = &config.receivers.otlp;
         let grpc = bind("OTLP/gRPC", otlp.grpc.listen).await?;
         let http = bind("OTLP/HTTP", otlp.http.listen).await?;
@@ -128,6 +154,7 @@ impl App {
             http,
             query,
             unix,
+            guards,
         })
     }
 
@@ -158,6 +185,7 @@ impl App {
             http,
             query,
             unix,
+            guards,
         } = self;
         let otlp = &config.receivers.otlp;
         // One budget for requests in flight, shared by the three listeners.
@@ -174,25 +202,29 @@ impl App {
             idle_timeout: config.connections.idle_timeout,
             max_concurrent_streams: config.connections.max_concurrent_streams.get(),
         };
-        let grpc_gate = Gate::new(
-            grpc,
-            connections(otlp.grpc.max_connections.get()),
-            "OTLP/gRPC",
-        );
+        let grpc_connections = connections(otlp.grpc.max_connections.get());
+        let grpc_gate = Gate::new(grpc, grpc_connections, "OTLP/gRPC");
         let query_settings = QuerySettings::new(
             config.aggregation.rules.clone(),
             config.query.max_concurrent_queries.get(),
         );
         let grpc_server = tonic::transport::Server::builder()
             .max_concurrent_streams(config.connections.max_concurrent_streams.get())
-            .add_service(QueryServer::service(store.clone(), query_settings.clone()))
-            .add_service(ExportService::new(
+            .add_service(QueryServer::service(
                 store.clone(),
-                export_settings(otlp.grpc.max_request_bytes.get()),
-                Transport::Grpc,
+                query_settings.clone(),
+                Arc::clone(&guards.grpc),
             ))
+            .add_service(
+                ExportService::new(
+                    store.clone(),
+                    export_settings(otlp.grpc.max_request_bytes.get()),
+                    Transport::Grpc,
+                )
+                .guarded(Arc::clone(&guards.grpc)),
+            )
             .serve_with_incoming_shutdown(
-                serve::incoming(grpc_gate),
+                serve::incoming(grpc_gate, Arc::clone(&guards.grpc), grpc_connections),
                 shutdown.clone().cancelled_owned(),
             );
 
@@ -204,9 +236,12 @@ impl App {
                 body_timeout: otlp.body_timeout,
             },
         );
+        let http_router =
+            security::require_token(http_router, Arc::clone(&guards.http), store.clone());
         let http_settings = connections(otlp.http.max_connections.get());
         let http_server = serve::serve_http(
             Gate::new(http, http_settings, "OTLP/HTTP"),
+            Arc::clone(&guards.http),
             http_router,
             http_settings,
             shutdown.clone(),
@@ -226,10 +261,24 @@ impl App {
             (server, path)
         });
         let sweeper = sweep(store.clone(), liveness, shutdown.clone());
-        let query_router = query::router(store, query_settings, shutdown.clone());
+        let watcher = security::watch(
+            vec![
+                Arc::clone(&guards.grpc),
+                Arc::clone(&guards.http),
+                Arc::clone(&guards.query),
+            ],
+            shutdown.clone(),
+        );
+        let query_router = query::router(
+            store,
+            query_settings,
+            Arc::clone(&guards.query),
+            shutdown.clone(),
+        );
         let query_connections = connections(config.query.max_connections.get());
         let query_server = serve::serve_http(
             Gate::new(query, query_connections, "query"),
+            guards.query,
             query_router,
             query_connections,
             shutdown.clone(),
@@ -257,6 +306,10 @@ impl App {
             },
             async {
                 sweeper.await;
+                Ok(())
+            },
+            async {
+                watcher.await;
                 Ok(())
             },
             async {

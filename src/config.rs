@@ -8,6 +8,7 @@
 
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -97,6 +98,8 @@ pub struct ListenerConfig {
     pub max_request_bytes: NonZeroUsize,
     /// Connections held open at once.
     pub max_connections: NonZeroUsize,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -107,6 +110,77 @@ pub struct QueryConfig {
     pub max_connections: NonZeroUsize,
     /// Queries answered at once, off the threads that receive exports; more wait their turn.
     pub max_concurrent_queries: NonZeroUsize,
+    pub tls: TlsConfig,
+    pub auth: AuthConfig,
+}
+
+/// TLS on one TCP listener: on when `cert_file` (and `key_file`) are set (`docs/design.md`,
+/// "Who may write and read").
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, the listener's own certificate first.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of that certificate.
+    pub key_file: Option<PathBuf>,
+    /// PEM certificates of the authorities whose client certificates are accepted; set, a
+    /// client without a valid certificate from one of them cannot connect (mutual TLS).
+    pub client_ca_file: Option<PathBuf>,
+    /// The oldest TLS version accepted.
+    pub min_version: TlsVersion,
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some()
+    }
+}
+
+/// A TLS protocol version, written `"1.2"` or `"1.3"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// The bearer token one listener demands, written in the config (usually as `${env:…}`) or
+/// read from a file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub token: Option<Secret>,
+    pub token_file: Option<PathBuf>,
+}
+
+impl AuthConfig {
+    pub fn enabled(&self) -> bool {
+        self.token.is_some() || self.token_file.is_some()
+    }
+}
+
+/// A secret from the config: never shown by `Debug`.
+#[derive(Clone)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter.write_str("Secret(..)")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    /// Any scalar: `${env:TOKEN}` holding digits reads back as a number.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Secret, D::Error> {
+        match Tree::deserialize(deserializer)? {
+            Tree::String(text) => Ok(Secret(text)),
+            Tree::Number(number) => Ok(Secret(number.to_string())),
+            Tree::Bool(flag) => Ok(Secret(flag.to_string())),
+            _ => Err(serde::de::Error::custom("a token is a string")),
+        }
+    }
 }
 
 /// How every TCP listener treats its connections.
@@ -214,11 +288,25 @@ pub enum ConfigError {
     #[error("config key `{path}`: {message}")]
     Env { path: String, message: String },
     #[error(
-        "config key `{path}`: {address} is not a loopback address, and fanin has no TLS or \
-         tokens yet: anyone who can reach it could write any worker's streams and read every \
-         total. Listen on 127.0.0.1 (or ::1), or set `allow_insecure: true` to accept that"
+        "config key `{key}.listen`: {address} is not a loopback address, and the listener has \
+         no TLS and token: anyone who can reach it could write any worker's streams and read \
+         every total. Set `{key}.tls.cert_file` and `{key}.tls.key_file` and `{key}.auth.token` \
+         (or `token_file`), or listen on 127.0.0.1 (or ::1), or set `allow_insecure: true` to \
+         accept that"
     )]
-    Exposed { path: String, address: SocketAddr },
+    Exposed {
+        key: &'static str,
+        address: SocketAddr,
+    },
+}
+
+/// One TCP listener as the config has it, under its key (`query`, `receivers.otlp.grpc`, …).
+#[derive(Clone, Copy, Debug)]
+pub struct TcpListenerConfig<'a> {
+    pub key: &'static str,
+    pub listen: SocketAddr,
+    pub tls: &'a TlsConfig,
+    pub auth: &'a AuthConfig,
 }
 
 impl Config {
@@ -273,7 +361,7 @@ impl Config {
     }
 
     fn from_tree(tree: Tree) -> Result<Config, ConfigError> {
-        serde_path_to_error::deserialize(tree).map_err(|error| {
+        let config: Config = serde_path_to_error::deserialize(tree).map_err(|error| {
             let path = error.path().to_string();
             ConfigError::Invalid {
                 path: if path == "." {
@@ -283,36 +371,114 @@ impl Config {
                 },
                 message: error.into_inner().to_string(),
             }
-        })
+        })?;
+        config.validate()?;
+        Ok(config)
     }
 
-    /// The TCP listeners bound to an address other than loopback, by config key: with no TLS
-    /// or tokens, anyone who reaches one of them can write and read everything.
-    pub fn exposed_listeners(&self) -> Vec<(&'static str, SocketAddr)> {
+    /// The three TCP listeners, each with the config key it lives under.
+    pub fn tcp_listeners(&self) -> [TcpListenerConfig<'_>; 3] {
         let otlp = &self.receivers.otlp;
+        let view = |key, listen, tls, auth| TcpListenerConfig {
+            key,
+            listen,
+            tls,
+            auth,
+        };
         [
-            ("receivers.otlp.grpc.listen", otlp.grpc.listen),
-            ("receivers.otlp.http.listen", otlp.http.listen),
-            ("query.listen", self.query.listen),
+            view(
+                "receivers.otlp.grpc",
+                otlp.grpc.listen,
+                &otlp.grpc.tls,
+                &otlp.grpc.auth,
+            ),
+            view(
+                "receivers.otlp.http",
+                otlp.http.listen,
+                &otlp.http.tls,
+                &otlp.http.auth,
+            ),
+            view(
+                "query",
+                self.query.listen,
+                &self.query.tls,
+                &self.query.auth,
+            ),
         ]
-        .into_iter()
-        .filter(|(_, address)| !address.ip().to_canonical().is_loopback())
-        .collect()
     }
 
-    /// Refuses a listener off loopback unless `allow_insecure` says so (`docs/design.md`,
-    /// "Who may write and read"). Run after every override of the addresses.
+    /// The TCP listeners bound to an address other than loopback without both TLS and a
+    /// token: anyone who reaches one of them can write and read everything.
+    pub fn exposed_listeners(&self) -> Vec<TcpListenerConfig<'_>> {
+        self.tcp_listeners()
+            .into_iter()
+            .filter(|listener| {
+                let protected = listener.tls.enabled() && listener.auth.enabled();
+                !protected && !listener.listen.ip().to_canonical().is_loopback()
+            })
+            .collect()
+    }
+
+    /// Refuses a listener off loopback without TLS and a token unless `allow_insecure` says
+    /// so (`docs/design.md`, "Who may write and read"). Run after every override of the
+    /// addresses.
     ///
     /// # Errors
     /// [`ConfigError::Exposed`] naming the first such listener's key.
     pub fn check_exposure(&self) -> Result<(), ConfigError> {
         match self.exposed_listeners().first() {
-            Some(&(path, address)) if !self.allow_insecure => Err(ConfigError::Exposed {
-                path: path.to_string(),
-                address,
+            Some(listener) if !self.allow_insecure => Err(ConfigError::Exposed {
+                key: listener.key,
+                address: listener.listen,
             }),
             _ => Ok(()),
         }
+    }
+
+    /// What serde cannot say about one key alone: TLS needs both files, a token has one
+    /// source and is not empty.
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key: &str, field: &str, message: &str| ConfigError::Invalid {
+            path: format!("{key}.{field}"),
+            message: message.to_string(),
+        };
+        for listener in self.tcp_listeners() {
+            let (key, tls, auth) = (listener.key, listener.tls, listener.auth);
+            match (&tls.cert_file, &tls.key_file) {
+                (Some(_), None) => {
+                    return Err(invalid(
+                        key,
+                        "tls.key_file",
+                        "cert_file is set: set key_file too",
+                    ));
+                }
+                (None, Some(_)) => {
+                    return Err(invalid(
+                        key,
+                        "tls.cert_file",
+                        "key_file is set: set cert_file too",
+                    ));
+                }
+                _ => {}
+            }
+            if tls.client_ca_file.is_some() && !tls.enabled() {
+                return Err(invalid(
+                    key,
+                    "tls.client_ca_file",
+                    "client certificates need TLS: set cert_file and key_file too",
+                ));
+            }
+            match (&auth.token, &auth.token_file) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(key, "auth", "set token or token_file, not both"));
+                }
+                (Some(Secret(token)), None) if token.trim().is_empty() => {
+                    return Err(invalid(key, "auth.token", "the token is empty"));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
     }
 
     /// The built-in default configuration.
@@ -573,8 +739,8 @@ mod tests {
             .expect("::1, 127/8 and its IPv4-mapped form are loopback");
         config.receivers.otlp.grpc.listen = "0.0.0.0:4317".parse().expect("address");
         config.query.listen = "192.0.2.7:9464".parse().expect("address");
-        let exposed: Vec<&str> = config.exposed_listeners().iter().map(|e| e.0).collect();
-        assert_eq!(exposed, ["receivers.otlp.grpc.listen", "query.listen"]);
+        let exposed: Vec<&str> = config.exposed_listeners().iter().map(|e| e.key).collect();
+        assert_eq!(exposed, ["receivers.otlp.grpc", "query"]);
         let message = config.check_exposure().expect_err("refused").to_string();
         assert!(
             message.contains("`receivers.otlp.grpc.listen`"),
@@ -583,6 +749,62 @@ mod tests {
         assert!(message.contains("0.0.0.0:4317"), "{message}");
         config.allow_insecure = true;
         config.check_exposure().expect("allowed");
+    }
+
+    #[test]
+    fn a_listener_off_loopback_with_tls_and_a_token_is_not_exposed() {
+        let mut config = Config::default_config().expect("default config");
+        config.query.listen = "0.0.0.0:9464".parse().expect("address");
+        config.query.tls.cert_file = Some("/etc/fanin/tls.crt".into());
+        config.query.tls.key_file = Some("/etc/fanin/tls.key".into());
+        let message = config
+            .check_exposure()
+            .expect_err("TLS alone is not enough")
+            .to_string();
+        assert!(message.contains("`query.auth.token`"), "{message}");
+        config.query.auth.token_file = Some("/etc/fanin/query.token".into());
+        config.check_exposure().expect("TLS and a token");
+        config.query.tls = TlsConfig::default();
+        assert_eq!(
+            config.exposed_listeners().len(),
+            1,
+            "a token alone is not enough"
+        );
+    }
+
+    #[test]
+    fn tls_and_token_keys_are_checked_together() {
+        let over_default = |yaml: &str| {
+            Config::from_yaml_over_default_with_env(yaml, &|name| {
+                (name == "TOKEN").then(|| "12345".to_string())
+            })
+        };
+        let error = |yaml: &str| over_default(yaml).expect_err("refused").to_string();
+        assert!(
+            error("query: {tls: {cert_file: /a.crt}}")
+                .starts_with("config key `query.tls.key_file`: cert_file is set"),
+        );
+        assert!(
+            error("receivers: {otlp: {http: {tls: {key_file: /a.key}}}}")
+                .starts_with("config key `receivers.otlp.http.tls.cert_file`"),
+        );
+        assert!(
+            error("query: {tls: {client_ca_file: /ca.pem}}")
+                .starts_with("config key `query.tls.client_ca_file`"),
+        );
+        assert!(
+            error("query: {auth: {token: x, token_file: /t}}")
+                .starts_with("config key `query.auth`: set token or token_file, not both"),
+        );
+        assert!(
+            error("query: {auth: {token: \" \"}}").starts_with("config key `query.auth.token`")
+        );
+        assert!(error("query: {tls: {min_version: \"1.1\"}}").contains("`query.tls.min_version`"));
+        let config = over_default("receivers: {otlp: {grpc: {auth: {token: \"${env:TOKEN}\"}}}}")
+            .expect("a token of digits from the environment");
+        let token = config.receivers.otlp.grpc.auth.token.expect("token");
+        assert_eq!(token.0, "12345");
+        assert_eq!(format!("{token:?}"), "Secret(..)", "never shown");
     }
 
     #[test]

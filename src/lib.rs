@@ -24,7 +24,9 @@
 //! - [`proto`]: fanin's own messages and gRPC service (`proto/fanin/v1/query.proto`).
 //! - [`config`]: the typed configuration; `config.yaml` is the default.
 //! - [`app`]: binds the listeners and runs the servers until shutdown.
-//! - [`serve`]: what every TCP listener does with connections (caps, timeouts, back-off).
+//! - [`serve`]: what every TCP listener does with connections (caps, timeouts, back-off,
+//!   the TLS handshake).
+//! - [`security`]: who may connect and send: TLS certificates and bearer tokens, reloaded.
 //! - [`shim`]: the fork-aware client side, a meter provider for pre-fork workers.
 //! - [`check`]: `fanin check`, which forks workers and proves what fanin saw.
 //! - [`sys`]: `fork` and `pthread_atfork`, the crate's only unsafe code.
@@ -38,6 +40,7 @@ pub mod outcome;
 pub mod proto;
 pub mod query;
 pub mod receiver;
+pub mod security;
 pub mod serve;
 pub mod shim;
 pub mod store;

@@ -1,7 +1,8 @@
 //! The `fanin` command: parse arguments, load the config, run the library, set the exit code.
 //!
-//! Exit codes: 0 after a clean shutdown, 2 for a bad command line or config, 1 for anything
-//! that fails at run time (a port already in use, a server error).
+//! Exit codes: 0 after a clean shutdown, 2 for a bad command line or config (a certificate,
+//! key or token file that cannot be used included), 1 for anything that fails at run time
+//! (a port already in use, a server error).
 
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
@@ -109,7 +110,12 @@ fn main() -> ExitCode {
                 Err(error) => {
                     tracing::error!("{error:#}");
                     eprintln!("fanin: {error:#}");
-                    ExitCode::FAILURE
+                    // A certificate, key or token file the config names that cannot be used
+                    // is a config error.
+                    match error.downcast_ref::<fanin::AppError>() {
+                        Some(fanin::AppError::Security(_)) => ExitCode::from(2),
+                        _ => ExitCode::FAILURE,
+                    }
                 }
             }
         }
@@ -193,10 +199,10 @@ fn serve(config: Config) -> anyhow::Result<()> {
         // sends SIGTERM at once must get a graceful shutdown, not the default action.
         let signals = Signals::install()?;
         // Only with allow_insecure: check_exposure refused the others.
-        for (key, address) in config.exposed_listeners() {
+        for listener in config.exposed_listeners() {
             tracing::warn!(
-                key,
-                %address,
+                key = format!("{}.listen", listener.key),
+                address = %listener.listen,
                 "Listening beyond loopback without TLS or a token (allow_insecure: true): \
                  anyone who can reach this address can write any worker's streams and read \
                  every total"

@@ -13,6 +13,9 @@
 //!   (and, hyper measuring it from the moment a connection falls idle, one that sends no
 //!   next request within it). Slow bodies are the receivers' business (`body_timeout`).
 //! - HTTP/2 connections take at most `max_concurrent_streams` requests at once.
+//! - On a listener with TLS, an admitted connection is a [`Connection::Tls`] once its
+//!   handshake (bounded by `header_timeout`) is through, with the acceptor in force when it
+//!   was accepted (`security`).
 //! - At start the open-file limit is raised to its hard limit ([`raise_file_limit`]).
 
 use std::io;
@@ -34,6 +37,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
+
+use crate::security::Guard;
 
 /// Raises this process's limit on open files to the hard limit, so that connections run
 /// into the per-listener caps before they run into the kernel's. Returns the limit now in
@@ -230,19 +235,143 @@ impl tonic::transport::server::Connected for Admitted {
     }
 }
 
-/// The gate's connections as a stream, for tonic's `serve_with_incoming_shutdown`.
-pub fn incoming(gate: Gate) -> impl futures_util::Stream<Item = io::Result<Admitted>> {
+/// A connection, in TLS or not, as the listener's [`Guard`] says.
+pub enum Connection {
+    Plain(Admitted),
+    Tls(Box<tokio_rustls::server::TlsStream<Admitted>>),
+}
+
+/// The connection after its TLS handshake, when the listener speaks TLS. A handshake that
+/// fails (plain text sent to a TLS port, an untrusted client certificate) or takes longer
+/// than the header timeout ends the connection here; it is logged at debug level.
+async fn secure(
+    connection: Admitted,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    peer: SocketAddr,
+    timeout: Duration,
+) -> Option<Connection> {
+    let Some(acceptor) = acceptor else {
+        return Some(Connection::Plain(connection));
+    };
+    match tokio::time::timeout(timeout, acceptor.accept(connection)).await {
+        Ok(Ok(stream)) => Some(Connection::Tls(Box::new(stream))),
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, ?timeout, "TLS handshake did not finish in time");
+            None
+        }
+    }
+}
+
+impl Connection {
+    fn admitted(&self) -> &Admitted {
+        match self {
+            Connection::Plain(connection) => connection,
+            Connection::Tls(stream) => stream.get_ref().0,
+        }
+    }
+}
+
+impl AsyncRead for Connection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Connection::Plain(connection) => Pin::new(connection).poll_read(context, buffer),
+            Connection::Tls(stream) => Pin::new(stream.as_mut()).poll_read(context, buffer),
+        }
+    }
+}
+
+impl AsyncWrite for Connection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Connection::Plain(connection) => Pin::new(connection).poll_write(context, data),
+            Connection::Tls(stream) => Pin::new(stream.as_mut()).poll_write(context, data),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Connection::Plain(connection) => Pin::new(connection).poll_flush(context),
+            Connection::Tls(stream) => Pin::new(stream.as_mut()).poll_flush(context),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, context: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Connection::Plain(connection) => Pin::new(connection).poll_shutdown(context),
+            Connection::Tls(stream) => Pin::new(stream.as_mut()).poll_shutdown(context),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffers: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Connection::Plain(connection) => {
+                Pin::new(connection).poll_write_vectored(context, buffers)
+            }
+            Connection::Tls(stream) => {
+                Pin::new(stream.as_mut()).poll_write_vectored(context, buffers)
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Connection::Plain(connection) => connection.is_write_vectored(),
+            Connection::Tls(stream) => stream.is_write_vectored(),
+        }
+    }
+}
+
+impl tonic::transport::server::Connected for Connection {
+    type ConnectInfo = <Admitted as tonic::transport::server::Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.admitted().connect_info()
+    }
+}
+
+/// The gate's connections as a stream, for tonic's `serve_with_incoming_shutdown`, each
+/// through its TLS handshake when the guard has TLS. Handshakes run side by side (at most
+/// `max_connections`, which the gate bounds anyway), so a slow one holds up no other.
+pub fn incoming(
+    gate: Gate,
+    guard: Arc<Guard>,
+    settings: ConnectionSettings,
+) -> impl futures_util::Stream<Item = io::Result<Connection>> {
+    use futures_util::StreamExt;
     futures_util::stream::unfold(gate, |mut gate| async move {
-        let (connection, _) = gate.accept().await;
-        Some((Ok(connection), gate))
+        let accepted = gate.accept().await;
+        Some((accepted, gate))
     })
+    .map(move |(connection, peer)| {
+        secure(connection, guard.acceptor(), peer, settings.header_timeout)
+    })
+    .buffer_unordered(settings.max_connections)
+    .filter_map(|connection| std::future::ready(connection.map(Ok)))
 }
 
 /// Serves `router` on the gate's connections until `shutdown`, then lets the connections
 /// finish what they are doing (the caller bounds how long with its grace period). Requests
-/// carry the peer's address as axum's `ConnectInfo`.
+/// carry the peer's address as axum's `ConnectInfo`. Each connection goes through its TLS
+/// handshake, when the guard has TLS, on a task of its own.
 pub async fn serve_http(
     mut gate: Gate,
+    guard: Arc<Guard>,
     router: Router,
     settings: ConnectionSettings,
     shutdown: CancellationToken,
@@ -256,6 +385,7 @@ pub async fn serve_http(
         .http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(settings.max_concurrent_streams);
+    let builder = Arc::new(builder);
     let graceful = GracefulShutdown::new();
     loop {
         let (connection, peer) = tokio::select! {
@@ -269,15 +399,21 @@ pub async fn serve_http(
                     request.extensions_mut().insert(ConnectInfo(peer));
                     request.map(axum::body::Body::new)
                 });
-        let served = builder
-            .serve_connection_with_upgrades(
-                TokioIo::new(connection),
-                TowerToHyperService::new(service),
-            )
-            .into_owned();
-        let served = graceful.watch(served);
+        let (acceptor, builder, watcher) =
+            (guard.acceptor(), Arc::clone(&builder), graceful.watcher());
         tokio::spawn(async move {
-            if let Err(error) = served.await {
+            let Some(connection) =
+                secure(connection, acceptor, peer, settings.header_timeout).await
+            else {
+                return;
+            };
+            let served = builder
+                .serve_connection_with_upgrades(
+                    TokioIo::new(connection),
+                    TowerToHyperService::new(service),
+                )
+                .into_owned();
+            if let Err(error) = watcher.watch(served).await {
                 tracing::trace!(%error, "Connection ended with an error");
             }
         });

@@ -65,6 +65,7 @@ async fn read_everything(store: &Store) {
     let router = fanin::query::router(
         store.clone(),
         fanin::query::QuerySettings::new(Vec::new(), 1),
+        std::sync::Arc::new(fanin::security::Guard::open(fanin::store::Listener::Query)),
         CancellationToken::new(),
     );
     let mut uris = vec![

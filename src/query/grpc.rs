@@ -3,12 +3,14 @@
 
 use std::sync::Arc;
 
+use tonic::service::{Interceptor, interceptor::InterceptedService};
 use tonic::{Request, Response, Status};
 
 use super::{QueryError, QueryParams, QuerySettings, Workers, answer, default_agg, message};
 use crate::config::AggregationRule;
 use crate::proto::v1 as pb;
 use crate::proto::v1::query_service_server::{QueryService, QueryServiceServer};
+use crate::security::Guard;
 use crate::store::Store;
 
 /// The `QueryService` implementation.
@@ -19,12 +21,44 @@ pub struct QueryServer {
 }
 
 impl QueryServer {
-    pub fn service(store: Store, settings: QuerySettings) -> QueryServiceServer<QueryServer> {
-        QueryServiceServer::new(QueryServer {
+    /// The service, answering `UNAUTHENTICATED` to a call without the token of `guard`,
+    /// the listener it is served on (the OTLP/gRPC one), when it has a token.
+    pub fn service(
+        store: Store,
+        settings: QuerySettings,
+        guard: Arc<Guard>,
+    ) -> InterceptedService<QueryServiceServer<QueryServer>, TokenCheck> {
+        let check = TokenCheck {
+            guard: guard.authenticates().then_some(guard),
+            store: store.clone(),
+        };
+        let server = QueryServer {
             store,
             rules: settings.rules.into(),
             workers: settings.workers,
-        })
+        };
+        QueryServiceServer::with_interceptor(server, check)
+    }
+}
+
+/// The listener's token check, run on a call's metadata before its message is read.
+#[derive(Clone)]
+pub struct TokenCheck {
+    guard: Option<Arc<Guard>>,
+    store: Store,
+}
+
+impl Interceptor for TokenCheck {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(guard) = &self.guard else {
+            return Ok(request);
+        };
+        let headers = std::mem::take(request.metadata_mut()).into_headers();
+        guard
+            .check(&headers, self.store.stats())
+            .map_err(|refusal| Status::unauthenticated(refusal.to_string()))?;
+        *request.metadata_mut() = tonic::metadata::MetadataMap::from_headers(headers);
+        Ok(request)
     }
 }
 

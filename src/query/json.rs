@@ -259,6 +259,7 @@ pub fn stats(stats: &StatsSnapshot, held: Held, conflicts: &[TypeConflict]) -> J
     json!({
         "requests": counts(&stats.requests),
         "request_errors": counts(&stats.request_errors),
+        "unauthenticated": counts(&stats.unauthenticated),
         "points": {
             "received": stats.points_received,
             "accepted": stats.points_accepted,

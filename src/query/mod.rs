@@ -37,6 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::AggregateError;
 use crate::config::AggregationRule;
+use crate::security::{self, Guard};
 use crate::store::Store;
 
 pub use answer::default_agg;
@@ -109,12 +110,16 @@ struct QueryState {
     store: Store,
     rules: Arc<[AggregationRule]>,
     workers: Workers,
-    shutdown: CancellationToken,
 }
 
 /// The query router; `/readyz` answers 503 once `shutdown` is cancelled.
-pub fn router(store: Store, settings: QuerySettings, shutdown: CancellationToken) -> Router {
-    Router::new()
+pub fn router(
+    store: Store,
+    settings: QuerySettings,
+    guard: Arc<Guard>,
+    shutdown: CancellationToken,
+) -> Router {
+    let answers = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/api/v1/query", get(query))
         .route("/api/v1/metrics", get(metrics))
@@ -122,17 +127,21 @@ pub fn router(store: Store, settings: QuerySettings, shutdown: CancellationToken
         .route("/api/v1/series", get(series))
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/collisions", get(collisions))
+        .with_state(QueryState {
+            store: store.clone(),
+            rules: settings.rules.into(),
+            workers: settings.workers,
+        });
+    // Probes need no token.
+    let probes = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        .with_state(shutdown);
+    security::require_token(answers, guard, store)
+        .merge(probes)
         .fallback(
             |uri: axum::http::Uri| async move { QueryError::NotFound(uri.path().to_string()) },
         )
-        .with_state(QueryState {
-            store,
-            rules: settings.rules.into(),
-            workers: settings.workers,
-            shutdown,
-        })
 }
 
 impl QueryState {
@@ -272,8 +281,8 @@ async fn collisions(State(state): State<QueryState>) -> Result<Response, QueryEr
         .await
 }
 
-async fn readyz(State(state): State<QueryState>) -> Response {
-    if state.shutdown.is_cancelled() {
+async fn readyz(State(shutdown): State<CancellationToken>) -> Response {
+    if shutdown.is_cancelled() {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response()
     } else {
         (StatusCode::OK, "ready\n").into_response()
@@ -295,6 +304,7 @@ mod tests {
         router(
             store,
             QuerySettings::new(Vec::new(), 1),
+            std::sync::Arc::new(crate::security::Guard::open(crate::store::Listener::Query)),
             CancellationToken::new(),
         )
     }

@@ -598,6 +598,12 @@ fn self_metrics(out: &mut Out<'_>, store: &Store) {
             by("reason", &stats.request_errors),
         ),
         (
+            "fanin_unauthenticated_requests_total",
+            "counter",
+            "Requests refused for a missing or wrong bearer token, by listener.",
+            by("listener", &stats.unauthenticated),
+        ),
+        (
             "fanin_points_accepted_total",
             "counter",
             "Data points stored.",

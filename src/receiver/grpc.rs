@@ -13,6 +13,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use tonic::{Code, Request, Response, Status};
 
 use super::budget::{Budget, SharedHeld};
 use super::{receive_protobuf, response};
+use crate::security::Guard;
 use crate::store::{RequestError, Store, Transport, Writer};
 
 /// The one method this service answers.
@@ -46,6 +48,8 @@ pub struct ExportService {
     store: Store,
     transport: Transport,
     settings: ExportSettings,
+    /// The listener's token check, when it has a token.
+    guard: Option<Arc<Guard>>,
 }
 
 impl ExportService {
@@ -56,7 +60,15 @@ impl ExportService {
             store,
             transport,
             settings,
+            guard: None,
         }
+    }
+
+    /// The service answering `UNAUTHENTICATED`, before reading a byte of the body, to a
+    /// request without the guard's token (when it has one).
+    pub fn guarded(mut self, guard: Arc<Guard>) -> ExportService {
+        self.guard = guard.authenticates().then_some(guard);
+        self
     }
 }
 
@@ -85,6 +97,11 @@ impl tower::Service<http::Request<tonic::body::Body>> for ExportService {
                 ))
                 .into_http();
                 return Ok(remap_status(&service.store, service.transport, response));
+            }
+            if let Some(guard) = &service.guard
+                && let Err(refusal) = guard.check(request.headers(), service.store.stats())
+            {
+                return Ok(Status::unauthenticated(refusal.to_string()).into_http());
             }
             let settings = &service.settings;
             let mut grpc = tonic::server::Grpc::new(RawCodec)

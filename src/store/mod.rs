@@ -53,7 +53,7 @@ pub use ingest::{Ingest, InstanceWriter, MetricKey, PointAttributes};
 pub use limits::Limits;
 pub use liveness::{Liveness, RetireReason, Retirement, SweepReport};
 pub use page::{Cursor, CursorError, Page};
-pub use stats::{RequestError, Stats, StatsSnapshot};
+pub use stats::{Listener, RequestError, Stats, StatsSnapshot};
 pub use stream::{CollisionPolicy, Evidence, RunState, StreamState};
 
 use ingest::Streams;

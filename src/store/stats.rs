@@ -41,6 +41,26 @@ impl RequestError {
     }
 }
 
+/// A TCP listener, for the requests refused before they reach a receiver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listener {
+    Grpc,
+    Http,
+    Query,
+}
+
+impl Listener {
+    pub const ALL: [Listener; 3] = [Listener::Grpc, Listener::Http, Listener::Query];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Listener::Grpc => "grpc",
+            Listener::Http => "http",
+            Listener::Query => "query",
+        }
+    }
+}
+
 /// The counters. All updates are relaxed: they are statistics, not synchronisation.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -48,6 +68,7 @@ pub struct Stats {
     requests_http: AtomicU64,
     requests_unix: AtomicU64,
     request_errors: [AtomicU64; RequestError::ALL.len()],
+    unauthenticated: [AtomicU64; Listener::ALL.len()],
     points_accepted: AtomicU64,
     points_rejected: [AtomicU64; RejectReason::ALL.len()],
     points_dropped: [AtomicU64; DropReason::ALL.len()],
@@ -61,6 +82,8 @@ pub struct Stats {
 pub struct StatsSnapshot {
     pub requests: Vec<(&'static str, u64)>,
     pub request_errors: Vec<(&'static str, u64)>,
+    /// Requests refused for a missing or wrong bearer token, by listener.
+    pub unauthenticated: Vec<(&'static str, u64)>,
     pub points_received: u64,
     pub points_accepted: u64,
     pub points_rejected: Vec<(&'static str, u64)>,
@@ -95,6 +118,11 @@ impl Stats {
     /// Counts a request refused as a whole.
     pub fn request_error(&self, error: RequestError) {
         add(&self.request_errors[error as usize], 1);
+    }
+
+    /// Counts a request refused for a missing or wrong bearer token.
+    pub fn unauthenticated(&self, listener: Listener) {
+        add(&self.unauthenticated[listener as usize], 1);
     }
 
     /// Counts the points of one request by what became of them.
@@ -145,6 +173,11 @@ impl Stats {
                 .iter()
                 .zip(&self.request_errors)
                 .map(|(error, counter)| (error.as_str(), read(counter)))
+                .collect(),
+            unauthenticated: Listener::ALL
+                .iter()
+                .zip(&self.unauthenticated)
+                .map(|(listener, counter)| (listener.as_str(), read(counter)))
                 .collect(),
             points_received,
             points_accepted,
