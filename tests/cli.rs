@@ -4,12 +4,15 @@
 // Tests may panic on what they expect: a failed expectation is the test failing.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use common::pki::Pki;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -288,6 +291,26 @@ fn a_listener_beyond_loopback_exits_2_unless_allowed() {
         assert!(stderr.contains("is not a loopback address"), "{stderr}");
         assert!(stderr.contains("allow_insecure: true"), "{stderr}");
     }
+    // A certificate file that cannot be read is a config error too.
+    let path = write_config(
+        "absent-cert",
+        "query:\n  tls:\n    cert_file: /nonexistent/fanin.crt\n    key_file: /nonexistent/fanin.key\n",
+    );
+    let (code, _, stderr) = run(
+        &[
+            &["serve", "--config", path.to_str().expect("utf-8")],
+            &ANY_PORT[..],
+        ]
+        .concat(),
+        &[],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("config key `query.tls.cert_file`"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("/nonexistent/fanin.crt"), "{stderr}");
+    let _ = std::fs::remove_file(path);
     // A loopback address other than 127.0.0.1 is loopback too.
     let served = serve(&listening("--http-listen", "127.0.0.2:0"), &[]);
     assert_eq!(served.http.ip().to_string(), "127.0.0.2");
@@ -321,6 +344,73 @@ fn allow_insecure_starts_beyond_loopback_and_warns() {
     assert!(
         !stderr.contains("query.listen"),
         "only the exposed listener is named: {stderr}"
+    );
+    let _ = std::fs::remove_file(path);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn beyond_loopback_with_tls_and_a_token_starts_and_sighup_reads_the_token_again() {
+    let pki = Pki::new("cli-sighup");
+    let tls = pki.server_files("query");
+    let token_file = pki.dir.join("query.token");
+    std::fs::write(&token_file, "token-one\n").expect("write the token");
+    let yaml = format!(
+        "query:\n  listen: 0.0.0.0:0\n  tls:\n    cert_file: {}\n    key_file: {}\n  auth:\n    token_file: {}\n",
+        tls.cert_file.expect("cert").display(),
+        tls.key_file.expect("key").display(),
+        token_file.display(),
+    );
+    let path = write_config("sighup", &yaml);
+    let served = serve(
+        &[
+            "--config",
+            path.to_str().expect("utf-8"),
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ],
+        &[("RUST_LOG", "debug")],
+    );
+    assert!(served.query.ip().is_unspecified(), "{}", served.query);
+    // Test traffic stays on loopback, which the wildcard bind includes.
+    let query = SocketAddr::from(([127, 0, 0, 1], served.query.port()));
+    let client = common::pki::https_client(&pki.ca_pem(), None);
+    let stats = |token: &'static str| {
+        let client = client.clone();
+        async move {
+            let answer = client.get(query, "/api/v1/stats", Some(token)).await;
+            answer.expect("answered over TLS").status
+        }
+    };
+    assert_eq!(stats("token-one").await, 200);
+    assert_eq!(stats("token-two").await, 401);
+
+    std::fs::write(&token_file, "token-two\n").expect("write the new token");
+    served.signal(Signal::SIGHUP);
+    common::eventually(WAIT, "the new token admitted", || async {
+        (stats("token-two").await == 200).then_some(())
+    })
+    .await;
+    assert_eq!(stats("token-one").await, 401);
+
+    let (status, stderr) = served.stop_with_stderr();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("SIGHUP: reading certificate and token files again"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("beyond loopback"),
+        "protected, so no warning: {stderr}"
+    );
+    assert!(
+        stderr.contains("Refused a request"),
+        "refusals are logged: {stderr}"
+    );
+    assert!(
+        !stderr.contains("token-one") && !stderr.contains("token-two"),
+        "a token is never logged: {stderr}"
     );
     let _ = std::fs::remove_file(path);
 }

@@ -260,3 +260,132 @@ async fn a_page_larger_than_a_batch_is_whole() {
     );
     fanin.stop().await;
 }
+
+/// The Prometheus server (Debian's `prometheus` package) scraping fanin's `/metrics` over
+/// TLS with the readers' bearer token (`authorization`, `tls_config`) records the totals;
+/// a job with another token records `up` 0. `None` when prometheus is not installed.
+#[tokio::test(flavor = "multi_thread")]
+async fn prometheus_scrapes_over_tls_with_a_bearer_token() {
+    let Some(binary) = installed("prometheus") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must run prometheus; .ci/run installs it"
+        );
+        eprintln!("prometheus not installed: skipped");
+        return;
+    };
+    let pki = common::pki::Pki::new("prometheus");
+    let tls = pki.server_files("query");
+    let fanin = common::start_with(|config| {
+        config.query.tls = tls;
+        config.query.auth.token = Some(fanin::config::Secret("prom-reader-81".into()));
+    })
+    .await;
+    send(
+        &fanin,
+        export("w1").counter_with("http.requests", &[("http.route", "/a")], 1, 10, 1234),
+    )
+    .await;
+
+    let job = |name: &str, token: &str| {
+        format!(
+            "  - job_name: {name}\n    scheme: https\n    scrape_interval: 1s\n    \
+             authorization: {{type: Bearer, credentials: {token}}}\n    \
+             tls_config: {{ca_file: {ca}, server_name: localhost}}\n    \
+             static_configs: [{{targets: [\"127.0.0.1:{port}\"]}}]\n",
+            ca = pki.ca_file().display(),
+            port = fanin.addresses.query.port(),
+        )
+    };
+    let config = pki.dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "scrape_configs:\n{}{}",
+            job("fanin", "prom-reader-81"),
+            job("wrong_token", "not-the-token")
+        ),
+    )
+    .unwrap();
+    // Prometheus cannot listen on port 0 and say which port it got: take a free one.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut prometheus = Killed(
+        Command::new(binary)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                pki.dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start prometheus"),
+    );
+    let promql = |query: &'static str| async move {
+        let query: String = form_urlencoded::byte_serialize(query.as_bytes()).collect();
+        let answer = reqwest::Client::new()
+            .get(format!(
+                "http://127.0.0.1:{port}/api/v1/query?query={query}"
+            ))
+            .send()
+            .await
+            .ok()?;
+        let json: serde_json::Value = serde_json::from_str(&answer.text().await.ok()?).ok()?;
+        let value = json["data"]["result"][0]["value"][1].as_str()?.to_string();
+        Some(value)
+    };
+    let total = common::eventually(
+        std::time::Duration::from_secs(60),
+        "prometheus scrapes fanin",
+        || promql("http_requests_total{job=\"fanin\",http_route=\"/a\"}"),
+    )
+    .await;
+    assert_eq!(total, "1234");
+    assert_eq!(promql("up{job=\"fanin\"}").await.as_deref(), Some("1"));
+    let refused = common::eventually(
+        std::time::Duration::from_secs(60),
+        "prometheus tries the wrong token",
+        || promql("up{job=\"wrong_token\"}"),
+    )
+    .await;
+    assert_eq!(refused, "0", "a scrape with another token fails");
+    let stats = common::pki::https_client(&pki.ca_pem(), None)
+        .get(
+            fanin.addresses.query,
+            "/api/v1/stats",
+            Some("prom-reader-81"),
+        )
+        .await
+        .expect("stats over TLS")
+        .json();
+    assert!(
+        stats["unauthenticated"]["query"].as_u64() >= Some(1),
+        "{stats}"
+    );
+    let _ = prometheus.0.kill();
+    fanin.stop().await;
+}
+
+/// A child killed when the test ends, however it ends.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The path of `program` when it is on PATH.
+fn installed(program: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|directory| directory.join(program))
+            .find(|candidate| candidate.is_file())
+    })
+}

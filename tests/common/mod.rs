@@ -1,6 +1,8 @@
 //! Shared test harness: a real fanin on 127.0.0.1:0, clients for it, and request builders.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;

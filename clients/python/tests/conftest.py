@@ -40,15 +40,19 @@ def eventually(probe, what, timeout=DEADLINE):
 
 
 class Fanin:
-    def __init__(self, tmp: Path):
+    """`otlp_keys` is YAML flow-mapping text added to both OTLP listeners' keys (TLS and a
+    token, say); `env` is added to fanin's environment."""
+
+    def __init__(self, tmp: Path, otlp_keys: str = "", env: dict | None = None):
         binary = os.environ.get("FANIN_BIN", str(REPO / "target" / "debug" / "fanin"))
         self.socket = tmp / "fanin.sock"
         config = tmp / "fanin.yaml"
+        extra = f", {otlp_keys}" if otlp_keys else ""
         config.write_text(
             "receivers:\n"
             "  otlp:\n"
-            '    grpc: {listen: "127.0.0.1:0"}\n'
-            '    http: {listen: "127.0.0.1:0"}\n'
+            f'    grpc: {{listen: "127.0.0.1:0"{extra}}}\n'
+            f'    http: {{listen: "127.0.0.1:0"{extra}}}\n'
             f"    unix: {{path: {json.dumps(str(self.socket))}}}\n"
             'query: {listen: "127.0.0.1:0"}\n'
         )
@@ -57,6 +61,7 @@ class Fanin:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
+            env={**os.environ, **(env or {})},
         )
         self.addresses = {}
         for line in self.process.stdout:
