@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, FileMode};
+use crate::export::{ExportError, Exporter};
 use crate::query::QuerySettings;
 use crate::query::grpc::QueryServer;
 use crate::receiver::budget::Budget;
@@ -38,6 +39,8 @@ pub enum AppError {
     Unix { path: PathBuf, message: String },
     #[error(transparent)]
     Security(#[from] SecurityError),
+    #[error(transparent)]
+    Export(#[from] ExportError),
     #[error("{listener} server failed: {source}")]
     Serve {
         listener: &'static str,
@@ -57,6 +60,7 @@ pub struct App {
     /// The unix socket listener and its path, when configured.
     unix: Option<(UnixListener, PathBuf)>,
     guards: Guards,
+    exporters: Vec<Exporter>,
 }
 
 /// What guards each TCP listener (TLS, token).
@@ -123,6 +127,7 @@ impl App {
     pub async fn bind_with_clock(config: Config, clock: Clock) -> Result<App, AppError> {
         serve::raise_file_limit();
         let guards = Guards::load(&config)?;
+        let exporters = crate::export::configured(&config.exporters)?;
         let otlp = &config.receivers.otlp;
         let grpc = bind("OTLP/gRPC", otlp.grpc.listen).await?;
         let http = bind("OTLP/HTTP", otlp.http.listen).await?;
@@ -155,6 +160,7 @@ impl App {
             query,
             unix,
             guards,
+            exporters,
         })
     }
 
@@ -165,6 +171,14 @@ impl App {
             query: local_addr(&self.query),
             unix: self.unix.as_ref().map(|(_, path)| path.clone()),
         }
+    }
+
+    /// The exporters that are on, and where each sends.
+    pub fn exporters(&self) -> Vec<(&'static str, String)> {
+        self.exporters
+            .iter()
+            .map(|exporter| (exporter.kind().as_str(), exporter.target.clone()))
+            .collect()
     }
 
     /// The store the servers write to; shared, so callers may inspect it while running.
@@ -186,6 +200,7 @@ impl App {
             query,
             unix,
             guards,
+            exporters,
         } = self;
         let otlp = &config.receivers.otlp;
         // One budget for requests in flight, shared by the three listeners.
@@ -261,6 +276,12 @@ impl App {
             (server, path)
         });
         let sweeper = sweep(store.clone(), liveness, shutdown.clone());
+        let rules: Arc<[crate::config::AggregationRule]> = config.aggregation.rules.clone().into();
+        let exporting = futures_util::future::join_all(
+            exporters
+                .into_iter()
+                .map(|exporter| exporter.run(store.clone(), Arc::clone(&rules), shutdown.clone())),
+        );
         let watcher = security::watch(
             vec![
                 Arc::clone(&guards.grpc),
@@ -310,6 +331,10 @@ impl App {
             },
             async {
                 watcher.await;
+                Ok(())
+            },
+            async {
+                exporting.await;
                 Ok(())
             },
             async {

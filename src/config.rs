@@ -31,6 +31,7 @@ pub struct Config {
     pub collisions: CollisionsConfig,
     pub limits: LimitsConfig,
     pub connections: ConnectionsConfig,
+    pub exporters: ExportersConfig,
     /// How long shutdown waits for requests in flight.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -86,6 +87,112 @@ impl<'de> Deserialize<'de> for FileMode {
                     "{text:?} is not an octal file mode such as \"0660\""
                 ))
             })
+    }
+}
+
+/// Sending the totals upstream (`docs/design.md`, "Beyond one machine"); each exporter is
+/// on when its endpoint or url is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportersConfig {
+    pub otlp: OtlpExporterConfig,
+    pub prometheus_remote_write: RemoteWriteConfig,
+}
+
+/// The OTLP exporter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OtlpExporterConfig {
+    /// `http://host:port` or `https://…`; `None` turns the exporter off.
+    pub endpoint: Option<Endpoint>,
+    pub protocol: ExportProtocol,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub compression: ExportCompression,
+    /// Sent with every request (`authorization: Bearer …`, say).
+    pub headers: std::collections::BTreeMap<String, Secret>,
+    /// PEM authorities to trust for `https`; without it the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Attributes naming this sidecar, over its defaults (`host.name`, `service.instance.id`).
+    pub resource: std::collections::BTreeMap<String, Scalar>,
+    /// Batches kept while upstream does not take them.
+    pub queue_size: NonZeroUsize,
+}
+
+/// The Prometheus remote-write exporter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RemoteWriteConfig {
+    /// The receiver's write URL; `None` turns the exporter off.
+    pub url: Option<Endpoint>,
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub headers: std::collections::BTreeMap<String, Secret>,
+    pub ca_file: Option<PathBuf>,
+    /// Labels added to every series, over the default `fanin_instance`.
+    pub external_labels: std::collections::BTreeMap<String, String>,
+    pub queue_size: NonZeroUsize,
+}
+
+/// An `http://` or `https://` URL with a host, checked when the config is loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint(pub http::Uri);
+
+impl<'de> Deserialize<'de> for Endpoint {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Endpoint, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let uri: http::Uri = text
+            .parse()
+            .map_err(|error| serde::de::Error::custom(format!("{text:?} is not a URL: {error}")))?;
+        match (uri.scheme_str(), uri.host()) {
+            (Some("http" | "https"), Some(_)) => Ok(Endpoint(uri)),
+            _ => Err(serde::de::Error::custom(format!(
+                "{text:?} is not an http:// or https:// URL with a host"
+            ))),
+        }
+    }
+}
+
+/// How the OTLP exporter talks to upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ExportProtocol {
+    #[serde(rename = "grpc")]
+    Grpc,
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportCompression {
+    None,
+    Gzip,
+}
+
+/// A string, number or boolean attribute value from the config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scalar(pub crate::model::AttrValue);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Scalar, D::Error> {
+        use crate::model::AttrValue;
+        match Tree::deserialize(deserializer)? {
+            Tree::String(text) => Ok(Scalar(AttrValue::Str(text))),
+            Tree::Bool(flag) => Ok(Scalar(AttrValue::Bool(flag))),
+            Tree::Number(number) => match number.as_i64() {
+                Some(int) => Ok(Scalar(AttrValue::Int(int))),
+                None => Ok(Scalar(AttrValue::Double(
+                    number.as_f64().unwrap_or(f64::NAN),
+                ))),
+            },
+            _ => Err(serde::de::Error::custom(
+                "an attribute value here is a string, a number or a boolean",
+            )),
+        }
     }
 }
 

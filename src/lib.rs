@@ -26,6 +26,7 @@
 //! - [`app`]: binds the listeners and runs the servers until shutdown.
 //! - [`serve`]: what every TCP listener does with connections (caps, timeouts, back-off,
 //!   the TLS handshake).
+//! - [`export`]: the totals sent upstream (OTLP, Prometheus remote-write), queued and retried.
 //! - [`security`]: who may connect and send: TLS certificates and bearer tokens, reloaded.
 //! - [`shim`]: the fork-aware client side, a meter provider for pre-fork workers.
 //! - [`check`]: `fanin check`, which forks workers and proves what fanin saw.
@@ -35,6 +36,7 @@ pub mod aggregate;
 pub mod app;
 pub mod check;
 pub mod config;
+pub mod export;
 pub mod model;
 pub mod outcome;
 pub mod proto;

@@ -113,7 +113,9 @@ fn main() -> ExitCode {
                     // A certificate, key or token file the config names that cannot be used
                     // is a config error.
                     match error.downcast_ref::<fanin::AppError>() {
-                        Some(fanin::AppError::Security(_)) => ExitCode::from(2),
+                        Some(fanin::AppError::Security(_) | fanin::AppError::Export(_)) => {
+                            ExitCode::from(2)
+                        }
                         _ => ExitCode::FAILURE,
                     }
                 }
@@ -210,6 +212,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         }
         let app = App::bind(config).await?;
         let addresses = app.addresses();
+        let exporters = app.exporters();
         {
             let mut stdout = std::io::stdout().lock();
             writeln!(stdout, "otlp-grpc listening on {}", addresses.grpc)?;
@@ -217,6 +220,9 @@ fn serve(config: Config) -> anyhow::Result<()> {
             writeln!(stdout, "query listening on {}", addresses.query)?;
             if let Some(path) = &addresses.unix {
                 writeln!(stdout, "otlp-unix listening on {}", path.display())?;
+            }
+            for (exporter, target) in &exporters {
+                writeln!(stdout, "exporter {exporter} sending to {target}")?;
             }
             stdout.flush()?;
         }

@@ -260,6 +260,11 @@ pub fn stats(stats: &StatsSnapshot, held: Held, conflicts: &[TypeConflict]) -> J
         "requests": counts(&stats.requests),
         "request_errors": counts(&stats.request_errors),
         "unauthenticated": counts(&stats.unauthenticated),
+        "exporters": stats
+            .exporters
+            .iter()
+            .map(|(name, figures)| (name.to_string(), json!(figures)))
+            .collect::<serde_json::Map<_, _>>(),
         "points": {
             "received": stats.points_received,
             "accepted": stats.points_accepted,

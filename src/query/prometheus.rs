@@ -32,9 +32,9 @@ use std::sync::Arc;
 use crate::aggregate::{Agg, Aggregated, Group, Shape};
 use crate::config::AggregationRule;
 use crate::model::{Attributes, ExpHistogram, Histogram, MetricId, Total};
-use crate::store::{MetricIdentity, RetiredView, Store, StreamView};
+use crate::store::{ExporterSnapshot, MetricIdentity, RetiredView, Store, StreamView};
 
-use super::answer::{Selection, build, default_agg};
+use super::answer::{Answer, Selection, build, default_agg};
 use super::json::attr_text;
 
 /// The content type Prometheus expects for format 0.0.4.
@@ -65,12 +65,36 @@ pub fn render_chunks(
 ) {
     let mut out = Out::new(send);
     self_metrics(&mut out, store);
+    each_answer(store, rules, &mut |identity, agg, answer| {
+        let family = FamilyName::of(&answer.metric, agg);
+        if out.family(&family, &help(identity)) {
+            write_groups(&mut out, &family, &answer.groups);
+        }
+        !out.closed
+    });
+    out.finish();
+}
+
+fn help(identity: &MetricIdentity) -> String {
+    if identity.description.is_empty() {
+        format!("OpenTelemetry metric {}", identity.metric.name)
+    } else {
+        identity.description.to_string()
+    }
+}
+
+/// Aggregates every metric in the store with its default aggregation, a batch of names at
+/// a time, in name order, and hands each answer to `each` until it answers `false`.
+/// Metrics whose default aggregation they do not have (a rule asking for `max` of a
+/// histogram) are left out.
+pub fn each_answer(
+    store: &Store,
+    rules: &[AggregationRule],
+    each: &mut dyn FnMut(&MetricIdentity, Agg, Answer) -> bool,
+) {
     let mut identities = store.metric_identities();
     identities.sort_by(|a, b| a.metric.name.cmp(&b.metric.name));
     for batch in batches(&identities, BATCH_STREAMS) {
-        if out.closed {
-            return;
-        }
         let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
             continue;
         };
@@ -103,19 +127,78 @@ pub fn render_chunks(
                 store.instance_attributes(),
                 Selection::default(),
             );
-            // A rule may ask for max of a histogram; such a metric has no value to expose.
             let Ok(answer) = answer else {
                 continue;
             };
-            let help = if identity.description.is_empty() {
-                format!("OpenTelemetry metric {name}")
-            } else {
-                identity.description.to_string()
-            };
-            write_family(&mut out, &answer.metric, agg, &help, &answer.groups);
+            if !each(identity, agg, answer) {
+                return;
+            }
         }
     }
-    out.finish();
+}
+
+/// One metric's aggregated groups, as `/metrics` shows them; for the exporters, which send
+/// the same series upstream.
+pub struct Family {
+    pub metric: Arc<MetricId>,
+    pub description: String,
+    pub agg: Agg,
+    pub groups: Vec<Group>,
+}
+
+/// Every metric's family, in name order.
+pub struct Families(Vec<Family>);
+
+impl Families {
+    /// Aggregates every metric in the store ([`each_answer`]).
+    pub fn collect(store: &Store, rules: &[AggregationRule]) -> Families {
+        let mut families = Vec::new();
+        each_answer(store, rules, &mut |identity, agg, answer| {
+            families.push(Family {
+                metric: answer.metric,
+                description: identity.description.to_string(),
+                agg,
+                groups: answer.groups,
+            });
+            true
+        });
+        Families(families)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Family> {
+        self.0.iter()
+    }
+
+    /// Series in all families (samples of histograms not counted apart).
+    pub fn series(&self) -> usize {
+        self.0.iter().map(|family| family.groups.len()).sum()
+    }
+
+    /// Writes every family's samples as `/metrics` names them, leaving out a family whose
+    /// name is taken, as `/metrics` does.
+    pub fn write_to<S: SampleSink>(&self, sink: &mut S) {
+        let mut used = HashSet::new();
+        for family in &self.0 {
+            let name = FamilyName::of(&family.metric, family.agg);
+            if name.take(&mut used) {
+                write_groups(sink, &name, &family.groups);
+            }
+        }
+    }
+}
+
+/// Where samples go: the `/metrics` page, or a remote-write request.
+pub trait SampleSink {
+    /// A group's labels as this sink keeps them, made once for all its samples.
+    type Labels;
+    /// The labels from sorted, sanitised `(name, value)` pairs.
+    fn labels(&self, pairs: Vec<(String, String)>) -> Self::Labels;
+    /// One sample, with `le` among its labels when given.
+    fn sample(&mut self, name: &str, labels: &Self::Labels, le: Option<&str>, value: Total);
+    /// Whether nothing more is wanted.
+    fn closed(&self) -> bool {
+        false
+    }
 }
 
 /// Consecutive runs of metric names holding about `size` streams and retired totals in all;
@@ -159,16 +242,38 @@ impl<'s> Out<'s> {
     /// Writes a family's HELP and TYPE lines, unless one of its sample names is taken: then
     /// the family is left out and `false` returned.
     fn family(&mut self, family: &FamilyName, help: &str) -> bool {
-        let names = family.sample_names();
-        if self.used.contains(&family.name) || names.iter().any(|name| self.used.contains(name)) {
-            tracing::debug!(name = %family.name, "Metric left out of /metrics: its Prometheus name is taken");
+        if !family.take(&mut self.used) {
             return false;
         }
-        self.used.insert(family.name.clone());
-        self.used.extend(names);
         let _ = writeln!(self.text, "# HELP {} {}", family.name, escape_help(help));
         let _ = writeln!(self.text, "# TYPE {} {}", family.name, family.kind);
         true
+    }
+
+    fn flush(&mut self) {
+        if self.closed || self.text.is_empty() {
+            return;
+        }
+        let chunk = std::mem::replace(&mut self.text, String::with_capacity(CHUNK + CHUNK / 4));
+        if !(self.send)(chunk) {
+            self.closed = true;
+        }
+    }
+
+    fn finish(mut self) {
+        self.flush();
+    }
+}
+
+impl SampleSink for Out<'_> {
+    type Labels = Labels;
+
+    fn labels(&self, pairs: Vec<(String, String)>) -> Labels {
+        Labels::of(pairs)
+    }
+
+    fn closed(&self) -> bool {
+        self.closed
     }
 
     /// Writes `name{labels} value`, with `le="…"` among the labels when given.
@@ -205,20 +310,6 @@ impl<'s> Out<'s> {
             self.flush();
         }
     }
-
-    fn flush(&mut self) {
-        if self.closed || self.text.is_empty() {
-            return;
-        }
-        let chunk = std::mem::replace(&mut self.text, String::with_capacity(CHUNK + CHUNK / 4));
-        if !(self.send)(chunk) {
-            self.closed = true;
-        }
-    }
-
-    fn finish(mut self) {
-        self.flush();
-    }
 }
 
 /// A family's Prometheus name and type.
@@ -240,6 +331,19 @@ impl FamilyName {
         FamilyName { name, kind }
     }
 
+    /// Claims the family's names in `used`; `false` (and nothing claimed) when one of them
+    /// is taken already.
+    fn take(&self, used: &mut HashSet<String>) -> bool {
+        let names = self.sample_names();
+        if used.contains(&self.name) || names.iter().any(|name| used.contains(name)) {
+            tracing::debug!(name = %self.name, "Metric left out: its Prometheus name is taken");
+            return false;
+        }
+        used.insert(self.name.clone());
+        used.extend(names);
+        true
+    }
+
     /// Every name the family's samples may have.
     fn sample_names(&self) -> Vec<String> {
         let name = &self.name;
@@ -255,11 +359,8 @@ impl FamilyName {
     }
 }
 
-fn write_family(out: &mut Out<'_>, metric: &MetricId, agg: Agg, help: &str, groups: &[Group]) {
-    let family = FamilyName::of(metric, agg);
-    if !out.family(&family, help) {
-        return;
-    }
+/// A family's samples, group by group.
+fn write_groups<S: SampleSink>(out: &mut S, family: &FamilyName, groups: &[Group]) {
     let name = &family.name;
     let (bucket, sum, count) = (
         format!("{name}_bucket"),
@@ -267,7 +368,7 @@ fn write_family(out: &mut Out<'_>, metric: &MetricId, agg: Agg, help: &str, grou
         format!("{name}_count"),
     );
     for group in groups {
-        let labels = Labels::of(&group.attributes);
+        let labels = out.labels(labels(&group.attributes));
         match &group.value {
             Aggregated::Number(value) => out.sample(name, &labels, None, *value),
             Aggregated::Histogram {
@@ -295,17 +396,17 @@ fn write_family(out: &mut Out<'_>, metric: &MetricId, agg: Agg, help: &str, grou
                 out.sample(&count, &labels, None, count_of(*total));
             }
         }
-        if out.closed {
+        if out.closed() {
             return;
         }
     }
 }
 
 /// `_bucket` lines with cumulative counts (the `+Inf` one always), then `_sum` and `_count`.
-fn write_histogram(
-    out: &mut Out<'_>,
+fn write_histogram<S: SampleSink>(
+    out: &mut S,
     [bucket, sum, count]: [&str; 3],
-    labels: &Labels,
+    labels: &S::Labels,
     buckets: &[(f64, u64)],
     (total, summed): (u64, Option<f64>),
 ) {
@@ -374,10 +475,10 @@ struct Labels {
 }
 
 impl Labels {
-    fn of(attributes: &Attributes) -> Labels {
+    fn of(pairs: Vec<(String, String)>) -> Labels {
         let mut text = String::new();
         let mut le_at = None;
-        for (name, value) in labels(attributes) {
+        for (name, value) in pairs {
             if le_at.is_none() && name.as_str() > "le" {
                 le_at = Some(text.len());
             }
@@ -584,7 +685,61 @@ fn self_metrics(out: &mut Out<'_>, store: &Store) {
     let single = |value: u64| vec![(None, value)];
     let state =
         |state: &str, count: usize| (Some(("state".to_string(), state.to_string())), count as u64);
+    let exporter = |figure: fn(&ExporterSnapshot) -> u64| -> Vec<(Option<(String, String)>, u64)> {
+        stats
+            .exporters
+            .iter()
+            .map(|(name, figures)| {
+                (
+                    Some(("exporter".to_string(), name.to_string())),
+                    figure(figures),
+                )
+            })
+            .collect()
+    };
     let families = [
+        (
+            "fanin_exporter_batches_sent_total",
+            "counter",
+            "Batches upstream took, by exporter.",
+            exporter(|figures| figures.batches_sent),
+        ),
+        (
+            "fanin_exporter_points_sent_total",
+            "counter",
+            "Data points (remote-write: samples) in the batches upstream took, by exporter.",
+            exporter(|figures| figures.points_sent),
+        ),
+        (
+            "fanin_exporter_batches_failed_total",
+            "counter",
+            "Batches upstream refused for good, by exporter.",
+            exporter(|figures| figures.batches_failed),
+        ),
+        (
+            "fanin_exporter_batches_dropped_total",
+            "counter",
+            "Batches dropped from a full queue while upstream did not take them, by exporter.",
+            exporter(|figures| figures.batches_dropped),
+        ),
+        (
+            "fanin_exporter_retries_total",
+            "counter",
+            "Attempts that failed and were retried later, by exporter.",
+            exporter(|figures| figures.retries),
+        ),
+        (
+            "fanin_exporter_points_rejected_total",
+            "counter",
+            "Points upstream refused through partial_success, by exporter.",
+            exporter(|figures| figures.points_rejected),
+        ),
+        (
+            "fanin_exporter_queued_batches",
+            "gauge",
+            "Batches waiting to be sent, by exporter.",
+            exporter(|figures| figures.queued),
+        ),
         (
             "fanin_requests_total",
             "counter",
@@ -774,7 +929,7 @@ mod tests {
                 true
             };
             let mut out = Out::new(&mut send);
-            out.sample("m", &Labels::of(&attributes), le, Total::Int(1));
+            out.sample("m", &Labels::of(labels(&attributes)), le, Total::Int(1));
             out.finish();
             page
         };
@@ -797,7 +952,7 @@ mod tests {
             chunks.len() < 2
         };
         let mut out = Out::new(&mut send);
-        let labels = Labels::of(&Attributes::default());
+        let labels = Labels::of(Vec::new());
         let mut lines = 0;
         while !out.closed {
             out.sample("a_sample_name", &labels, None, Total::Int(1));

@@ -53,7 +53,9 @@ pub use ingest::{Ingest, InstanceWriter, MetricKey, PointAttributes};
 pub use limits::Limits;
 pub use liveness::{Liveness, RetireReason, Retirement, SweepReport};
 pub use page::{Cursor, CursorError, Page};
-pub use stats::{Listener, RequestError, Stats, StatsSnapshot};
+pub use stats::{
+    ExporterFigures, ExporterKind, ExporterSnapshot, Listener, RequestError, Stats, StatsSnapshot,
+};
 pub use stream::{CollisionPolicy, Evidence, RunState, StreamState};
 
 use ingest::Streams;

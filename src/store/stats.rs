@@ -61,6 +61,93 @@ impl Listener {
     }
 }
 
+/// An exporter that sends the totals upstream (`export`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExporterKind {
+    Otlp,
+    RemoteWrite,
+}
+
+impl ExporterKind {
+    pub const ALL: [ExporterKind; 2] = [ExporterKind::Otlp, ExporterKind::RemoteWrite];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExporterKind::Otlp => "otlp",
+            ExporterKind::RemoteWrite => "prometheus_remote_write",
+        }
+    }
+}
+
+/// One exporter's figures.
+#[derive(Debug, Default)]
+pub struct ExporterFigures {
+    batches_sent: AtomicU64,
+    points_sent: AtomicU64,
+    batches_failed: AtomicU64,
+    batches_dropped: AtomicU64,
+    retries: AtomicU64,
+    points_rejected: AtomicU64,
+    queued: AtomicU64,
+}
+
+/// A copy of one exporter's figures.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct ExporterSnapshot {
+    /// Batches upstream took, and the points (samples) in them.
+    pub batches_sent: u64,
+    pub points_sent: u64,
+    /// Batches upstream refused for good.
+    pub batches_failed: u64,
+    /// Batches dropped from a full queue (a newer one superseded them).
+    pub batches_dropped: u64,
+    /// Attempts that failed and were retried later.
+    pub retries: u64,
+    /// Points upstream refused through `partial_success`.
+    pub points_rejected: u64,
+    /// Batches waiting now.
+    pub queued: u64,
+}
+
+impl ExporterFigures {
+    pub fn sent(&self, points: u64) {
+        add(&self.batches_sent, 1);
+        add(&self.points_sent, points);
+    }
+
+    pub fn failed(&self, batches: u64) {
+        add(&self.batches_failed, batches);
+    }
+
+    pub fn dropped(&self, batches: u64) {
+        add(&self.batches_dropped, batches);
+    }
+
+    pub fn retried(&self) {
+        add(&self.retries, 1);
+    }
+
+    pub fn rejected(&self, points: u64) {
+        add(&self.points_rejected, points);
+    }
+
+    pub fn queued(&self, batches: usize) {
+        self.queued.store(batches as u64, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> ExporterSnapshot {
+        ExporterSnapshot {
+            batches_sent: read(&self.batches_sent),
+            points_sent: read(&self.points_sent),
+            batches_failed: read(&self.batches_failed),
+            batches_dropped: read(&self.batches_dropped),
+            retries: read(&self.retries),
+            points_rejected: read(&self.points_rejected),
+            queued: read(&self.queued),
+        }
+    }
+}
+
 /// The counters. All updates are relaxed: they are statistics, not synchronisation.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -69,6 +156,7 @@ pub struct Stats {
     requests_unix: AtomicU64,
     request_errors: [AtomicU64; RequestError::ALL.len()],
     unauthenticated: [AtomicU64; Listener::ALL.len()],
+    exporters: [ExporterFigures; ExporterKind::ALL.len()],
     points_accepted: AtomicU64,
     points_rejected: [AtomicU64; RejectReason::ALL.len()],
     points_dropped: [AtomicU64; DropReason::ALL.len()],
@@ -84,6 +172,8 @@ pub struct StatsSnapshot {
     pub request_errors: Vec<(&'static str, u64)>,
     /// Requests refused for a missing or wrong bearer token, by listener.
     pub unauthenticated: Vec<(&'static str, u64)>,
+    /// Each exporter's figures (zero for one that is off).
+    pub exporters: Vec<(&'static str, ExporterSnapshot)>,
     pub points_received: u64,
     pub points_accepted: u64,
     pub points_rejected: Vec<(&'static str, u64)>,
@@ -123,6 +213,11 @@ impl Stats {
     /// Counts a request refused for a missing or wrong bearer token.
     pub fn unauthenticated(&self, listener: Listener) {
         add(&self.unauthenticated[listener as usize], 1);
+    }
+
+    /// One exporter's figures, to update.
+    pub fn exporter(&self, kind: ExporterKind) -> &ExporterFigures {
+        &self.exporters[kind as usize]
     }
 
     /// Counts the points of one request by what became of them.
@@ -178,6 +273,11 @@ impl Stats {
                 .iter()
                 .zip(&self.unauthenticated)
                 .map(|(listener, counter)| (listener.as_str(), read(counter)))
+                .collect(),
+            exporters: ExporterKind::ALL
+                .iter()
+                .zip(&self.exporters)
+                .map(|(kind, figures)| (kind.as_str(), figures.snapshot()))
                 .collect(),
             points_received,
             points_accepted,
