@@ -165,5 +165,57 @@ fn query_side(criterion: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, query_side);
+/// 100,000 aggregated series (2 instances × 25 metrics × 4,000 attribute combinations,
+/// the two instances' streams adding up in pairs): one interval's export, aggregation and
+/// encoding included, for each exporter.
+fn export_side(criterion: &mut Criterion) {
+    const SERIES_PER_METRIC: usize = 4_000;
+    let store = empty_store();
+    let writer = Writer {
+        transport: Transport::Grpc,
+        peer: None,
+        pid: None,
+    };
+    for instance in 0..2 {
+        let mut request = request(instance);
+        for metric in &mut request.resource_metrics[0].scope_metrics[0].metrics {
+            if let Some(Data::Sum(sum)) = &mut metric.data {
+                sum.data_points = (0..SERIES_PER_METRIC)
+                    .map(|index| NumberDataPoint {
+                        attributes: vec![attr("shard", format!("s{index}"))],
+                        start_time_unix_nano: 1,
+                        time_unix_nano: 10,
+                        value: Some(number_data_point::Value::AsInt(index as i64)),
+                        ..Default::default()
+                    })
+                    .collect();
+            }
+        }
+        store_message(&store, &request, writer);
+    }
+    let families = fanin::query::prometheus::Families::collect(&store, &[]);
+    assert_eq!(families.series(), METRICS * SERIES_PER_METRIC);
+    let mut group = criterion.benchmark_group("export/100k-series");
+    group.sample_size(10);
+    group.bench_function("otlp", |bench| {
+        let mut continuity = fanin::export::otlp::Continuity::default();
+        bench.iter(|| {
+            let families = fanin::query::prometheus::Families::collect(&store, &[]);
+            let (request, _) = fanin::export::otlp::request(&families, &[], &mut continuity, 10);
+            prost::Message::encode_to_vec(&request).len()
+        })
+    });
+    group.bench_function("prometheus_remote_write", |bench| {
+        bench.iter(|| {
+            let families = fanin::query::prometheus::Families::collect(&store, &[]);
+            fanin::export::remote_write::body(&families, 10, Vec::new()).map(|(body, _)| body.len())
+        })
+    });
+    group.bench_function("aggregation_alone", |bench| {
+        bench.iter(|| fanin::query::prometheus::Families::collect(&store, &[]).series())
+    });
+    group.finish();
+}
+
+criterion_group!(benches, query_side, export_side);
 criterion_main!(benches);

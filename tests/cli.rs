@@ -416,6 +416,56 @@ async fn beyond_loopback_with_tls_and_a_token_starts_and_sighup_reads_the_token_
 }
 
 #[test]
+fn serve_prints_a_line_per_exporter_that_is_on() {
+    let path = write_config(
+        "exporters",
+        "exporters:\n  otlp: {endpoint: \"http://127.0.0.1:1\", protocol: http/protobuf}\n  prometheus_remote_write: {url: \"http://127.0.0.1:1/api/v1/write\"}\n",
+    );
+    let mut command = Command::new(FANIN);
+    command
+        .args(["serve", "--config", path.to_str().expect("utf-8")])
+        .args(ANY_PORT)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = command.spawn().expect("start fanin");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let lines: Vec<String> = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .take(5)
+        .collect();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        lines[3..],
+        [
+            "exporter otlp sending to http://127.0.0.1:1/ (http/protobuf)",
+            "exporter prometheus_remote_write sending to http://127.0.0.1:1/api/v1/write",
+        ],
+        "{lines:?}"
+    );
+    let (code, _, stderr) = run(
+        &[
+            &["serve", "--config"][..],
+            &[
+                write_config("bad-export", "exporters: {otlp: {endpoint: \"ftp://x\"}}\n")
+                    .to_str()
+                    .expect("utf-8"),
+            ],
+            &ANY_PORT[..],
+        ]
+        .concat(),
+        &[],
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("config key `exporters.otlp.endpoint`"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_file(path);
+}
+
+#[test]
 fn default_config_is_built_in() {
     let (code, stdout, _) = run(&["default-config"], &[]);
     assert_eq!(code, Some(0));

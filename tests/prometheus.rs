@@ -266,7 +266,7 @@ async fn a_page_larger_than_a_batch_is_whole() {
 /// a job with another token records `up` 0. `None` when prometheus is not installed.
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_scrapes_over_tls_with_a_bearer_token() {
-    let Some(binary) = installed("prometheus") else {
+    let Some(binary) = common::installed("prometheus") else {
         assert!(
             std::env::var_os("CI").is_none(),
             "CI must run prometheus; .ci/run installs it"
@@ -308,12 +308,8 @@ async fn prometheus_scrapes_over_tls_with_a_bearer_token() {
     )
     .unwrap();
     // Prometheus cannot listen on port 0 and say which port it got: take a free one.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut prometheus = Killed(
+    let port = common::free_port();
+    let mut prometheus = common::Killed(
         Command::new(binary)
             .arg(format!("--config.file={}", config.display()))
             .arg(format!(
@@ -369,23 +365,4 @@ async fn prometheus_scrapes_over_tls_with_a_bearer_token() {
     );
     let _ = prometheus.0.kill();
     fanin.stop().await;
-}
-
-/// A child killed when the test ends, however it ends.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The path of `program` when it is on PATH.
-fn installed(program: &str) -> Option<std::path::PathBuf> {
-    std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|directory| directory.join(program))
-            .find(|candidate| candidate.is_file())
-    })
 }
