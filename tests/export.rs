@@ -11,7 +11,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Killed, TestFanin, eventually, export, free_port, start_with};
+use common::{Killed, TestFanin, eventually, export, free_port, promql, start_with};
 use fanin::config::{Endpoint, ExportCompression, ExportProtocol, Scalar};
 use fanin::model::AttrValue;
 use serde_json::{Value as Json, json};
@@ -32,18 +32,6 @@ async fn total(fanin: &TestFanin, metric: &str) -> Option<Json> {
 async fn send(fanin: &TestFanin, request: common::Export) {
     let response = fanin.export_grpc(request.build()).await.expect("export");
     assert_eq!(response.partial_success, None);
-}
-
-/// One PromQL instant query's first value, if it has one.
-async fn promql(port: u16, query: &str) -> Option<String> {
-    let query: String = form_urlencoded::byte_serialize(query.as_bytes()).collect();
-    let answer = reqwest::get(format!(
-        "http://127.0.0.1:{port}/api/v1/query?query={query}"
-    ))
-    .await
-    .ok()?;
-    let json: Json = serde_json::from_str(&answer.text().await.ok()?).ok()?;
-    Some(json["data"]["result"][0]["value"][1].as_str()?.to_string())
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -486,5 +474,41 @@ async fn otlp_export_over_tls_with_a_token_on_both_protocols() {
     for side in sidecars {
         side.stop().await;
     }
+    upstream.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn partial_success_from_upstream_is_counted_and_the_rest_delivered() {
+    // Upstream keeps one stream at most: of two, it refuses one through partial_success.
+    let upstream = start_with(|config| {
+        config.limits.max_series = std::num::NonZeroUsize::new(1).unwrap();
+    })
+    .await;
+    let side = start_with(|config| {
+        let otlp = &mut config.exporters.otlp;
+        otlp.endpoint = endpoint(&upstream.grpc_url());
+        otlp.interval = Duration::from_millis(100);
+    })
+    .await;
+    send(
+        &side,
+        export("w1")
+            .counter_with("jobs.done", &[("queue", "mail")], 1, 10, 3)
+            .counter_with("jobs.done", &[("queue", "sms")], 1, 10, 4),
+    )
+    .await;
+    let figures = eventually(WAIT, "a partial success counted", || async {
+        let figures = side.stats().await["exporters"]["otlp"].clone();
+        (figures["points_rejected"].as_u64() >= Some(1)).then_some(figures)
+    })
+    .await;
+    assert!(figures["batches_sent"].as_u64() >= Some(1), "{figures}");
+    assert_eq!(
+        figures["retries"],
+        json!(0),
+        "a partial success is not retried: {figures}"
+    );
+    assert_eq!(upstream.series("jobs.done").await.len(), 1);
+    side.stop().await;
     upstream.stop().await;
 }

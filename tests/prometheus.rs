@@ -322,19 +322,7 @@ async fn prometheus_scrapes_over_tls_with_a_bearer_token() {
             .spawn()
             .expect("start prometheus"),
     );
-    let promql = |query: &'static str| async move {
-        let query: String = form_urlencoded::byte_serialize(query.as_bytes()).collect();
-        let answer = reqwest::Client::new()
-            .get(format!(
-                "http://127.0.0.1:{port}/api/v1/query?query={query}"
-            ))
-            .send()
-            .await
-            .ok()?;
-        let json: serde_json::Value = serde_json::from_str(&answer.text().await.ok()?).ok()?;
-        let value = json["data"]["result"][0]["value"][1].as_str()?.to_string();
-        Some(value)
-    };
+    let promql = |query: &'static str| common::promql(port, query);
     let total = common::eventually(
         std::time::Duration::from_secs(60),
         "prometheus scrapes fanin",

@@ -52,6 +52,18 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
+/// One PromQL instant query's first value, from a Prometheus on 127.0.0.1:`port`.
+pub async fn promql(port: u16, query: &str) -> Option<String> {
+    let query: String = form_urlencoded::byte_serialize(query.as_bytes()).collect();
+    let answer = reqwest::get(format!(
+        "http://127.0.0.1:{port}/api/v1/query?query={query}"
+    ))
+    .await
+    .ok()?;
+    let json: Json = serde_json::from_str(&answer.text().await.ok()?).ok()?;
+    Some(json["data"]["result"][0]["value"][1].as_str()?.to_string())
+}
+
 pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
 
 /// A running fanin with every listener on an ephemeral loopback port.
