@@ -276,12 +276,18 @@ impl App {
             (server, path)
         });
         let sweeper = sweep(store.clone(), liveness, shutdown.clone());
+        // Exporters stop after the receivers have drained, so their last batch has the
+        // workers' final exports in it.
         let rules: Arc<[crate::config::AggregationRule]> = config.aggregation.rules.clone().into();
-        let exporting = futures_util::future::join_all(
-            exporters
-                .into_iter()
-                .map(|exporter| exporter.run(store.clone(), Arc::clone(&rules), shutdown.clone())),
-        );
+        let export_shutdown = CancellationToken::new();
+        let exporting = futures_util::future::join_all(exporters.into_iter().map(|exporter| {
+            exporter.run(
+                store.clone(),
+                Arc::clone(&rules),
+                query_settings.workers.clone(),
+                export_shutdown.clone(),
+            )
+        }));
         let watcher = security::watch(
             vec![
                 Arc::clone(&guards.grpc),
@@ -311,42 +317,44 @@ impl App {
                 source,
             }
         };
-        tokio::try_join!(
-            async {
-                grpc_server
-                    .await
-                    .map_err(|error| serve_error("OTLP/gRPC")(error.into()))
-            },
-            async {
-                http_server.await;
-                Ok(())
-            },
-            async {
-                query_server.await;
-                Ok(())
-            },
-            async {
-                sweeper.await;
-                Ok(())
-            },
-            async {
-                watcher.await;
-                Ok(())
-            },
-            async {
-                exporting.await;
-                Ok(())
-            },
-            async {
-                let Some((server, path)) = unix_server else {
-                    return Ok(());
-                };
-                let served = server.await;
-                // Leave no socket file behind: the next fanin would have to tell it is stale.
-                let _ = std::fs::remove_file(&path);
-                served.map_err(|error| serve_error("OTLP/gRPC unix socket")(error.into()))
-            },
-        )?;
+        let servers = async {
+            let served = tokio::try_join!(
+                async {
+                    grpc_server
+                        .await
+                        .map_err(|error| serve_error("OTLP/gRPC")(error.into()))
+                },
+                async {
+                    http_server.await;
+                    Ok(())
+                },
+                async {
+                    query_server.await;
+                    Ok(())
+                },
+                async {
+                    sweeper.await;
+                    Ok(())
+                },
+                async {
+                    watcher.await;
+                    Ok(())
+                },
+                async {
+                    let Some((server, path)) = unix_server else {
+                        return Ok(());
+                    };
+                    let served = server.await;
+                    // Leave no socket file behind: the next fanin would have to tell it is stale.
+                    let _ = std::fs::remove_file(&path);
+                    served.map_err(|error| serve_error("OTLP/gRPC unix socket")(error.into()))
+                },
+            );
+            export_shutdown.cancel();
+            served
+        };
+        let (served, _) = tokio::join!(servers, exporting);
+        served?;
         Ok(())
     }
 }

@@ -117,8 +117,9 @@ pub struct OtlpExporterConfig {
     pub ca_file: Option<PathBuf>,
     /// Attributes naming this sidecar, over its defaults (`host.name`, `service.instance.id`).
     pub resource: std::collections::BTreeMap<String, Scalar>,
-    /// Batches kept while upstream does not take them.
+    /// Batches kept while upstream does not take them, and their most bytes.
     pub queue_size: NonZeroUsize,
+    pub max_queue_bytes: NonZeroUsize,
 }
 
 /// The Prometheus remote-write exporter.
@@ -136,6 +137,7 @@ pub struct RemoteWriteConfig {
     /// Labels added to every series, over the default `fanin_instance`.
     pub external_labels: std::collections::BTreeMap<String, String>,
     pub queue_size: NonZeroUsize,
+    pub max_queue_bytes: NonZeroUsize,
 }
 
 /// An `http://` or `https://` URL with a host, checked when the config is loaded.
@@ -549,6 +551,27 @@ impl Config {
             path: format!("{key}.{field}"),
             message: message.to_string(),
         };
+        let exporters = &self.exporters;
+        for (key, interval, timeout) in [
+            (
+                "exporters.otlp",
+                exporters.otlp.interval,
+                exporters.otlp.timeout,
+            ),
+            (
+                "exporters.prometheus_remote_write",
+                exporters.prometheus_remote_write.interval,
+                exporters.prometheus_remote_write.timeout,
+            ),
+        ] {
+            const DAY: Duration = Duration::from_secs(86_400);
+            if !(Duration::from_millis(100)..=DAY).contains(&interval) {
+                return Err(invalid(key, "interval", "must be between 100ms and 24h"));
+            }
+            if !(Duration::from_millis(1)..=Duration::from_secs(600)).contains(&timeout) {
+                return Err(invalid(key, "timeout", "must be between 1ms and 10m"));
+            }
+        }
         for listener in self.tcp_listeners() {
             let (key, tls, auth) = (listener.key, listener.tls, listener.auth);
             match (&tls.cert_file, &tls.key_file) {
@@ -632,7 +655,11 @@ fn expand_env(
                 message,
             })?;
             let whole_reference = text.starts_with("${") && text.ends_with('}');
-            *tree = if whole_reference {
+            // A token or a header is text whatever it looks like: "007" stays "007", and
+            // an empty variable stays empty (and is refused) instead of turning auth off.
+            let secret = path.last().is_some_and(|key| key == "token")
+                || path.iter().rev().nth(1).is_some_and(|key| key == "headers");
+            *tree = if whole_reference && !secret {
                 serde_saphyr::from_str::<Tree>(&expanded)
                     .ok()
                     .filter(|value| !value.is_object() && !value.is_array())
@@ -882,8 +909,10 @@ mod tests {
     #[test]
     fn tls_and_token_keys_are_checked_together() {
         let over_default = |yaml: &str| {
-            Config::from_yaml_over_default_with_env(yaml, &|name| {
-                (name == "TOKEN").then(|| "12345".to_string())
+            Config::from_yaml_over_default_with_env(yaml, &|name| match name {
+                "TOKEN" => Some("0012345".to_string()),
+                "EMPTY" => Some(String::new()),
+                _ => None,
             })
         };
         let error = |yaml: &str| over_default(yaml).expect_err("refused").to_string();
@@ -910,7 +939,16 @@ mod tests {
         let config = over_default("receivers: {otlp: {grpc: {auth: {token: \"${env:TOKEN}\"}}}}")
             .expect("a token of digits from the environment");
         let token = config.receivers.otlp.grpc.auth.token.expect("token");
-        assert_eq!(token.0, "12345");
+        assert_eq!(token.0, "0012345", "kept as text, leading zeros and all");
+        let empty = error("query: {auth: {token: \"${env:EMPTY}\"}}");
+        assert!(
+            empty.starts_with("config key `query.auth.token`: the token is empty"),
+            "{empty}"
+        );
+        let header = over_default("exporters: {otlp: {headers: {x-key: \"${env:TOKEN}\"}}}")
+            .expect("a header from the environment");
+        assert_eq!(header.exporters.otlp.headers["x-key"].0, "0012345");
+        assert!(error("exporters: {otlp: {interval: 0s}}").contains("`exporters.otlp.interval`"));
         assert_eq!(format!("{token:?}"), "Secret(..)", "never shown");
     }
 

@@ -250,10 +250,12 @@ fn serve(config: Config) -> anyhow::Result<()> {
     })
 }
 
-/// SIGINT and SIGTERM, caught from the moment they are installed.
+/// SIGINT and SIGTERM, caught from the moment they are installed; SIGHUP too, so that it
+/// never ends fanin (the app reads its certificate and token files again on it).
 struct Signals {
     interrupt: tokio::signal::unix::Signal,
     terminate: tokio::signal::unix::Signal,
+    _hangup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -262,6 +264,7 @@ impl Signals {
         Ok(Signals {
             interrupt: signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?,
             terminate: signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?,
+            _hangup: signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?,
         })
     }
 

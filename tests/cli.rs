@@ -466,6 +466,19 @@ fn serve_prints_a_line_per_exporter_that_is_on() {
 }
 
 #[test]
+fn sighup_without_files_to_read_is_logged_and_does_not_stop_fanin() {
+    let served = serve(&ANY_PORT, &[]);
+    served.signal(Signal::SIGHUP);
+    // Still serving after the signal: a request is answered.
+    let health = fanin::check::poll_until(WAIT, || {
+        Ok::<_, std::io::Error>(std::net::TcpStream::connect(served.query).ok().map(|_| ()))
+    });
+    assert!(matches!(health, Ok(Some(()))), "fanin still listens");
+    let (status, stderr) = served.stop_with_stderr();
+    assert_eq!(status.code(), Some(0), "SIGHUP did not end fanin: {stderr}");
+}
+
+#[test]
 fn default_config_is_built_in() {
     let (code, stdout, _) = run(&["default-config"], &[]);
     assert_eq!(code, Some(0));

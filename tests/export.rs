@@ -512,3 +512,39 @@ async fn partial_success_from_upstream_is_counted_and_the_rest_delivered() {
     side.stop().await;
     upstream.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn at_shutdown_the_last_exports_go_upstream_and_point_attributes_stay_on_points() {
+    let upstream = common::start().await;
+    let side = start_with(|config| {
+        let otlp = &mut config.exporters.otlp;
+        otlp.endpoint = endpoint(&upstream.grpc_url());
+        // Never within the test: only the batch sent at shutdown can carry the total.
+        otlp.interval = Duration::from_secs(3600);
+    })
+    .await;
+    // Every series has queue=mail, but it is a point attribute, not the resource's.
+    send(
+        &side,
+        export("w1").counter_with("jobs.done", &[("queue", "mail")], 1, 10, 11),
+    )
+    .await;
+    side.stop().await;
+    let series = total(&upstream, "jobs.done")
+        .await
+        .expect("sent at shutdown");
+    assert_eq!(series["value"], json!(11));
+    let streams = upstream.series("jobs.done").await;
+    assert_eq!(
+        streams[0]["attributes"],
+        json!({"queue": "mail"}),
+        "{streams:?}"
+    );
+    assert!(streams[0]["instance"]["queue"].is_null(), "{streams:?}");
+    assert_eq!(
+        streams[0]["instance"]["service.name"],
+        json!("app"),
+        "{streams:?}"
+    );
+    upstream.stop().await;
+}

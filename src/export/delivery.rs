@@ -2,9 +2,10 @@
 //! on what the protocol calls retryable, no retry on permanent errors.
 //!
 //! Each interval's batch holds every series' latest cumulative total (or live value), so
-//! a later batch supersedes an earlier one: when the queue is full the oldest batch is
-//! dropped, and while upstream is down the queue holds at most `queue_size` batches, the
-//! newest among them, which is what reaches upstream when it is back.
+//! a later batch supersedes an earlier one: when the queue holds `queue_size` batches or
+//! `max_queue_bytes` the oldest batch is dropped (the newest is always kept), so while
+//! upstream is down the queue holds the newest batches, which are sent oldest first when
+//! it is back, the newest totals last.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -46,6 +47,9 @@ pub struct Queue {
     kind: ExporterKind,
     batches: VecDeque<Batch>,
     capacity: usize,
+    /// Most bytes of bodies held; the newest batch is kept even alone over it.
+    max_bytes: usize,
+    bytes: usize,
     backoff: Duration,
     /// When the head may be tried again.
     retry_at: Option<Instant>,
@@ -54,24 +58,36 @@ pub struct Queue {
 }
 
 impl Queue {
-    pub fn new(kind: ExporterKind, capacity: usize) -> Queue {
+    pub fn new(kind: ExporterKind, capacity: usize, max_bytes: usize) -> Queue {
         Queue {
             kind,
             batches: VecDeque::with_capacity(capacity.min(1024)),
             capacity: capacity.max(1),
+            max_bytes,
+            bytes: 0,
             backoff: FIRST_BACKOFF,
             retry_at: None,
             failing: false,
         }
     }
 
-    /// Adds a batch, dropping the oldest when the queue is full.
+    /// Adds a batch, dropping the oldest while the queue holds too many or too many bytes.
     pub fn push(&mut self, batch: Batch, stats: &Stats) {
-        if self.batches.len() >= self.capacity && self.batches.pop_front().is_some() {
+        self.bytes += batch.body.len();
+        self.batches.push_back(batch);
+        while self.batches.len() > 1
+            && (self.batches.len() > self.capacity || self.bytes > self.max_bytes)
+        {
+            self.pop();
             stats.exporter(self.kind).dropped(1);
         }
-        self.batches.push_back(batch);
         stats.exporter(self.kind).queued(self.batches.len());
+    }
+
+    fn pop(&mut self) -> Option<Batch> {
+        let batch = self.batches.pop_front()?;
+        self.bytes -= batch.body.len();
+        Some(batch)
     }
 
     /// The batch to send now, if any and if the back-off allows.
@@ -101,7 +117,7 @@ impl Queue {
         let name = self.kind.as_str();
         match attempt {
             Attempt::Delivered { rejected, message } => {
-                if let Some(batch) = self.batches.pop_front() {
+                if let Some(batch) = self.pop() {
                     figures.sent(batch.points);
                 }
                 if rejected > 0 || !message.is_empty() {
@@ -122,7 +138,10 @@ impl Queue {
             }
             Attempt::Retry { reason, after } => {
                 figures.retried();
-                let pause = after.unwrap_or(self.backoff).min(MAX_BACKOFF);
+                // Upstream may ask for a longer pause, never a shorter one: a Retry-After
+                // of 0 must not turn the back-off into a loop.
+                let pause = after.map_or(self.backoff, |after| after.max(self.backoff));
+                let pause = pause.min(MAX_BACKOFF);
                 if !self.failing {
                     tracing::warn!(exporter = name, %reason, "Upstream does not take batches; retrying with back-off");
                 }
@@ -132,8 +151,9 @@ impl Queue {
                 self.retry_at = Some(now + pause);
             }
             Attempt::Permanent { reason } => {
-                self.batches.pop_front();
+                self.pop();
                 figures.failed(1);
+                self.failing = false;
                 tracing::warn!(exporter = name, %reason, "Upstream refused a batch for good; dropped it");
                 self.backoff = FIRST_BACKOFF;
                 self.retry_at = None;
@@ -146,6 +166,7 @@ impl Queue {
     pub fn supersede(&mut self, stats: &Stats) {
         let dropped = self.batches.len() as u64;
         self.batches.clear();
+        self.bytes = 0;
         stats.exporter(self.kind).dropped(dropped);
         stats.exporter(self.kind).queued(0);
         self.retry_at = None;
@@ -190,7 +211,7 @@ mod tests {
     #[test]
     fn the_queue_is_bounded_backs_off_and_resets_when_upstream_is_back() {
         let stats = Stats::default();
-        let mut queue = Queue::new(ExporterKind::Otlp, 3);
+        let mut queue = Queue::new(ExporterKind::Otlp, 3, usize::MAX);
         let now = Instant::now();
         for points in 1..=5 {
             queue.push(batch(points), &stats);
@@ -205,9 +226,11 @@ mod tests {
         assert!(queue.ready(later).is_some());
         queue.settle(retry(None), later, &stats);
         assert_eq!(queue.retry_at(), Some(later + FIRST_BACKOFF * 2), "doubled");
-        // Upstream's own pause wins, capped.
+        // Upstream's own pause wins when longer, capped; a shorter one does not.
         queue.settle(retry(Some(Duration::from_secs(7))), later, &stats);
         assert_eq!(queue.retry_at(), Some(later + Duration::from_secs(7)));
+        queue.settle(retry(Some(Duration::ZERO)), later, &stats);
+        assert_eq!(queue.retry_at(), Some(later + FIRST_BACKOFF * 8));
         queue.settle(retry(Some(Duration::from_secs(3600))), later, &stats);
         assert_eq!(queue.retry_at(), Some(later + MAX_BACKOFF));
 
@@ -236,11 +259,31 @@ mod tests {
                 figures.retries,
                 figures.batches_sent
             ),
-            (2, 4, 1)
+            (2, 5, 1)
         );
         assert_eq!(
             (figures.points_sent, figures.batches_failed, figures.queued),
             (3, 1, 1)
+        );
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes_and_keeps_the_newest() {
+        let stats = Stats::default();
+        let mut queue = Queue::new(ExporterKind::RemoteWrite, 100, 10);
+        let sized = |len: usize, points: u64| Batch {
+            body: Bytes::from(vec![0; len]),
+            points,
+        };
+        queue.push(sized(4, 1), &stats);
+        queue.push(sized(4, 2), &stats);
+        queue.push(sized(4, 3), &stats);
+        assert_eq!(queue.len(), 2, "12 bytes > 10: the oldest goes");
+        queue.push(sized(50, 4), &stats);
+        assert_eq!(queue.len(), 1, "the newest stays even alone over the bound");
+        assert_eq!(
+            queue.ready(Instant::now()).map(|batch| batch.points),
+            Some(4)
         );
     }
 

@@ -2,10 +2,11 @@
 //! (`docs/design.md`, "Beyond one machine").
 //!
 //! Each exporter, every `interval`, aggregates the store as `/metrics` does
-//! ([`Families::collect`], on tokio's blocking pool), encodes one batch ([`otlp`],
-//! [`remote_write`]) and queues it ([`delivery`]); the head of the queue is sent when the
-//! back-off allows. At shutdown each exporter makes one last attempt with the latest
-//! totals, bounded by its timeout.
+//! ([`Families::collect`], on the query threads, in the background of ingest), encodes one
+//! batch ([`otlp`], [`remote_write`]) and queues it ([`delivery`]); the head of the queue is
+//! sent when the back-off allows. Once the receivers have drained at shutdown, each
+//! exporter makes one last attempt with the newest totals, bounded by its timeout and
+//! [`FINAL_ATTEMPT`].
 
 pub mod delivery;
 pub mod otlp;
@@ -29,12 +30,16 @@ use crate::config::{
     RemoteWriteConfig, Secret,
 };
 use crate::model::AttrValue;
+use crate::query::Workers;
 use crate::query::prometheus::Families;
 use crate::store::{ExporterKind, Store};
 use delivery::{Attempt, Batch, Queue};
 
 /// The gRPC method OTLP metrics are sent to.
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+
+/// Longest the last attempt at shutdown may take.
+pub const FINAL_ATTEMPT: Duration = Duration::from_secs(5);
 
 /// An exporter that cannot be set up, under the key that says why.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +55,7 @@ pub struct Exporter {
     interval: Duration,
     timeout: Duration,
     queue_size: usize,
+    max_queue_bytes: usize,
     upstream: Upstream,
     encoding: Encoding,
     /// Where it sends, for the start-up line.
@@ -158,6 +164,7 @@ fn otlp_exporter(
         interval: config.interval,
         timeout: config.timeout,
         queue_size: config.queue_size.get(),
+        max_queue_bytes: config.max_queue_bytes.get(),
         target: format!(
             "{endpoint} ({})",
             match config.protocol {
@@ -206,6 +213,7 @@ fn remote_write_exporter(
         interval: config.interval,
         timeout: config.timeout,
         queue_size: config.queue_size.get(),
+        max_queue_bytes: config.max_queue_bytes.get(),
         target: url.to_string(),
         upstream: Upstream::Http {
             client: Box::new(http_client(config.ca_file.as_deref(), key)?),
@@ -334,8 +342,13 @@ fn unix_nanos() -> u64 {
 }
 
 impl Exporter {
-    /// The batch of the store's totals now, built on the blocking pool.
-    async fn batch(&self, store: &Store, rules: &Arc<[AggregationRule]>) -> Option<Batch> {
+    /// The batch of the store's totals now, built on the query threads.
+    async fn batch(
+        &self,
+        store: &Store,
+        rules: &Arc<[AggregationRule]>,
+        workers: &Workers,
+    ) -> Option<Batch> {
         let (store, rules) = (store.clone(), Arc::clone(rules));
         let encoding = match &self.encoding {
             Encoding::Otlp {
@@ -352,11 +365,12 @@ impl Exporter {
             },
         };
         let kind = self.kind.as_str();
-        let built = tokio::task::spawn_blocking(move || {
-            let families = Families::collect(&store, &rules);
-            encode(&families, &encoding)
-        })
-        .await;
+        let built = workers
+            .run(move || {
+                let families = Families::collect(&store, &rules);
+                encode(&families, &encoding)
+            })
+            .await;
         match built {
             Ok(Ok(batch)) => Some(batch),
             Ok(Err(error)) => {
@@ -364,18 +378,18 @@ impl Exporter {
                 None
             }
             Err(error) => {
-                tracing::warn!(exporter = kind, %error, "The batch task failed");
+                tracing::warn!(exporter = kind, %error, "Building a batch failed");
                 None
             }
         }
     }
 
-    /// Sends one batch once.
-    async fn attempt(&self, batch: &Batch) -> Attempt {
-        match tokio::time::timeout(self.timeout, self.send(batch)).await {
+    /// Sends one batch once, waiting at most `timeout`.
+    async fn attempt(&self, batch: &Batch, timeout: Duration) -> Attempt {
+        match tokio::time::timeout(timeout, self.send(batch)).await {
             Ok(attempt) => attempt,
             Err(_) => Attempt::Retry {
-                reason: format!("no answer within {:?}", self.timeout),
+                reason: format!("no answer within {timeout:?}"),
                 after: None,
             },
         }
@@ -400,17 +414,18 @@ impl Exporter {
     }
 
     /// Runs until `shutdown`: a batch every interval, sent as the queue and back-off allow;
-    /// then one last attempt with the newest totals.
+    /// then one last attempt with the newest totals (call it once the receivers are done).
     pub async fn run(
         self,
         store: Store,
         rules: Arc<[AggregationRule]>,
+        workers: Workers,
         shutdown: CancellationToken,
     ) {
         let stats = store.stats();
-        let mut queue = Queue::new(self.kind, self.queue_size);
+        let mut queue = Queue::new(self.kind, self.queue_size, self.max_queue_bytes);
         let mut next_batch = Instant::now() + self.interval;
-        loop {
+        'export: loop {
             let wake = match queue.retry_at() {
                 Some(retry) => retry.min(next_batch),
                 None if queue.is_empty() => next_batch,
@@ -422,32 +437,37 @@ impl Exporter {
             }
             if Instant::now() >= next_batch {
                 next_batch = Instant::now() + self.interval;
-                if let Some(batch) = self.batch(&store, &rules).await {
+                if let Some(batch) = self.batch(&store, &rules, &workers).await {
                     queue.push(batch, stats);
                 }
             }
             while let Some(batch) = queue.ready(Instant::now()) {
                 let batch = batch.clone();
                 let attempt = tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    attempt = self.attempt(&batch) => attempt,
+                    () = shutdown.cancelled() => break 'export,
+                    attempt = self.attempt(&batch, self.timeout) => attempt,
                 };
                 queue.settle(attempt, Instant::now(), stats);
             }
         }
         // The newest totals, once: cumulative series lose nothing by skipping older batches.
         queue.supersede(stats);
-        if let Some(batch) = self.batch(&store, &rules).await {
-            let attempt = self.attempt(&batch).await;
-            if !matches!(attempt, Attempt::Delivered { .. }) {
-                tracing::warn!(
-                    exporter = self.kind.as_str(),
-                    ?attempt,
-                    "The last totals did not reach upstream at shutdown"
-                );
+        if let Some(batch) = self.batch(&store, &rules, &workers).await {
+            let attempt = self.attempt(&batch, self.timeout.min(FINAL_ATTEMPT)).await;
+            match attempt {
+                Attempt::Delivered { .. } => {
+                    queue.push(batch, stats);
+                    queue.settle(attempt, Instant::now(), stats);
+                }
+                failed => {
+                    tracing::warn!(
+                        exporter = self.kind.as_str(),
+                        attempt = ?failed,
+                        "The last totals did not reach upstream at shutdown"
+                    );
+                    stats.exporter(self.kind).failed(1);
+                }
             }
-            queue.push(batch, stats);
-            queue.settle(attempt, Instant::now(), stats);
         }
     }
 
@@ -539,7 +559,9 @@ async fn send_grpc(
                 .and_then(|info| info.retry_delay);
             let reason = format!("{:?}: {}", status.code(), status.message());
             match status.code() {
-                Code::Cancelled
+                // A connection that broke in the middle of a call (no grpc-status at all).
+                Code::Unknown
+                | Code::Cancelled
                 | Code::DeadlineExceeded
                 | Code::Aborted
                 | Code::OutOfRange

@@ -146,18 +146,15 @@ pub fn request(
     (request, points)
 }
 
-/// Attributes every group of every family has with the same value.
+/// Resource attributes every instance shares that every group of every family has with the
+/// same value (a point attribute of that name would win over the resource's in a group).
 fn common_attributes(families: &Families) -> Vec<(String, AttrValue)> {
-    let mut groups = families.iter().flat_map(|family| family.groups.iter());
-    let Some(first) = groups.next() else {
-        return Vec::new();
-    };
-    let mut common: Vec<(String, AttrValue)> = first
-        .attributes
+    let mut common: Vec<(String, AttrValue)> = families
+        .shared_resource()
         .iter()
         .map(|(key, value)| (key.to_string(), value.clone()))
         .collect();
-    for group in groups {
+    for group in families.iter().flat_map(|family| family.groups.iter()) {
         common.retain(|(key, value)| group.attributes.get(key) == Some(value));
         if common.is_empty() {
             break;

@@ -36,9 +36,12 @@ pub struct Sample {
     pub timestamp: i64,
 }
 
-/// Collects samples into a `WriteRequest`, one time series per sample, at one timestamp.
+/// Encodes samples as a `WriteRequest`, one time series per sample, at one timestamp. Each
+/// series is encoded as it comes (field 1 of the request, repeated), so only the encoded
+/// body is held, never the messages.
 pub struct RemoteWriteSink {
-    pub request: WriteRequest,
+    body: Vec<u8>,
+    series: usize,
     timestamp_ms: i64,
     /// Labels added to every series (`external_labels`, this sidecar's identity).
     external: Vec<Label>,
@@ -47,7 +50,8 @@ pub struct RemoteWriteSink {
 impl RemoteWriteSink {
     pub fn new(timestamp_ms: i64, external: Vec<(String, String)>) -> RemoteWriteSink {
         RemoteWriteSink {
-            request: WriteRequest::default(),
+            body: Vec::new(),
+            series: 0,
             timestamp_ms,
             external: external
                 .into_iter()
@@ -92,13 +96,15 @@ impl SampleSink for RemoteWriteSink {
             Total::Int(value) => value as f64,
             Total::Double(value) => value,
         };
-        self.request.timeseries.push(TimeSeries {
+        let series = TimeSeries {
             labels: all,
             samples: vec![Sample {
                 value,
                 timestamp: self.timestamp_ms,
             }],
-        });
+        };
+        prost::encoding::message::encode(1, &series, &mut self.body);
+        self.series += 1;
     }
 }
 
@@ -111,11 +117,41 @@ pub fn body(
     timestamp_ms: i64,
     external: Vec<(String, String)>,
 ) -> Result<(Vec<u8>, usize), snap::Error> {
-    use prost::Message;
     let mut sink = RemoteWriteSink::new(timestamp_ms, external);
     families.write_to(&mut sink);
-    let samples = sink.request.timeseries.len();
-    let encoded = sink.request.encode_to_vec();
-    let compressed = snap::raw::Encoder::new().compress_vec(&encoded)?;
-    Ok((compressed, samples))
+    let compressed = snap::raw::Encoder::new().compress_vec(&sink.body)?;
+    Ok((compressed, sink.series))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    #[test]
+    fn series_encoded_one_by_one_read_back_as_one_write_request() {
+        let mut sink = RemoteWriteSink::new(7, vec![("fanin_instance".into(), "a".into())]);
+        let labels = sink.labels(vec![("route".into(), "/a".into())]);
+        sink.sample("x_total", &labels, None, Total::Int(3));
+        sink.sample("h_bucket", &labels, Some("+Inf"), Total::Double(2.5));
+        let request = WriteRequest::decode(sink.body.as_slice()).expect("a WriteRequest");
+        assert_eq!(request.timeseries.len(), 2);
+        let names: Vec<&str> = request.timeseries[1]
+            .labels
+            .iter()
+            .map(|label| label.name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["__name__", "fanin_instance", "le", "route"],
+            "sorted"
+        );
+        assert_eq!(
+            request.timeseries[0].samples,
+            [Sample {
+                value: 3.0,
+                timestamp: 7
+            }]
+        );
+    }
 }

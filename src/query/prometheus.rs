@@ -146,12 +146,27 @@ pub struct Family {
     pub groups: Vec<Group>,
 }
 
-/// Every metric's family, in name order.
-pub struct Families(Vec<Family>);
+/// Every metric's family, in name order, with what `/metrics` would know besides.
+pub struct Families {
+    families: Vec<Family>,
+    /// The names fanin's own metrics take on `/metrics`: a family with one is left out.
+    reserved: HashSet<String>,
+    /// Resource attributes (instance attributes dropped) every instance has with the same
+    /// value, e.g. `service.name` when one service runs here.
+    shared_resource: Attributes,
+}
 
 impl Families {
     /// Aggregates every metric in the store ([`each_answer`]).
     pub fn collect(store: &Store, rules: &[AggregationRule]) -> Families {
+        let mut reserved = HashSet::new();
+        {
+            let mut discard = |_: String| true;
+            let mut out = Out::new(&mut discard);
+            self_metrics(&mut out, store);
+            std::mem::swap(&mut reserved, &mut out.used);
+        }
+        let shared_resource = shared_resource(store);
         let mut families = Vec::new();
         each_answer(store, rules, &mut |identity, agg, answer| {
             families.push(Family {
@@ -162,29 +177,60 @@ impl Families {
             });
             true
         });
-        Families(families)
+        Families {
+            families,
+            reserved,
+            shared_resource,
+        }
     }
 
+    /// The families whose names `/metrics` does not leave out.
     pub fn iter(&self) -> impl Iterator<Item = &Family> {
-        self.0.iter()
+        let mut used = self.reserved.clone();
+        self.families
+            .iter()
+            .filter(move |family| FamilyName::of(&family.metric, family.agg).take(&mut used))
+    }
+
+    /// Resource attributes every instance shares.
+    pub fn shared_resource(&self) -> &Attributes {
+        &self.shared_resource
     }
 
     /// Series in all families (samples of histograms not counted apart).
     pub fn series(&self) -> usize {
-        self.0.iter().map(|family| family.groups.len()).sum()
+        self.families.iter().map(|family| family.groups.len()).sum()
     }
 
     /// Writes every family's samples as `/metrics` names them, leaving out a family whose
     /// name is taken, as `/metrics` does.
     pub fn write_to<S: SampleSink>(&self, sink: &mut S) {
-        let mut used = HashSet::new();
-        for family in &self.0 {
+        let mut used = self.reserved.clone();
+        for family in &self.families {
             let name = FamilyName::of(&family.metric, family.agg);
             if name.take(&mut used) {
                 write_groups(sink, &name, &family.groups);
             }
         }
     }
+}
+
+/// The resource attributes, instance attributes dropped, that every instance not yet
+/// evicted has with the same value.
+fn shared_resource(store: &Store) -> Attributes {
+    let instances = store.instances();
+    let mut resources = instances
+        .iter()
+        .filter(|instance| !instance.evicted)
+        .map(|instance| store.instance_attributes().strip(&instance.attributes));
+    let Some(first) = resources.next() else {
+        return Attributes::default();
+    };
+    let rest: Vec<Attributes> = resources.collect();
+    first.retain(|key| {
+        let value = first.get(key);
+        rest.iter().all(|resource| resource.get(key) == value)
+    })
 }
 
 /// Where samples go: the `/metrics` page, or a remote-write request.

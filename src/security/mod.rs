@@ -59,6 +59,8 @@ struct Live {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Stamp {
     modified: Option<SystemTime>,
+    /// The inode's change time: a `chmod` that makes an unreadable file readable shows here.
+    changed: (i64, i64),
     len: u64,
     inode: u64,
 }
@@ -158,6 +160,7 @@ impl Guard {
             .map(|path| {
                 std::fs::metadata(path).ok().map(|metadata| Stamp {
                     modified: metadata.modified().ok(),
+                    changed: (metadata.ctime(), metadata.ctime_nsec()),
                     len: metadata.len(),
                     inode: metadata.ino(),
                 })
@@ -232,15 +235,13 @@ impl Guard {
 }
 
 /// Refreshes the guards every [`REFRESH_INTERVAL`], and at once on SIGHUP, until shutdown.
-/// Returns at once when no guard reads a file.
+/// SIGHUP is caught even when no guard reads a file (it then only logs), so that it never
+/// ends fanin.
 pub async fn watch(guards: Vec<Arc<Guard>>, shutdown: CancellationToken) {
     let guards: Vec<_> = guards
         .into_iter()
         .filter(|guard| guard.has_files())
         .collect();
-    if guards.is_empty() {
-        return;
-    }
     let mut hangup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(signal) => Some(signal),
         Err(error) => {
@@ -254,7 +255,7 @@ pub async fn watch(guards: Vec<Arc<Guard>>, shutdown: CancellationToken) {
     loop {
         let force = tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = interval.tick() => false,
+            _ = interval.tick(), if !guards.is_empty() => false,
             Some(()) = async {
                 match &mut hangup {
                     Some(signal) => signal.recv().await,
@@ -263,7 +264,11 @@ pub async fn watch(guards: Vec<Arc<Guard>>, shutdown: CancellationToken) {
             } => true,
         };
         if force {
-            tracing::info!("SIGHUP: reading certificate and token files again");
+            if guards.is_empty() {
+                tracing::info!("SIGHUP: no certificate or token files to read again");
+            } else {
+                tracing::info!("SIGHUP: reading certificate and token files again");
+            }
         }
         for guard in &guards {
             guard.refresh(force);
