@@ -148,6 +148,7 @@ fn peer_gone(error: &io::Error) -> bool {
 pub struct Admitted {
     stream: TcpStream,
     _slot: OwnedSemaphorePermit,
+    first_timeout: Duration,
     idle_timeout: Duration,
     quiet: Pin<Box<Sleep>>,
 }
@@ -163,9 +164,18 @@ impl Admitted {
         Admitted {
             stream,
             _slot: slot,
+            first_timeout: first.min(idle_timeout),
             idle_timeout,
             quiet: Box::pin(tokio::time::sleep(first.min(idle_timeout))),
         }
+    }
+
+    /// After a TLS handshake: the first request's bytes must come within the header
+    /// timeout, as on a plain connection, not within the idle timeout the handshake's own
+    /// bytes started.
+    fn await_first_request(&mut self) {
+        let deadline = Instant::now() + self.first_timeout;
+        self.quiet.as_mut().reset(deadline);
     }
 }
 
@@ -254,7 +264,10 @@ async fn secure(
         return Some(Connection::Plain(connection));
     };
     match tokio::time::timeout(timeout, acceptor.accept(connection)).await {
-        Ok(Ok(stream)) => Some(Connection::Tls(Box::new(stream))),
+        Ok(Ok(mut stream)) => {
+            stream.get_mut().0.await_first_request();
+            Some(Connection::Tls(Box::new(stream)))
+        }
         Ok(Err(error)) => {
             tracing::debug!(%peer, %error, "TLS handshake failed");
             None

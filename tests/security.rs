@@ -408,3 +408,35 @@ async fn a_certificate_swapped_on_disk_is_served_to_new_connections() {
     assert_eq!(answer.status, 200);
     fanin.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_connection_that_sends_no_request_is_closed_after_the_header_timeout() {
+    use tokio::io::AsyncReadExt;
+    let pki = Pki::new("silent");
+    let tls = pki.server_files("server");
+    let fanin = start_with(|config| {
+        config.query.tls = tls;
+        config.connections.header_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        common::pki::client_config(&pki.ca_pem(), None),
+    ));
+    let tcp = tokio::net::TcpStream::connect(fanin.addresses.query)
+        .await
+        .expect("connect");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut stream = connector
+        .connect(name, tcp)
+        .await
+        .expect("the handshake completes");
+    // Nothing is sent: the server closes the connection (idle_timeout is 5 minutes; the
+    // header timeout applies from the end of the handshake).
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(30), stream.read(&mut byte)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0) | Err(_))),
+        "closed by the server: {closed:?}"
+    );
+    fanin.stop().await;
+}
