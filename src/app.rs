@@ -71,12 +71,16 @@ struct Guards {
 }
 
 impl Guards {
-    fn load(config: &Config) -> Result<Guards, SecurityError> {
+    fn load(config: &Config, store: &Store) -> Result<Guards, SecurityError> {
         let [grpc, http, query] = config.tcp_listeners();
+        let guard = |listener, which, alpn| {
+            Guard::load(listener, which, alpn)
+                .map(|guard| Arc::new(guard.counting_in(store.clone())))
+        };
         Ok(Guards {
-            grpc: Arc::new(Guard::load(grpc, Listener::Grpc, Alpn::H2)?),
-            http: Arc::new(Guard::load(http, Listener::Http, Alpn::H2OrHttp1)?),
-            query: Arc::new(Guard::load(query, Listener::Query, Alpn::H2OrHttp1)?),
+            grpc: guard(grpc, Listener::Grpc, Alpn::H2)?,
+            http: guard(http, Listener::Http, Alpn::H2OrHttp1)?,
+            query: guard(query, Listener::Query, Alpn::H2OrHttp1)?,
         })
     }
 }
@@ -126,7 +130,6 @@ impl App {
     /// be used.
     pub async fn bind_with_clock(config: Config, clock: Clock) -> Result<App, AppError> {
         serve::raise_file_limit();
-        let guards = Guards::load(&config)?;
         let exporters = crate::export::configured(&config.exporters)?;
         let otlp = &config.receivers.otlp;
         let grpc = bind("OTLP/gRPC", otlp.grpc.listen).await?;
@@ -148,6 +151,7 @@ impl App {
             verify_unix_pids: otlp.unix.verify_pid,
             clock,
         });
+        let guards = Guards::load(&config, &store)?;
         let liveness = Liveness {
             ttl: config.aggregation.instance_ttl,
         };

@@ -253,14 +253,15 @@ pub enum Connection {
 
 /// The connection after its TLS handshake, when the listener speaks TLS. A handshake that
 /// fails (plain text sent to a TLS port, an untrusted client certificate) or takes longer
-/// than the header timeout ends the connection here; it is logged at debug level.
+/// than the header timeout ends the connection here; it is counted by the guard and logged
+/// at debug level.
 async fn secure(
     connection: Admitted,
-    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    guard: Arc<Guard>,
     peer: SocketAddr,
     timeout: Duration,
 ) -> Option<Connection> {
-    let Some(acceptor) = acceptor else {
+    let Some(acceptor) = guard.acceptor() else {
         return Some(Connection::Plain(connection));
     };
     match tokio::time::timeout(timeout, acceptor.accept(connection)).await {
@@ -269,10 +270,12 @@ async fn secure(
             Some(Connection::Tls(Box::new(stream)))
         }
         Ok(Err(error)) => {
+            guard.handshake_failed();
             tracing::debug!(%peer, %error, "TLS handshake failed");
             None
         }
         Err(_) => {
+            guard.handshake_failed();
             tracing::debug!(%peer, ?timeout, "TLS handshake did not finish in time");
             None
         }
@@ -372,7 +375,12 @@ pub fn incoming(
         Some((accepted, gate))
     })
     .map(move |(connection, peer)| {
-        secure(connection, guard.acceptor(), peer, settings.header_timeout)
+        secure(
+            connection,
+            Arc::clone(&guard),
+            peer,
+            settings.header_timeout,
+        )
     })
     .buffer_unordered(settings.max_connections)
     .filter_map(|connection| std::future::ready(connection.map(Ok)))
@@ -412,11 +420,10 @@ pub async fn serve_http(
                     request.extensions_mut().insert(ConnectInfo(peer));
                     request.map(axum::body::Body::new)
                 });
-        let (acceptor, builder, watcher) =
-            (guard.acceptor(), Arc::clone(&builder), graceful.watcher());
+        let (guard, builder, watcher) =
+            (Arc::clone(&guard), Arc::clone(&builder), graceful.watcher());
         tokio::spawn(async move {
-            let Some(connection) =
-                secure(connection, acceptor, peer, settings.header_timeout).await
+            let Some(connection) = secure(connection, guard, peer, settings.header_timeout).await
             else {
                 return;
             };

@@ -277,10 +277,16 @@ async fn plain_text_to_a_tls_port_is_refused_and_stores_nothing() {
         .get(fanin.addresses.http, "/v1/metrics", None)
         .await;
     assert!(untrusted.is_err(), "{untrusted:?}");
+    let stats = fanin.stats().await;
+    assert_eq!(stats["points"]["received"], json!(0), "nothing stored");
+    // Every refused handshake is counted, by listener.
+    let failures = &stats["tls_handshake_failures"];
+    assert!(failures["http"].as_u64() >= Some(2), "{stats}");
+    assert!(failures["grpc"].as_u64() >= Some(1), "{stats}");
     assert_eq!(
-        fanin.stats().await["points"]["received"],
+        failures["query"],
         json!(0),
-        "nothing stored"
+        "the query listener is plain: {stats}"
     );
     fanin.stop().await;
 }

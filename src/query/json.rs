@@ -260,6 +260,7 @@ pub fn stats(stats: &StatsSnapshot, held: Held, conflicts: &[TypeConflict]) -> J
         "requests": counts(&stats.requests),
         "request_errors": counts(&stats.request_errors),
         "unauthenticated": counts(&stats.unauthenticated),
+        "tls_handshake_failures": counts(&stats.tls_handshake_failures),
         "exporters": stats
             .exporters
             .iter()

@@ -799,6 +799,12 @@ fn self_metrics(out: &mut Out<'_>, store: &Store) {
             by("reason", &stats.request_errors),
         ),
         (
+            "fanin_tls_handshake_failures_total",
+            "counter",
+            "TLS handshakes that failed or did not finish in time, by listener.",
+            by("listener", &stats.tls_handshake_failures),
+        ),
+        (
             "fanin_unauthenticated_requests_total",
             "counter",
             "Requests refused for a missing or wrong bearer token, by listener.",

@@ -47,6 +47,8 @@ pub struct Guard {
     live: ArcSwap<Live>,
     /// What the files looked like when `live` was last built from them.
     stamps: Mutex<Vec<Option<Stamp>>>,
+    /// Where failed handshakes are counted (none in tests that build a guard alone).
+    store: Option<Store>,
 }
 
 /// What is in force.
@@ -86,6 +88,7 @@ impl Guard {
                 token: None,
             }),
             stamps: Mutex::new(Vec::new()),
+            store: None,
         };
         let stamps = guard.stamps();
         guard.live.store(Arc::new(guard.read()?));
@@ -109,6 +112,20 @@ impl Guard {
                 token: None,
             }),
             stamps: Mutex::new(Vec::new()),
+            store: None,
+        }
+    }
+
+    /// The guard, counting its failed handshakes in `store`'s figures.
+    pub fn counting_in(mut self, store: Store) -> Guard {
+        self.store = Some(store);
+        self
+    }
+
+    /// Counts a TLS handshake that failed or did not finish in time.
+    pub fn handshake_failed(&self) {
+        if let Some(store) = &self.store {
+            store.stats().tls_handshake_failed(self.listener);
         }
     }
 

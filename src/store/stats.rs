@@ -156,6 +156,7 @@ pub struct Stats {
     requests_unix: AtomicU64,
     request_errors: [AtomicU64; RequestError::ALL.len()],
     unauthenticated: [AtomicU64; Listener::ALL.len()],
+    tls_handshake_failures: [AtomicU64; Listener::ALL.len()],
     exporters: [ExporterFigures; ExporterKind::ALL.len()],
     points_accepted: AtomicU64,
     points_rejected: [AtomicU64; RejectReason::ALL.len()],
@@ -172,6 +173,8 @@ pub struct StatsSnapshot {
     pub request_errors: Vec<(&'static str, u64)>,
     /// Requests refused for a missing or wrong bearer token, by listener.
     pub unauthenticated: Vec<(&'static str, u64)>,
+    /// TLS handshakes that failed or did not finish in time, by listener.
+    pub tls_handshake_failures: Vec<(&'static str, u64)>,
     /// Each exporter's figures (zero for one that is off).
     pub exporters: Vec<(&'static str, ExporterSnapshot)>,
     pub points_received: u64,
@@ -213,6 +216,11 @@ impl Stats {
     /// Counts a request refused for a missing or wrong bearer token.
     pub fn unauthenticated(&self, listener: Listener) {
         add(&self.unauthenticated[listener as usize], 1);
+    }
+
+    /// Counts a TLS handshake that failed or did not finish in time.
+    pub fn tls_handshake_failed(&self, listener: Listener) {
+        add(&self.tls_handshake_failures[listener as usize], 1);
     }
 
     /// One exporter's figures, to update.
@@ -272,6 +280,11 @@ impl Stats {
             unauthenticated: Listener::ALL
                 .iter()
                 .zip(&self.unauthenticated)
+                .map(|(listener, counter)| (listener.as_str(), read(counter)))
+                .collect(),
+            tls_handshake_failures: Listener::ALL
+                .iter()
+                .zip(&self.tls_handshake_failures)
                 .map(|(listener, counter)| (listener.as_str(), read(counter)))
                 .collect(),
             exporters: ExporterKind::ALL
