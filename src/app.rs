@@ -37,6 +37,9 @@ pub enum AppError {
     },
     #[error("cannot listen on the unix socket {path}: {message}")]
     Unix { path: PathBuf, message: String },
+    /// A listener off loopback without TLS and a token, and no `allow_insecure`.
+    #[error(transparent)]
+    Exposed(#[from] crate::config::ConfigError),
     #[error(transparent)]
     Security(#[from] SecurityError),
     #[error(transparent)]
@@ -125,10 +128,13 @@ impl App {
     /// one instead of waiting out `instance_ttl`).
     ///
     /// # Errors
-    /// [`AppError::Bind`] naming the listener and address that could not be bound;
-    /// [`AppError::Security`] naming the key of a certificate, key or token file that cannot
+    /// [`AppError::Exposed`] for a listener off loopback without TLS and a token (unless
+    /// `allow_insecure`); [`AppError::Bind`] naming the listener and address that could not
+    /// be bound; [`AppError::Security`] naming the key of a certificate, key or token file that cannot
     /// be used.
     pub async fn bind_with_clock(config: Config, clock: Clock) -> Result<App, AppError> {
+        // `main` checks this before anything else; a caller of the library gets it too.
+        config.check_exposure()?;
         serve::raise_file_limit();
         let exporters = crate::export::configured(&config.exporters)?;
         let otlp = &config.receivers.otlp;

@@ -113,9 +113,11 @@ fn main() -> ExitCode {
                     // A certificate, key or token file the config names that cannot be used
                     // is a config error.
                     match error.downcast_ref::<fanin::AppError>() {
-                        Some(fanin::AppError::Security(_) | fanin::AppError::Export(_)) => {
-                            ExitCode::from(2)
-                        }
+                        Some(
+                            fanin::AppError::Security(_)
+                            | fanin::AppError::Export(_)
+                            | fanin::AppError::Exposed(_),
+                        ) => ExitCode::from(2),
                         _ => ExitCode::FAILURE,
                     }
                 }

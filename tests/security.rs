@@ -446,3 +446,22 @@ async fn a_tls_connection_that_sends_no_request_is_closed_after_the_header_timeo
     );
     fanin.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_library_refuses_an_exposed_listener_as_the_command_does() {
+    let mut config = common::test_config();
+    config.query.listen = "0.0.0.0:0".parse().unwrap();
+    let error = fanin::App::bind(config.clone())
+        .await
+        .err()
+        .expect("refused");
+    assert!(error.to_string().contains("`query.listen`"), "{error}");
+    // With TLS and a token it is not exposed (the files are read, so make them).
+    let pki = Pki::new("library-exposure");
+    config.query.tls = pki.server_files("query");
+    config.query.auth = token(READ_TOKEN);
+    let app = fanin::App::bind(config)
+        .await
+        .expect("protected, so allowed");
+    assert!(app.addresses().query.ip().is_unspecified());
+}
