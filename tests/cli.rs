@@ -604,3 +604,58 @@ fn the_open_file_limit_is_raised_to_the_hard_limit_at_start() {
     served.signal(Signal::SIGTERM);
     assert_eq!(served.wait().code(), Some(0));
 }
+
+/// The figures of `serve`'s OTLP exporter, from its query API.
+async fn otlp_exporter_figures(query: SocketAddr) -> Option<serde_json::Value> {
+    let text = reqwest::get(format!("http://{query}/api/v1/stats"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let stats: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Some(stats["exporters"]["otlp"].clone())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_outage_shows_in_the_log_when_it_starts_and_ends() {
+    let port = common::free_port();
+    let path = write_config(
+        "outage",
+        &format!(
+            "exporters:\n  otlp: {{endpoint: \"http://127.0.0.1:{port}\", interval: 200ms, timeout: 2s}}\n"
+        ),
+    );
+    let served = serve(&["--config", path.to_str().expect("utf-8")], &[]);
+    let query = served.query;
+    common::eventually(WAIT, "retries while upstream is down", || async {
+        let figures = otlp_exporter_figures(query).await?;
+        (figures["retries"].as_u64() >= Some(1)).then_some(())
+    })
+    .await;
+    let upstream = common::start_with(|config| {
+        config.receivers.otlp.grpc.listen = format!("127.0.0.1:{port}").parse().expect("address");
+    })
+    .await;
+    common::eventually(WAIT, "a batch delivered once upstream is back", || async {
+        let figures = otlp_exporter_figures(query).await?;
+        (figures["batches_sent"].as_u64() >= Some(1)).then_some(())
+    })
+    .await;
+    let (status, stderr) = served.stop_with_stderr();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let start = stderr
+        .find("Upstream does not take batches; retrying with back-off")
+        .unwrap_or_else(|| panic!("the outage's start is logged: {stderr}"));
+    let end = stderr
+        .find("Upstream takes batches again")
+        .unwrap_or_else(|| panic!("the outage's end is logged: {stderr}"));
+    assert!(start < end, "{stderr}");
+    assert_eq!(
+        stderr.matches("Upstream does not take batches").count(),
+        1,
+        "logged once per outage, not per retry: {stderr}"
+    );
+    upstream.stop().await;
+    let _ = std::fs::remove_file(path);
+}
