@@ -77,6 +77,7 @@ enum Upstream {
 
 type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
+#[derive(Clone)]
 enum Encoding {
     Otlp {
         identity: Vec<(String, AttrValue)>,
@@ -242,36 +243,15 @@ fn header_map(
     Ok(map)
 }
 
-fn certificates(
-    ca_file: &std::path::Path,
-    key: &str,
-) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, ExportError> {
-    use rustls::pki_types::pem::PemObject;
-    let error = |message: String| ExportError {
-        key: format!("{key}.ca_file"),
-        message: format!("{}: {message}", ca_file.display()),
-    };
-    let read = rustls::pki_types::CertificateDer::pem_file_iter(ca_file)
-        .and_then(|certificates| certificates.collect::<Result<Vec<_>, _>>())
-        .map_err(|source| error(source.to_string()))?;
-    if read.is_empty() {
-        return Err(error("no PEM certificate in the file".into()));
-    }
-    Ok(read)
-}
-
 fn http_client(ca_file: Option<&std::path::Path>, key: &str) -> Result<HttpClient, ExportError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = hyper_rustls::HttpsConnectorBuilder::new();
     let builder = match ca_file {
         Some(path) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for certificate in certificates(path, key)? {
-                roots.add(certificate).map_err(|source| ExportError {
-                    key: format!("{key}.ca_file"),
-                    message: source.to_string(),
-                })?;
-            }
+            let roots = crate::security::tls::roots(path).map_err(|message| ExportError {
+                key: format!("{key}.ca_file"),
+                message,
+            })?;
             let config = rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
                 .map_err(|source| ExportError {
@@ -350,20 +330,7 @@ impl Exporter {
         workers: &Workers,
     ) -> Option<Batch> {
         let (store, rules) = (store.clone(), Arc::clone(rules));
-        let encoding = match &self.encoding {
-            Encoding::Otlp {
-                identity,
-                continuity,
-                gzip_body,
-            } => Encoding::Otlp {
-                identity: identity.clone(),
-                continuity: Arc::clone(continuity),
-                gzip_body: *gzip_body,
-            },
-            Encoding::RemoteWrite { external } => Encoding::RemoteWrite {
-                external: external.clone(),
-            },
-        };
+        let encoding = self.encoding.clone();
         let kind = self.kind.as_str();
         let built = workers
             .run(move || {
@@ -514,13 +481,29 @@ fn encode(families: &Families, encoding: &Encoding) -> Result<Batch, std::io::Er
     }
 }
 
+/// A delivered OTLP batch, with the `partial_success` of the answer `body`, if any (an
+/// empty or unreadable answer is a full success).
+fn delivered(body: &[u8]) -> Attempt {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
+    let partial = ExportMetricsServiceResponse::decode(body)
+        .ok()
+        .and_then(|response| response.partial_success);
+    Attempt::Delivered {
+        rejected: partial.as_ref().map_or(0, |partial| {
+            u64::try_from(partial.rejected_data_points).unwrap_or(0)
+        }),
+        message: partial
+            .map(|partial| partial.error_message)
+            .unwrap_or_default(),
+    }
+}
+
 async fn send_grpc(
     channel: &tonic::transport::Channel,
     headers: &HeaderMap,
     gzip: bool,
     batch: &Batch,
 ) -> Attempt {
-    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
     use tonic::Code;
     use tonic_types::StatusExt;
     let mut grpc = tonic::client::Grpc::new(channel.clone());
@@ -540,19 +523,7 @@ async fn send_grpc(
         .unary(request, path, crate::receiver::grpc::RawCodec)
         .await
     {
-        Ok(response) => {
-            let partial = ExportMetricsServiceResponse::decode(response.into_inner())
-                .ok()
-                .and_then(|response| response.partial_success);
-            Attempt::Delivered {
-                rejected: partial.as_ref().map_or(0, |partial| {
-                    u64::try_from(partial.rejected_data_points).unwrap_or(0)
-                }),
-                message: partial
-                    .map(|partial| partial.error_message)
-                    .unwrap_or_default(),
-            }
-        }
+        Ok(response) => delivered(&response.into_inner()),
         Err(status) => {
             let retry_info = status
                 .get_details_retry_info()
@@ -588,7 +559,6 @@ async fn send_http(
     batch: &Batch,
     otlp: bool,
 ) -> Attempt {
-    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceResponse;
     let mut request = http::Request::post(uri.clone());
     if let Some(map) = request.headers_mut() {
         map.clone_from(headers);
@@ -625,20 +595,14 @@ async fn send_http(
         .map(|collected| collected.to_bytes())
         .unwrap_or_default();
     if status.is_success() {
-        let partial = if otlp && !body.is_empty() {
-            ExportMetricsServiceResponse::decode(body)
-                .ok()
-                .and_then(|response| response.partial_success)
+        // A remote-write answer has no body to read; OTLP's may hold a partial success.
+        return if otlp {
+            delivered(&body)
         } else {
-            None
-        };
-        return Attempt::Delivered {
-            rejected: partial.as_ref().map_or(0, |partial| {
-                u64::try_from(partial.rejected_data_points).unwrap_or(0)
-            }),
-            message: partial
-                .map(|partial| partial.error_message)
-                .unwrap_or_default(),
+            Attempt::Delivered {
+                rejected: 0,
+                message: String::new(),
+            }
         };
     }
     let text = String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned();

@@ -54,14 +54,7 @@ pub fn server_config(
     let builder = match &tls.client_ca_file {
         None => builder.with_no_client_auth(),
         Some(ca_file) => {
-            let mut roots = RootCertStore::empty();
-            for certificate in
-                certificates(ca_file).map_err(|message| error("client_ca_file", message))?
-            {
-                roots.add(certificate).map_err(|source| {
-                    error("client_ca_file", format!("{}: {source}", ca_file.display()))
-                })?;
-            }
+            let roots = roots(ca_file).map_err(|message| error("client_ca_file", message))?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
                 .map_err(|source| error("client_ca_file", source.to_string()))?;
@@ -76,6 +69,18 @@ pub fn server_config(
         Alpn::H2OrHttp1 => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
     };
     Ok(Arc::new(config))
+}
+
+/// The authorities in a PEM file, to trust: the client CA here, an upstream's CA for the
+/// exporters.
+pub(crate) fn roots(path: &Path) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for certificate in certificates(path)? {
+        roots
+            .add(certificate)
+            .map_err(|source| format!("{}: {source}", path.display()))?;
+    }
+    Ok(roots)
 }
 
 /// Every certificate in a PEM file; at least one.
