@@ -11,7 +11,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Killed, TestFanin, eventually, export, free_port, promql, start_with};
+use common::{Killed, TestFanin, eventually, export, free_port, start_with};
 use fanin::config::{Endpoint, ExportCompression, ExportProtocol, Scalar};
 use fanin::model::AttrValue;
 use serde_json::{Value as Json, json};
@@ -36,44 +36,13 @@ async fn send(fanin: &TestFanin, request: common::Export) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn remote_write_into_prometheus_matches_the_query_api_through_worker_restarts() {
-    let Some(binary) = common::installed("prometheus") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run prometheus; .ci/run installs it"
-        );
-        eprintln!("prometheus not installed: skipped");
-        return;
-    };
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("remote-write-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("prometheus.yml"), "global: {}\n").unwrap();
-    let port = free_port();
-    let _prometheus = Killed(
-        Command::new(binary)
-            .arg(format!(
-                "--config.file={}",
-                dir.join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .arg("--web.enable-remote-write-receiver")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start prometheus"),
-    );
-    eventually(WAIT, "prometheus is ready", || async {
-        let ready = reqwest::get(format!("http://127.0.0.1:{port}/-/ready"))
-            .await
-            .ok()?;
-        ready.status().is_success().then_some(())
-    })
-    .await;
-
+    let flags = ["--web.enable-remote-write-receiver"];
+    let Some(prometheus) = common::Prometheus::start(&dir, "global: {}\n", &flags).await else {
+        return;
+    };
+    let port = prometheus.port;
     let fanin = start_with(|config| {
         let remote_write = &mut config.exporters.prometheus_remote_write;
         remote_write.url = endpoint(&format!("http://127.0.0.1:{port}/api/v1/write"));
@@ -104,12 +73,15 @@ async fn remote_write_into_prometheus_matches_the_query_api_through_worker_resta
     };
     send(&fanin, step("w1", 1, 10, 100)).await;
     send(&fanin, step("w2", 1, 10, 40)).await;
+    let prometheus = &prometheus;
     let wait_for = |expected: &'static str| async move {
         eventually(
             WAIT,
             &format!("prometheus has the total {expected}"),
             || async {
-                let value = promql(port, "sum(http_requests_total{http_route=\"/a\"})").await?;
+                let value = prometheus
+                    .query("sum(http_requests_total{http_route=\"/a\"})")
+                    .await?;
                 (value == expected).then_some(())
             },
         )
@@ -122,7 +94,7 @@ async fn remote_write_into_prometheus_matches_the_query_api_through_worker_resta
     assert_eq!(total, json!(150), "fanin's own total through the restart");
     wait_for("150").await;
 
-    let query = |q: &'static str| promql(port, q);
+    let query = |q: &'static str| prometheus.query(q);
     assert_eq!(
         query("resets(http_requests_total[10m])").await.as_deref(),
         Some("0"),

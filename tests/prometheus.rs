@@ -263,17 +263,9 @@ async fn a_page_larger_than_a_batch_is_whole() {
 
 /// The Prometheus server (Debian's `prometheus` package) scraping fanin's `/metrics` over
 /// TLS with the readers' bearer token (`authorization`, `tls_config`) records the totals;
-/// a job with another token records `up` 0. `None` when prometheus is not installed.
+/// a job with another token records `up` 0. Skipped when prometheus is not installed.
 #[tokio::test(flavor = "multi_thread")]
 async fn prometheus_scrapes_over_tls_with_a_bearer_token() {
-    let Some(binary) = common::installed("prometheus") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must run prometheus; .ci/run installs it"
-        );
-        eprintln!("prometheus not installed: skipped");
-        return;
-    };
     let pki = common::pki::Pki::new("prometheus");
     let tls = pki.server_files("query");
     let fanin = common::start_with(|config| {
@@ -297,32 +289,15 @@ async fn prometheus_scrapes_over_tls_with_a_bearer_token() {
             port = fanin.addresses.query.port(),
         )
     };
-    let config = pki.dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "scrape_configs:\n{}{}",
-            job("fanin", "prom-reader-81"),
-            job("wrong_token", "not-the-token")
-        ),
-    )
-    .unwrap();
-    // Prometheus cannot listen on port 0 and say which port it got: take a free one.
-    let port = common::free_port();
-    let mut prometheus = common::Killed(
-        Command::new(binary)
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                pki.dir.join("tsdb").display()
-            ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start prometheus"),
+    let yaml = format!(
+        "scrape_configs:\n{}{}",
+        job("fanin", "prom-reader-81"),
+        job("wrong_token", "not-the-token")
     );
-    let promql = |query: &'static str| common::promql(port, query);
+    let Some(prometheus) = common::Prometheus::start(&pki.dir, &yaml, &[]).await else {
+        return;
+    };
+    let promql = |query: &'static str| prometheus.query(query);
     let total = common::eventually(
         std::time::Duration::from_secs(60),
         "prometheus scrapes fanin",
@@ -351,6 +326,6 @@ async fn prometheus_scrapes_over_tls_with_a_bearer_token() {
         stats["unauthenticated"]["query"].as_u64() >= Some(1),
         "{stats}"
     );
-    let _ = prometheus.0.kill();
+    drop(prometheus);
     fanin.stop().await;
 }

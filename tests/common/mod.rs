@@ -52,16 +52,65 @@ pub fn free_port() -> u16 {
         .expect("a free loopback port")
 }
 
-/// One PromQL instant query's first value, from a Prometheus on 127.0.0.1:`port`.
-pub async fn promql(port: u16, query: &str) -> Option<String> {
-    let query: String = form_urlencoded::byte_serialize(query.as_bytes()).collect();
-    let answer = reqwest::get(format!(
-        "http://127.0.0.1:{port}/api/v1/query?query={query}"
-    ))
-    .await
-    .ok()?;
-    let json: Json = serde_json::from_str(&answer.text().await.ok()?).ok()?;
-    Some(json["data"]["result"][0]["value"][1].as_str()?.to_string())
+/// A Prometheus server (Debian's `prometheus` package) on a free loopback port, killed when
+/// dropped.
+pub struct Prometheus {
+    pub port: u16,
+    _child: Killed,
+}
+
+impl Prometheus {
+    /// Starts prometheus with the config `yaml` and `flags`, its files under `dir`, and waits
+    /// until it is ready. `None` when prometheus is not installed; under `CI=true` that fails
+    /// the test instead (`.ci/run` installs it).
+    pub async fn start(dir: &std::path::Path, yaml: &str, flags: &[&str]) -> Option<Prometheus> {
+        let Some(binary) = installed("prometheus") else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI must run prometheus; .ci/run installs it"
+            );
+            eprintln!("prometheus not installed: skipped");
+            return None;
+        };
+        std::fs::create_dir_all(dir).expect("prometheus directory");
+        let config = dir.join("prometheus.yml");
+        std::fs::write(&config, yaml).expect("write prometheus.yml");
+        // Prometheus cannot listen on port 0 and say which port it got: take a free one.
+        let port = free_port();
+        let child = std::process::Command::new(binary)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .args(flags)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start prometheus");
+        let prometheus = Prometheus {
+            port,
+            _child: Killed(child),
+        };
+        eventually(Duration::from_secs(60), "prometheus is ready", || async {
+            let ready = reqwest::get(format!("http://127.0.0.1:{port}/-/ready"))
+                .await
+                .ok()?;
+            ready.status().is_success().then_some(())
+        })
+        .await;
+        Some(prometheus)
+    }
+
+    /// One PromQL instant query's first value.
+    pub async fn query(&self, query: &str) -> Option<String> {
+        let query: String = form_urlencoded::byte_serialize(query.as_bytes()).collect();
+        let url = format!("http://127.0.0.1:{}/api/v1/query?query={query}", self.port);
+        let answer = reqwest::get(url).await.ok()?;
+        let json: Json = serde_json::from_str(&answer.text().await.ok()?).ok()?;
+        Some(json["data"]["result"][0]["value"][1].as_str()?.to_string())
+    }
 }
 
 pub const EXPORT_PATH: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
