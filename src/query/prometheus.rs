@@ -205,12 +205,9 @@ impl Families {
     /// Writes every family's samples as `/metrics` names them, leaving out a family whose
     /// name is taken, as `/metrics` does.
     pub fn write_to<S: SampleSink>(&self, sink: &mut S) {
-        let mut used = self.reserved.clone();
-        for family in &self.families {
+        for family in self.iter() {
             let name = FamilyName::of(&family.metric, family.agg);
-            if name.take(&mut used) {
-                write_groups(sink, &name, &family.groups);
-            }
+            write_groups(sink, &name, &family.groups);
         }
     }
 }

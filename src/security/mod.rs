@@ -129,11 +129,6 @@ impl Guard {
         }
     }
 
-    /// Whether the listener speaks TLS.
-    pub fn tls(&self) -> bool {
-        self.tls.enabled()
-    }
-
     /// Whether requests must carry a token.
     pub fn authenticates(&self) -> bool {
         self.auth.enabled()
@@ -412,7 +407,7 @@ mod tests {
         std::fs::write(dir.join("server.key"), key.serialize_pem()).expect("write");
         config.query.tls.key_file = Some(dir.join("server.key"));
         let guard = query_guard(&config).expect("a matching key is accepted");
-        assert!(guard.tls() && guard.acceptor().is_some());
+        assert!(guard.acceptor().is_some());
         // A certificate file broken later leaves the one in force.
         std::fs::write(dir.join("server.crt"), "garbage").expect("write");
         guard.refresh(true);
