@@ -77,36 +77,36 @@ impl Guard {
         listener: Listener,
         alpn: Alpn,
     ) -> Result<Guard, SecurityError> {
-        let guard = Guard {
-            listener,
-            key: config.key,
-            tls: config.tls.clone(),
-            alpn,
-            auth: config.auth.clone(),
-            live: ArcSwap::from_pointee(Live {
-                acceptor: None,
-                token: None,
-            }),
-            stamps: Mutex::new(Vec::new()),
-            store: None,
-        };
+        let mut guard = Guard::new(listener, config.key, config.tls, config.auth, alpn);
         let stamps = guard.stamps();
         guard.live.store(Arc::new(guard.read()?));
         *guard
             .stamps
-            .lock()
+            .get_mut()
             .unwrap_or_else(|poison| poison.into_inner()) = stamps;
         Ok(guard)
     }
 
     /// A guard with no TLS and no token (a listener on loopback by default; tests).
     pub fn open(listener: Listener) -> Guard {
+        let (tls, auth) = (&TlsConfig::default(), &AuthConfig::default());
+        Guard::new(listener, "", tls, auth, Alpn::H2OrHttp1)
+    }
+
+    /// A guard with nothing in force yet.
+    fn new(
+        listener: Listener,
+        key: &'static str,
+        tls: &TlsConfig,
+        auth: &AuthConfig,
+        alpn: Alpn,
+    ) -> Guard {
         Guard {
             listener,
-            key: "",
-            tls: TlsConfig::default(),
-            alpn: Alpn::H2OrHttp1,
-            auth: AuthConfig::default(),
+            key,
+            tls: tls.clone(),
+            alpn,
+            auth: auth.clone(),
             live: ArcSwap::from_pointee(Live {
                 acceptor: None,
                 token: None,
