@@ -1,6 +1,6 @@
-//! Compiles `proto/fanin/v1/query.proto` with protox (a protobuf compiler in Rust, so no
-//! system `protoc` is needed) and generates the prost messages and tonic service into
-//! OUT_DIR; `src/proto.rs` includes them.
+//! Compiles `proto/fanin/v1/query.proto` and `proto/fanin/v1/snapshot.proto` with protox (a
+//! protobuf compiler in Rust, so no system `protoc` is needed) and generates the prost
+//! messages and tonic service into OUT_DIR; `src/proto.rs` includes them.
 //!
 //! The messages derive `serde::Serialize` so that the HTTP API can answer with their JSON
 //! form. The attributes below make that form readable: oneofs flatten to their member's
@@ -8,7 +8,10 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
-    let descriptors = protox::compile(["fanin/v1/query.proto"], ["proto"])?;
+    let descriptors = protox::compile(
+        ["fanin/v1/query.proto", "fanin/v1/snapshot.proto"],
+        ["proto"],
+    )?;
     let serialize_with =
         |function: &str| format!("#[serde(serialize_with = \"crate::proto::json::{function}\")]");
     // prost-build applies a path's attributes to everything nested under it, so the
@@ -27,7 +30,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut builder = tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
-        .btree_map(".");
+        .btree_map(".")
+        // A snapshot's body is checked, then decoded, from the file's buffer without a copy.
+        .bytes(".fanin.v1.snapshot.SnapshotFile.body");
     for message in derived {
         builder = builder.type_attribute(
             format!(".fanin.v1.{message}"),

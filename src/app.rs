@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio_util::sync::CancellationToken;
@@ -22,6 +23,7 @@ use crate::receiver::grpc::{ExportService, ExportSettings};
 use crate::receiver::http::HttpSettings;
 use crate::security::{Alpn, Guard, SecurityError};
 use crate::serve::{self, ConnectionSettings, Gate};
+use crate::storage::{Loaded, Storage, StorageError};
 use crate::store::{Clock, Listener, Liveness, Store, StoreSettings, Transport};
 use crate::{query, receiver, security};
 
@@ -44,6 +46,8 @@ pub enum AppError {
     Security(#[from] SecurityError),
     #[error(transparent)]
     Export(#[from] ExportError),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
     #[error("{listener} server failed: {source}")]
     Serve {
         listener: &'static str,
@@ -64,6 +68,7 @@ pub struct App {
     unix: Option<(UnixListener, PathBuf)>,
     guards: Guards,
     exporters: Vec<Exporter>,
+    storage: Option<Arc<Storage>>,
 }
 
 /// What guards each TCP listener (TLS, token).
@@ -116,7 +121,8 @@ fn local_addr(listener: &TcpListener) -> SocketAddr {
 }
 
 impl App {
-    /// Binds every listener named in `config` and builds an empty store.
+    /// Builds the store (restoring the snapshot under `storage.path`, if any) and binds
+    /// every listener named in `config`.
     ///
     /// # Errors
     /// [`AppError::Bind`] naming the listener and address that could not be bound.
@@ -131,21 +137,15 @@ impl App {
     /// [`AppError::Exposed`] for a listener off loopback without TLS and a token (unless
     /// `allow_insecure`); [`AppError::Bind`] naming the listener and address that could not
     /// be bound; [`AppError::Security`] naming the key of a certificate, key or token file that cannot
-    /// be used.
+    /// be used; [`AppError::Storage`] when `storage.path` cannot be used, or holds a
+    /// damaged snapshot that cannot be moved aside.
     pub async fn bind_with_clock(config: Config, clock: Clock) -> Result<App, AppError> {
         // `main` checks this before anything else; a caller of the library gets it too.
         config.check_exposure()?;
         serve::raise_file_limit();
         let exporters = crate::export::configured(&config.exporters)?;
         let otlp = &config.receivers.otlp;
-        let grpc = bind("OTLP/gRPC", otlp.grpc.listen).await?;
-        let http = bind("OTLP/HTTP", otlp.http.listen).await?;
-        let query = bind("query", config.query.listen).await?;
-        let unix = match &otlp.unix.path {
-            Some(path) => Some((bind_unix(path, otlp.unix.mode)?, path.clone())),
-            None => None,
-        };
-        let store = Store::new(StoreSettings {
+        let settings = StoreSettings {
             limits: config.limits,
             instance_attributes: config.aggregation.instance_attributes.clone(),
             collision_policy: config.collisions.policy,
@@ -156,10 +156,36 @@ impl App {
             },
             verify_unix_pids: otlp.unix.verify_pid,
             clock,
-        });
-        let guards = Guards::load(&config, &store)?;
+        };
         let liveness = Liveness {
             ttl: config.aggregation.instance_ttl,
+        };
+        // Restored before any listener opens, so no export lands in a store about to be
+        // replaced.
+        let storage = Storage::open(&config.storage)?;
+        let store = match &storage {
+            None => Store::new(settings),
+            Some(storage) => {
+                let (store, loaded) = storage.load(settings)?;
+                report(storage, &loaded);
+                // Instances whose pid died while fanin was down are retired at once.
+                let swept = store.sweep(&liveness);
+                if swept.retired > 0 {
+                    tracing::info!(
+                        retired = swept.retired,
+                        "Retired restored instances whose process is gone or that are past instance_ttl"
+                    );
+                }
+                store
+            }
+        };
+        let guards = Guards::load(&config, &store)?;
+        let grpc = bind("OTLP/gRPC", otlp.grpc.listen).await?;
+        let http = bind("OTLP/HTTP", otlp.http.listen).await?;
+        let query = bind("query", config.query.listen).await?;
+        let unix = match &otlp.unix.path {
+            Some(path) => Some((bind_unix(path, otlp.unix.mode)?, path.clone())),
+            None => None,
         };
         Ok(App {
             config,
@@ -171,6 +197,7 @@ impl App {
             unix,
             guards,
             exporters,
+            storage: storage.map(Arc::new),
         })
     }
 
@@ -211,6 +238,7 @@ impl App {
             unix,
             guards,
             exporters,
+            storage,
         } = self;
         let otlp = &config.receivers.otlp;
         // One budget for requests in flight, shared by the three listeners.
@@ -286,6 +314,9 @@ impl App {
             (server, path)
         });
         let sweeper = sweep(store.clone(), liveness, shutdown.clone());
+        let snapshots = storage
+            .clone()
+            .map(|storage| storage.run(store.clone(), shutdown.clone()));
         // Exporters stop after the receivers have drained, so their last batch has the
         // workers' final exports in it.
         let rules: Arc<[crate::config::AggregationRule]> = config.aggregation.rules.clone().into();
@@ -307,7 +338,7 @@ impl App {
             shutdown.clone(),
         );
         let query_router = query::router(
-            store,
+            store.clone(),
             query_settings,
             Arc::clone(&guards.query),
             shutdown.clone(),
@@ -351,6 +382,12 @@ impl App {
                     Ok(())
                 },
                 async {
+                    if let Some(snapshots) = snapshots {
+                        snapshots.await;
+                    }
+                    Ok(())
+                },
+                async {
                     let Some((server, path)) = unix_server else {
                         return Ok(());
                     };
@@ -364,6 +401,19 @@ impl App {
             served
         };
         let (served, _) = tokio::join!(servers, exporting);
+        if let Some(storage) = storage {
+            // The last snapshot has the workers' final exports in it.
+            let store = store.clone();
+            let written = tokio::task::spawn_blocking(move || storage.write_logged(&store)).await;
+            if let Ok(Some(written)) = written {
+                tracing::info!(
+                    instances = written.instances,
+                    streams = written.streams,
+                    bytes = written.bytes,
+                    "Wrote the snapshot at shutdown"
+                );
+            }
+        }
         served?;
         Ok(())
     }
@@ -396,6 +446,39 @@ fn bind_unix(path: &Path, mode: FileMode) -> Result<UnixListener, AppError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode.0))
         .map_err(|source| error(format!("cannot set its mode to {:o}: {source}", mode.0)))?;
     Ok(listener)
+}
+
+/// Says in one line what was found under `storage.path`.
+fn report(storage: &Storage, loaded: &Loaded) {
+    let path = storage.file();
+    match loaded {
+        Loaded::Nothing => {
+            tracing::info!(path = %path.display(), "No snapshot yet; starting empty");
+        }
+        Loaded::Restored { restored, age } => {
+            tracing::info!(
+                path = %path.display(),
+                instances = restored.instances,
+                streams = restored.streams,
+                retired_totals = restored.retired_totals,
+                age = %humantime::format_duration(Duration::from_secs(age.as_secs())),
+                "Restored the snapshot"
+            );
+            if restored.left_out > 0 {
+                tracing::warn!(
+                    left_out = restored.left_out,
+                    "The snapshot holds more streams than the limits in force (limits.max_series, max_series_per_instance, max_instances) allow; those were left out"
+                );
+            }
+        }
+        Loaded::Refused { reason, aside } => {
+            tracing::warn!(
+                path = %path.display(),
+                moved_to = %aside.display(),
+                "Snapshot refused: {reason}; moved aside, starting empty"
+            );
+        }
+    }
 }
 
 /// Retires and evicts instances every `liveness.sweep_interval()` until shutdown.

@@ -32,6 +32,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub connections: ConnectionsConfig,
     pub exporters: ExportersConfig,
+    pub storage: StorageConfig,
     /// How long shutdown waits for requests in flight.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -290,6 +291,17 @@ impl<'de> Deserialize<'de> for Secret {
             _ => Err(serde::de::Error::custom("a token is a string")),
         }
     }
+}
+
+/// Where the store's snapshot is kept (`docs/design.md`, "Surviving a restart").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// The directory of the snapshot; `None` keeps nothing across a restart.
+    pub path: Option<std::path::PathBuf>,
+    /// How often the snapshot is written (and at shutdown).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
 }
 
 /// How every TCP listener treats its connections.
@@ -571,6 +583,27 @@ impl Config {
             if !(Duration::from_millis(1)..=Duration::from_secs(600)).contains(&timeout) {
                 return Err(invalid(key, "timeout", "must be between 1ms and 10m"));
             }
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(86_400))
+            .contains(&self.storage.interval)
+        {
+            return Err(invalid(
+                "storage",
+                "interval",
+                "must be between 100ms and 24h",
+            ));
+        }
+        if self
+            .storage
+            .path
+            .as_ref()
+            .is_some_and(|path| path.as_os_str().is_empty())
+        {
+            return Err(invalid(
+                "storage",
+                "path",
+                "must name a directory, or be null to keep nothing",
+            ));
         }
         for listener in self.tcp_listeners() {
             let (key, tls, auth) = (listener.key, listener.tls, listener.auth);

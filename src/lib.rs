@@ -26,6 +26,7 @@
 //! - [`app`]: binds the listeners and runs the servers until shutdown.
 //! - [`serve`]: what every TCP listener does with connections (caps, timeouts, back-off,
 //!   the TLS handshake).
+//! - [`storage`]: the snapshot under `storage.path`, written at an interval, restored at start.
 //! - [`export`]: the totals sent upstream (OTLP, Prometheus remote-write), queued and retried.
 //! - [`security`]: who may connect and send: TLS certificates and bearer tokens, reloaded.
 //! - [`shim`]: the fork-aware client side, a meter provider for pre-fork workers.
@@ -45,6 +46,7 @@ pub mod receiver;
 pub mod security;
 pub mod serve;
 pub mod shim;
+pub mod storage;
 pub mod store;
 pub mod sys;
 

@@ -116,6 +116,7 @@ fn main() -> ExitCode {
                         Some(
                             fanin::AppError::Security(_)
                             | fanin::AppError::Export(_)
+                            | fanin::AppError::Storage(_)
                             | fanin::AppError::Exposed(_),
                         ) => ExitCode::from(2),
                         _ => ExitCode::FAILURE,

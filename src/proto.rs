@@ -11,6 +11,11 @@
 )]
 pub mod v1 {
     tonic::include_proto!("fanin.v1");
+
+    /// The snapshot file (`proto/fanin/v1/snapshot.proto`): what `storage.path` holds.
+    pub mod snapshot {
+        tonic::include_proto!("fanin.v1.snapshot");
+    }
 }
 
 /// Serializers the generated types name in `#[serde(serialize_with)]`: doubles JSON cannot

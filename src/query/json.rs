@@ -266,6 +266,7 @@ pub fn stats(stats: &StatsSnapshot, held: Held, conflicts: &[TypeConflict]) -> J
             .iter()
             .map(|(name, figures)| (name.to_string(), json!(figures)))
             .collect::<serde_json::Map<_, _>>(),
+        "storage": stats.storage,
         "points": {
             "received": stats.points_received,
             "accepted": stats.points_accepted,

@@ -742,6 +742,24 @@ fn self_metrics(out: &mut Out<'_>, store: &Store) {
     };
     let families = [
         (
+            "fanin_snapshots_written_total",
+            "counter",
+            "Snapshots written under storage.path.",
+            single(stats.storage.snapshots_written),
+        ),
+        (
+            "fanin_snapshot_failures_total",
+            "counter",
+            "Snapshots that could not be written.",
+            single(stats.storage.snapshots_failed),
+        ),
+        (
+            "fanin_snapshot_bytes",
+            "gauge",
+            "Size of the latest snapshot written.",
+            single(stats.storage.last_bytes),
+        ),
+        (
             "fanin_exporter_batches_sent_total",
             "counter",
             "Batches upstream took, by exporter.",

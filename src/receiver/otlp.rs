@@ -352,7 +352,7 @@ fn histogram_value(
 /// `(2^(i * 2^-scale), 2^((i + 1) * 2^-scale)]`, and finite doubles lie between 2^-1075 and
 /// 2^1024. Indices outside this range describe no value; refusing them also bounds the width
 /// of every later merge (at scale -10 the whole range is three buckets).
-fn index_range(scale: i32) -> (i64, i64) {
+pub(crate) fn index_range(scale: i32) -> (i64, i64) {
     if scale >= 0 {
         (-1075i64 << scale, (1024i64 << scale) - 1)
     } else {

@@ -32,11 +32,11 @@ const MAX_WRITERS: usize = 16;
 /// What the store knows about one colliding stream.
 #[derive(Clone, Debug)]
 pub(super) struct CollisionRecord {
-    evidence: Vec<Evidence>,
-    writers: Vec<String>,
-    first_seen: SystemTime,
-    last_seen: SystemTime,
-    count: u64,
+    pub(super) evidence: Vec<Evidence>,
+    pub(super) writers: Vec<String>,
+    pub(super) first_seen: SystemTime,
+    pub(super) last_seen: SystemTime,
+    pub(super) count: u64,
 }
 
 /// A colliding stream, for `/api/v1/collisions`.

@@ -42,6 +42,17 @@ impl Streams {
     pub(super) fn drain(&mut self) -> impl Iterator<Item = (StreamKey, Stream)> + '_ {
         self.table.drain()
     }
+
+    /// Adds a stream read from a snapshot; false (nothing added) when its key is there.
+    pub(super) fn restore(&mut self, build: &RandomState, key: StreamKey, stream: Stream) -> bool {
+        let hash = stream_hash(build, &key);
+        if self.table.find(hash, |(known, _)| *known == key).is_some() {
+            return false;
+        }
+        self.table
+            .insert_unique(hash, (key, stream), |(key, _)| stream_hash(build, key));
+        true
+    }
 }
 
 /// A point's attributes as the store looks them up: borrowed from the request, sorted by key
@@ -311,6 +322,19 @@ impl Store {
         shared
     }
 
+    /// The store's copy of `set`, which becomes it on first sight (a snapshot's sets).
+    pub(super) fn shared_set(&self, set: Attributes) -> Arc<Attributes> {
+        let build = &self.shared.stream_hasher;
+        let hash = hash_of_set(build, &set);
+        let mut sets = lock_any(&self.shared.attribute_sets);
+        if let Some(shared) = sets.find(hash, |known| **known == set) {
+            return Arc::clone(shared);
+        }
+        let shared = Arc::new(set);
+        sets.insert_unique(hash, Arc::clone(&shared), |set| hash_of_set(build, set));
+        shared
+    }
+
     /// How many distinct point attribute sets the store holds.
     pub fn attribute_set_count(&self) -> usize {
         lock_any(&self.shared.attribute_sets).len()
@@ -387,7 +411,7 @@ impl Store {
 
     /// Takes one slot under `limits.max_series`, which streams and retired totals share;
     /// false when the store is full.
-    fn reserve_stream(&self) -> bool {
+    pub(super) fn reserve_stream(&self) -> bool {
         let max = self.shared.limits.max_series.get();
         let retired = self.shared.n_retired.load(Ordering::Relaxed);
         self.shared

@@ -30,6 +30,7 @@ mod limits;
 mod liveness;
 mod page;
 mod process;
+mod snapshot;
 mod stats;
 mod stream;
 
@@ -53,8 +54,10 @@ pub use ingest::{Ingest, InstanceWriter, MetricKey, PointAttributes};
 pub use limits::Limits;
 pub use liveness::{Liveness, RetireReason, Retirement, SweepReport};
 pub use page::{Cursor, CursorError, Page};
+pub use snapshot::{Restored, SnapshotBody};
 pub use stats::{
     ExporterFigures, ExporterKind, ExporterSnapshot, Listener, RequestError, Stats, StatsSnapshot,
+    StorageFigures, StorageSnapshot,
 };
 pub use stream::{CollisionPolicy, Evidence, RunState, StreamState};
 

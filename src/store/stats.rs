@@ -148,6 +148,54 @@ impl ExporterFigures {
     }
 }
 
+/// What the snapshot under `storage.path` did.
+#[derive(Debug, Default)]
+pub struct StorageFigures {
+    written: AtomicU64,
+    failed: AtomicU64,
+    last_bytes: AtomicU64,
+    last_micros: AtomicU64,
+    last_written_unix_nano: AtomicU64,
+}
+
+/// A copy of the snapshot's figures.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct StorageSnapshot {
+    /// Snapshots written since start, and attempts that failed.
+    pub snapshots_written: u64,
+    pub snapshots_failed: u64,
+    /// The latest snapshot's size, how long it took to build and write, and when it was
+    /// written (0: none yet).
+    pub last_bytes: u64,
+    pub last_micros: u64,
+    pub last_written_unix_nano: u64,
+}
+
+impl StorageFigures {
+    pub fn written(&self, bytes: u64, took: std::time::Duration, at_unix_nano: u64) {
+        self.last_bytes.store(bytes, Ordering::Relaxed);
+        let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.last_micros.store(micros, Ordering::Relaxed);
+        self.last_written_unix_nano
+            .store(at_unix_nano, Ordering::Relaxed);
+        add(&self.written, 1);
+    }
+
+    pub fn failed(&self) {
+        add(&self.failed, 1);
+    }
+
+    fn snapshot(&self) -> StorageSnapshot {
+        StorageSnapshot {
+            snapshots_written: read(&self.written),
+            snapshots_failed: read(&self.failed),
+            last_bytes: read(&self.last_bytes),
+            last_micros: read(&self.last_micros),
+            last_written_unix_nano: read(&self.last_written_unix_nano),
+        }
+    }
+}
+
 /// The counters. All updates are relaxed: they are statistics, not synchronisation.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -158,6 +206,7 @@ pub struct Stats {
     unauthenticated: [AtomicU64; Listener::ALL.len()],
     tls_handshake_failures: [AtomicU64; Listener::ALL.len()],
     exporters: [ExporterFigures; ExporterKind::ALL.len()],
+    storage: StorageFigures,
     points_accepted: AtomicU64,
     points_rejected: [AtomicU64; RejectReason::ALL.len()],
     points_dropped: [AtomicU64; DropReason::ALL.len()],
@@ -177,6 +226,7 @@ pub struct StatsSnapshot {
     pub tls_handshake_failures: Vec<(&'static str, u64)>,
     /// Each exporter's figures (zero for one that is off).
     pub exporters: Vec<(&'static str, ExporterSnapshot)>,
+    pub storage: StorageSnapshot,
     pub points_received: u64,
     pub points_accepted: u64,
     pub points_rejected: Vec<(&'static str, u64)>,
@@ -226,6 +276,11 @@ impl Stats {
     /// One exporter's figures, to update.
     pub fn exporter(&self, kind: ExporterKind) -> &ExporterFigures {
         &self.exporters[kind as usize]
+    }
+
+    /// The snapshot's figures, to update.
+    pub fn storage(&self) -> &StorageFigures {
+        &self.storage
     }
 
     /// Counts the points of one request by what became of them.
@@ -292,6 +347,7 @@ impl Stats {
                 .zip(&self.exporters)
                 .map(|(kind, figures)| (kind.as_str(), figures.snapshot()))
                 .collect(),
+            storage: self.storage.snapshot(),
             points_received,
             points_accepted,
             points_rejected,

@@ -31,27 +31,27 @@ use crate::store::collision::pid_of;
 
 /// Most chains one stream keeps; past it the chain that ended first is folded into the
 /// base (its intervals still count; only their retries are no longer recognised).
-const MAX_CHAINS: usize = 32;
+pub(super) const MAX_CHAINS: usize = 32;
 
 /// Boundaries each chain remembers: its latest seven intervals.
-const BOUNDS: usize = 8;
+pub(super) const BOUNDS: usize = 8;
 
 #[derive(Clone, Debug)]
-struct Chain<T> {
+pub(super) struct Chain<T> {
     /// The latest boundaries, oldest first: the intervals between neighbours were applied.
     /// For a chain of points without start times, their times.
-    bounds: [u64; BOUNDS],
-    len: u8,
-    startless: bool,
+    pub(super) bounds: [u64; BOUNDS],
+    pub(super) len: u8,
+    pub(super) startless: bool,
     /// Under `collisions.policy: reject`, the second writer's chain: its points are refused.
-    refused: Option<Evidence>,
+    pub(super) refused: Option<Evidence>,
     /// Who wrote the latest point.
-    writer: u64,
-    total: Option<T>,
+    pub(super) writer: u64,
+    pub(super) total: Option<T>,
 }
 
 impl<T: Additive> Chain<T> {
-    fn new(bounds: &[u64], startless: bool, writer: u64, value: Option<T>) -> Chain<T> {
+    pub(super) fn new(bounds: &[u64], startless: bool, writer: u64, value: Option<T>) -> Chain<T> {
         let mut chain = Chain {
             bounds: [0; BOUNDS],
             len: 0,
@@ -126,9 +126,9 @@ impl<T: Additive> Chain<T> {
 #[derive(Clone, Debug)]
 pub(super) struct Chains<T> {
     /// What folded chains counted.
-    base: Option<T>,
+    pub(super) base: Option<T>,
     /// In the order they were started.
-    chains: SmallVec<[Chain<T>; 1]>,
+    pub(super) chains: SmallVec<[Chain<T>; 1]>,
 }
 
 impl<T> Default for Chains<T> {

@@ -20,6 +20,7 @@
 //! reconnects, restarts or exports at exit on a new connection shows none of these.
 
 mod chains;
+mod persist;
 mod runs;
 
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use crate::outcome::DropReason;
 
 use super::collision::PID_WRITER;
 use chains::Chains;
+pub(super) use persist::{Persist, evidence_from_proto, evidence_to_proto};
 use runs::{Rule, Runs};
 
 /// Why a point was not applied to its stream.

@@ -57,22 +57,22 @@ pub(super) struct Context {
 }
 
 #[derive(Clone, Debug)]
-struct Run<T> {
+pub(super) struct Run<T> {
     /// The start time that names the run; for gauges, the time of its first point.
-    start: u64,
+    pub(super) start: u64,
     /// Time of the run's latest point.
-    last: u64,
+    pub(super) last: u64,
     /// Time between the run's latest two points (0 while it has one).
-    gap_ms: u32,
+    pub(super) gap_ms: u32,
     /// The latest point had NO_RECORDED_VALUE.
-    stale: bool,
+    pub(super) stale: bool,
     /// Under `collisions.policy: reject`, the second writer's run: its points are refused.
-    refused: Option<Evidence>,
+    pub(super) refused: Option<Evidence>,
     /// Who wrote the latest point, and who wrote before that one changed.
-    writer: u64,
-    previous_writer: u64,
+    pub(super) writer: u64,
+    pub(super) previous_writer: u64,
     /// The latest value with a number.
-    value: Option<T>,
+    pub(super) value: Option<T>,
 }
 
 impl<T: Additive> Run<T> {
@@ -138,9 +138,9 @@ impl Clock {
 #[derive(Clone, Debug)]
 pub(super) struct Runs<T> {
     /// Counting kinds: what runs counted before a reset, and what folded runs counted.
-    base: Option<T>,
+    pub(super) base: Option<T>,
     /// In the order they were opened.
-    runs: SmallVec<[Run<T>; 1]>,
+    pub(super) runs: SmallVec<[Run<T>; 1]>,
 }
 
 impl<T> Default for Runs<T> {
