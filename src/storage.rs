@@ -2,8 +2,8 @@
 //! an interval and at shutdown, read once at start.
 //!
 //! The file is `proto/fanin/v1/snapshot.proto`'s `SnapshotFile`: a header (magic, format,
-//! CRC-32 of the body, when and by which version it was written) and the body, the store's
-//! `Snapshot`. It is replaced whole: written to `fanin.snapshot.tmp`, fsynced, renamed over
+//! CRC-32 of the body) and the body, the store's `Snapshot` (which says when and by which
+//! version it was written). It is replaced whole: written to `fanin.snapshot.tmp`, fsynced, renamed over
 //! `fanin.snapshot`, and the directory fsynced, so a crash at any moment leaves the previous
 //! snapshot or the new one, never a mix.
 //!
@@ -161,9 +161,9 @@ impl Storage {
                 .and_then(|bytes| decode(Bytes::from(bytes))),
         };
         let refused = match read {
-            Ok((header, snapshot)) => match Store::restored(settings.clone(), &snapshot) {
+            Ok(snapshot) => match Store::restored(settings.clone(), &snapshot) {
                 Ok((store, restored)) => {
-                    let written = UNIX_EPOCH + Duration::from_nanos(header.written_unix_nano);
+                    let written = UNIX_EPOCH + Duration::from_nanos(snapshot.written_unix_nano);
                     let age = SystemTime::now()
                         .duration_since(written)
                         .unwrap_or_default();
@@ -217,15 +217,10 @@ impl Storage {
     pub fn write(&self, store: &Store) -> std::io::Result<Written> {
         let began = Instant::now();
         let body = store.snapshot();
-        let written_at = SystemTime::now();
         let header = pb::Header {
             magic: MAGIC.to_string(),
             format: FORMAT,
             body_crc32: crc32fast::hash(&body.bytes),
-            written_unix_nano: unix_nanos(written_at),
-            writer_version: env!("CARGO_PKG_VERSION").to_string(),
-            instances: body.instances,
-            streams: body.streams,
         };
         // The SnapshotFile's encoding, written in parts so that the body is not copied.
         let mut head = Vec::with_capacity(128);
@@ -254,7 +249,7 @@ impl Storage {
         store
             .stats()
             .storage()
-            .written(written.bytes, written.took, unix_nanos(written_at));
+            .written(written.bytes, written.took, unix_nanos(SystemTime::now()));
         Ok(written)
     }
 
@@ -318,8 +313,8 @@ fn sync_directory(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// The header and body of a snapshot file, checked: magic, format, checksum.
-fn decode(bytes: Bytes) -> Result<(pb::Header, pb::Snapshot), String> {
+/// The body of a snapshot file, checked: magic, format, checksum.
+fn decode(bytes: Bytes) -> Result<pb::Snapshot, String> {
     if bytes.is_empty() {
         return Err("the file is empty".into());
     }
@@ -336,9 +331,9 @@ fn decode(bytes: Bytes) -> Result<(pb::Header, pb::Snapshot), String> {
     }
     if header.format > FORMAT {
         return Err(format!(
-            "it was written in format {} by fanin {}; this fanin {} reads format {FORMAT} and older",
+            "it is in format {}, newer than the format {FORMAT} this fanin ({}) reads: a newer \
+             fanin wrote it, or the file is damaged",
             header.format,
-            header.writer_version,
             env!("CARGO_PKG_VERSION")
         ));
     }
@@ -349,7 +344,5 @@ fn decode(bytes: Bytes) -> Result<(pb::Header, pb::Snapshot), String> {
             header.body_crc32
         ));
     }
-    let snapshot = pb::Snapshot::decode(file.body)
-        .map_err(|error| format!("its body cannot be decoded ({error})"))?;
-    Ok((header, snapshot))
+    pb::Snapshot::decode(file.body).map_err(|error| format!("its body cannot be decoded ({error})"))
 }

@@ -28,7 +28,15 @@ type Outcome = Result<(), String>;
 type Scenario = (&'static str, fn() -> Outcome);
 
 fn main() -> ExitCode {
-    let scenarios: [Scenario; 4] = [
+    let scenarios: [Scenario; 6] = [
+        (
+            "totals_stay_exact_through_a_fanin_crash",
+            totals_stay_exact_through_a_fanin_crash,
+        ),
+        (
+            "totals_stay_exact_through_a_graceful_fanin_restart",
+            totals_stay_exact_through_a_graceful_fanin_restart,
+        ),
         (
             "a_killed_worker_is_retired_and_its_counts_stay",
             a_killed_worker_is_retired_and_its_counts_stay,
@@ -236,6 +244,178 @@ fn two_processes_on_the_unix_socket_collide_naming_both_pids() -> Outcome {
         .map_err(|error| error.to_string())?;
     ensure(total.map(|(value, _)| value) == Some(65.0), || {
         format!("requests = {total:?}, want 40 + 25")
+    })
+}
+
+/// A worker's command: count one more round (jobs and latencies) and flush.
+const ROUND: u8 = b'+';
+/// A worker's command: flush what it has (fanin may be down: a failed flush is fine).
+const FLUSH: u8 = b'f';
+
+/// The same jobs in each round of every worker: `JOBS` on the counter and `LATENCIES`
+/// values on the histogram.
+const JOBS: u64 = 5;
+const LATENCIES: [f64; 3] = [0.05, 0.2, 3.0];
+
+fn totals_stay_exact_through_a_fanin_crash() -> Outcome {
+    restart_keeps_totals(Signal::SIGKILL)
+}
+
+fn totals_stay_exact_through_a_graceful_fanin_restart() -> Outcome {
+    restart_keeps_totals(Signal::SIGTERM)
+}
+
+/// Sends `command` to each of `which` in turn and waits for its answer.
+fn tell(workers: &[Worker], which: &[usize], command: u8) -> Outcome {
+    for index in which {
+        workers[*index].send(command)?;
+        workers[*index].expect(READY, WAIT)?;
+    }
+    Ok(())
+}
+
+/// Three forked workers (two over OTLP/gRPC on TCP, one over the unix socket) count rounds
+/// through the shim; fanin keeps a snapshot, is stopped by `signal` mid-run and started
+/// again on the same ports. While it is down one worker counts another round (its export
+/// fails; the SDK keeps it) and one is SIGKILLed. After the live workers' next exports the
+/// totals are exactly what they counted, the dead one's included, and the dead one is
+/// retired at once.
+fn restart_keeps_totals(signal: Signal) -> Outcome {
+    let storage = std::env::temp_dir().join(format!(
+        "fanin-fork-storage-{}-{}",
+        std::process::id(),
+        signal as i32
+    ));
+    let _ = std::fs::remove_dir_all(&storage);
+    let yaml = format!(
+        "storage: {{path: {}, interval: 100ms}}",
+        serde_json::to_string(&storage.display().to_string()).map_err(|e| e.to_string())?
+    );
+    let (mut sidecar, grpc, unix) = sidecar(&yaml)?;
+    let service = format!("fork-restart-{}", signal as i32);
+    let endpoints = [grpc.clone(), grpc, unix];
+    let mut workers = Vec::new();
+    for endpoint in &endpoints {
+        let shim = Shim::builder()
+            .service_name(&service)
+            .endpoint(endpoint)
+            .export_interval(Duration::from_secs(3600))
+            .timeout(Duration::from_secs(2))
+            .build()
+            .map_err(|error| error.to_string())?;
+        workers.push(
+            fork_worker(move |link| {
+                let meter = shim.meter("fork-test");
+                let jobs = meter.u64_counter("jobs").build();
+                let latency = meter.f64_histogram("latency").build();
+                loop {
+                    match link.receive(WAIT * 4)? {
+                        ROUND => {
+                            jobs.add(JOBS, &[]);
+                            for value in LATENCIES {
+                                latency.record(value, &[]);
+                            }
+                        }
+                        FLUSH => {}
+                        _ => return shim.shutdown().map_err(|error| error.to_string()),
+                    }
+                    // Fails while fanin is down; the cumulative values go out next time.
+                    let _ = shim.force_flush();
+                    link.send(READY)?;
+                }
+            })
+            .map_err(|error| error.to_string())?,
+        );
+    }
+    tell(&workers, &[0, 1, 2], ROUND)?;
+    tell(&workers, &[0, 1], ROUND)?;
+    let mut rounds = 5;
+    wait_totals(&sidecar, &service, rounds)?;
+    // A snapshot written after fanin had those totals.
+    let seen_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|error| error.to_string())?
+        .as_nanos() as u64;
+    let snapshotted = sidecar
+        .poll(WAIT, |sidecar| {
+            let stats = sidecar.get("/api/v1/stats")?.unwrap_or_default();
+            let written = stats["storage"]["last_written_unix_nano"].as_u64();
+            Ok(written.filter(|written| *written > seen_at))
+        })
+        .map_err(|error| error.to_string())?;
+    ensure(snapshotted.is_some(), || "no snapshot was written".into())?;
+    // Applied after that snapshot: a crash loses it from fanin, the next export sends it again.
+    tell(&workers, &[1], ROUND)?;
+    rounds += 1;
+    wait_totals(&sidecar, &service, rounds)?;
+
+    let process = sidecar.process_mut().ok_or("the sidecar is not ours")?;
+    let status = process.stop(signal).map_err(|error| error.to_string())?;
+    ensure(
+        status.code().is_none() == (signal == Signal::SIGKILL),
+        || format!("fanin ended with {status} on {signal}"),
+    )?;
+    // While fanin is down: worker 0 counts a round it cannot export, worker 2 dies.
+    tell(&workers, &[0], ROUND)?;
+    rounds += 1;
+    workers[2].kill(Signal::SIGKILL)?;
+    let status = workers[2].wait(WAIT)?;
+    ensure(
+        matches!(status, WaitStatus::Signaled(_, Signal::SIGKILL, _)),
+        || format!("expected death by SIGKILL, got {status:?}"),
+    )?;
+    let process = sidecar.process_mut().ok_or("the sidecar is not ours")?;
+    process.start_again().map_err(|error| error.to_string())?;
+
+    // At once, before any export: the dead worker's instance is retired, its counts stay.
+    let dead = format!("pid-{}", workers[2].pid);
+    let instances = sidecar
+        .instances_of(&service)
+        .map_err(|error| error.to_string())?;
+    let retired = instances.iter().any(|instance| {
+        instance["attributes"]["service.instance.id"]
+            .as_str()
+            .is_some_and(|id| id.ends_with(&dead))
+            && instance["live"] == Value::Bool(false)
+    });
+    ensure(retired, || {
+        format!("the worker that died while fanin was down is not retired: {instances:?}")
+    })?;
+    let (restored, _) = sidecar
+        .total("jobs", &format!("match=service.name={service}"))
+        .map_err(|error| error.to_string())?
+        .ok_or("no jobs after the restart")?;
+    let before = (rounds - 2) * JOBS;
+    ensure(restored >= before as f64, || {
+        format!("jobs went down through the restart: {restored} < {before}")
+    })?;
+
+    tell(&workers, &[0, 1], FLUSH)?;
+    wait_totals(&sidecar, &service, rounds)?;
+    for worker in &workers[..2] {
+        worker.send(GO)?;
+        reap(worker)?;
+    }
+    let _ = std::fs::remove_dir_all(&storage);
+    Ok(())
+}
+
+/// Waits until `jobs` and `latency` of `service` are exactly what `rounds` rounds counted.
+fn wait_totals(sidecar: &Sidecar, service: &str, rounds: u64) -> Outcome {
+    wait_total(sidecar, "jobs", service, (rounds * JOBS) as f64)?;
+    let matcher = format!("match=service.name={service}");
+    let want = rounds * LATENCIES.len() as u64;
+    let count = sidecar
+        .poll(WAIT, |sidecar| {
+            let count = sidecar.histogram_count("latency", &matcher)?;
+            Ok((count == Some(want)).then_some(count))
+        })
+        .map_err(|error| error.to_string())?;
+    let seen = sidecar
+        .histogram_count("latency", &matcher)
+        .map_err(|error| error.to_string())?;
+    ensure(count.is_some(), || {
+        format!("latency count of {service}: expected {want}, saw {seen:?}")
     })
 }
 

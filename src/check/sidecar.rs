@@ -64,6 +64,11 @@ impl Sidecar {
         sidecar
     }
 
+    /// The `fanin serve` child this sidecar owns, to stop and start it.
+    pub fn process_mut(&mut self) -> Option<&mut SidecarProcess> {
+        self.owned.as_mut()
+    }
+
     /// GET `path` (with its query string); the JSON body of a 200, None for a 404.
     pub fn get(&self, path: &str) -> Result<Option<Value>, CheckError> {
         let url = format!("{}{path}", self.base);
@@ -185,7 +190,9 @@ impl Sidecar {
 /// SIGTERM when dropped.
 pub struct SidecarProcess {
     child: Child,
+    exe: PathBuf,
     dir: PathBuf,
+    extra_yaml: String,
     /// `http://` URLs of the OTLP/gRPC and OTLP/HTTP listeners.
     pub grpc: String,
     pub http: String,
@@ -196,6 +203,13 @@ pub struct SidecarProcess {
 
 /// Sidecars started by this process, to give each its own directory.
 static SIDECARS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Where each listener listens: `127.0.0.1:0` at first, the bound addresses on a restart.
+struct Listen<'a> {
+    grpc: &'a str,
+    http: &'a str,
+    query: &'a str,
+}
 
 impl SidecarProcess {
     /// Runs `exe serve` (`exe` being the fanin binary) with the listeners on port 0 and
@@ -210,59 +224,49 @@ impl SidecarProcess {
         ));
         std::fs::create_dir_all(&dir)
             .map_err(|error| failed(format!("{}: {error}", dir.display())))?;
-        let socket = dir.join("fanin.sock");
-        let config = dir.join("config.yaml");
-        let yaml = format!(
-            "receivers:\n  otlp:\n    grpc: {{listen: \"127.0.0.1:0\"}}\n    http: {{listen: \
-             \"127.0.0.1:0\"}}\n    unix: {{path: {}}}\nquery: {{listen: \"127.0.0.1:0\"}}\n{extra_yaml}\n",
-            serde_json::to_string(&socket.display().to_string()).unwrap_or_default()
-        );
-        std::fs::write(&config, yaml)
-            .map_err(|error| failed(format!("{}: {error}", config.display())))?;
-        let mut child = Command::new(exe)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|error| failed(error.to_string()))?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| failed("no stdout".to_string()))?;
-        let mut lines = BufReader::new(stdout).lines();
-        let (mut grpc, mut http, mut query, mut unix) = (None, None, None, None);
-        while grpc.is_none() || http.is_none() || query.is_none() || unix.is_none() {
-            let Some(Ok(line)) = lines.next() else {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(failed("it exited before listening".to_string()));
-            };
-            let Some((name, address)) = line.split_once(" listening on ") else {
-                continue;
-            };
-            let slot = match name {
-                "otlp-grpc" => &mut grpc,
-                "otlp-http" => &mut http,
-                "query" => &mut query,
-                "otlp-unix" => &mut unix,
-                _ => continue,
-            };
-            *slot = Some(address.to_string());
-        }
-        let (Some(grpc), Some(http), Some(query), Some(unix)) = (grpc, http, query, unix) else {
-            return Err(failed("incomplete listener lines".to_string()));
+        let any = "127.0.0.1:0";
+        let listen = Listen {
+            grpc: any,
+            http: any,
+            query: any,
         };
+        let (child, [grpc, http, query, unix]) = spawn(exe, &dir, extra_yaml, &listen)?;
         Ok(SidecarProcess {
             child,
+            exe: exe.to_path_buf(),
             dir,
+            extra_yaml: extra_yaml.to_string(),
             grpc: format!("http://{grpc}"),
             http: format!("http://{http}"),
             unix: PathBuf::from(unix),
             query: format!("http://{query}"),
         })
+    }
+
+    /// Stops the sidecar with `signal` (SIGKILL: a crash) and waits for it to exit; its
+    /// status, as the OS tells it.
+    pub fn stop(&mut self, signal: Signal) -> Result<std::process::ExitStatus, CheckError> {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), signal);
+        }
+        self.child
+            .wait()
+            .map_err(|error| CheckError::Sidecar(error.to_string()))
+    }
+
+    /// Starts a stopped sidecar again with the same config, on the same addresses and unix
+    /// socket.
+    pub fn start_again(&mut self) -> Result<(), CheckError> {
+        let strip = |url: &str| url.trim_start_matches("http://").to_string();
+        let (grpc, http, query) = (strip(&self.grpc), strip(&self.http), strip(&self.query));
+        let listen = Listen {
+            grpc: &grpc,
+            http: &http,
+            query: &query,
+        };
+        let (child, _) = spawn(&self.exe, &self.dir, &self.extra_yaml, &listen)?;
+        self.child = child;
+        Ok(())
     }
 
     /// The `fanin serve` child's pid.
@@ -278,6 +282,66 @@ impl SidecarProcess {
             (false, Protocol::HttpProtobuf) => self.http.clone(),
         }
     }
+}
+
+/// Writes the config into `dir` and runs `exe serve` with it; returns the child and the
+/// addresses it printed (OTLP/gRPC, OTLP/HTTP, query, unix socket).
+fn spawn(
+    exe: &std::path::Path,
+    dir: &std::path::Path,
+    extra_yaml: &str,
+    listen: &Listen<'_>,
+) -> Result<(Child, [String; 4]), CheckError> {
+    let failed = |reason: String| CheckError::Sidecar(reason);
+    let socket = dir.join("fanin.sock");
+    let config = dir.join("config.yaml");
+    let yaml = format!(
+        "receivers:\n  otlp:\n    grpc: {{listen: \"{}\"}}\n    http: {{listen: \"{}\"}}\n    \
+         unix: {{path: {}}}\nquery: {{listen: \"{}\"}}\n{extra_yaml}\n",
+        listen.grpc,
+        listen.http,
+        serde_json::to_string(&socket.display().to_string()).unwrap_or_default(),
+        listen.query,
+    );
+    std::fs::write(&config, yaml)
+        .map_err(|error| failed(format!("{}: {error}", config.display())))?;
+    let mut child = Command::new(exe)
+        .arg("serve")
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|error| failed(error.to_string()))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| failed("no stdout".to_string()))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut grpc, mut http, mut query, mut unix) = (None, None, None, None);
+    while grpc.is_none() || http.is_none() || query.is_none() || unix.is_none() {
+        let Some(Ok(line)) = lines.next() else {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(failed("it exited before listening".to_string()));
+        };
+        let Some((name, address)) = line.split_once(" listening on ") else {
+            continue;
+        };
+        let slot = match name {
+            "otlp-grpc" => &mut grpc,
+            "otlp-http" => &mut http,
+            "query" => &mut query,
+            "otlp-unix" => &mut unix,
+            _ => continue,
+        };
+        *slot = Some(address.to_string());
+    }
+    let (Some(grpc), Some(http), Some(query), Some(unix)) = (grpc, http, query, unix) else {
+        return Err(failed("incomplete listener lines".to_string()));
+    };
+    Ok((child, [grpc, http, query, unix]))
 }
 
 impl Drop for SidecarProcess {

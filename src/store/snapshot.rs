@@ -392,6 +392,8 @@ impl Store {
                 .collect(),
             instances: Vec::new(),
             evicted: self.evicted_to_proto(),
+            written_unix_nano: unix_nanos(SystemTime::now()),
+            writer_version: env!("CARGO_PKG_VERSION").to_string(),
         };
         // Encoded messages concatenate: the instances written above and these fields are
         // one Snapshot.
