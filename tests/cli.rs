@@ -659,3 +659,107 @@ async fn an_upstream_outage_shows_in_the_log_when_it_starts_and_ends() {
     upstream.stop().await;
     let _ = std::fs::remove_file(path);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_log_says_what_became_of_the_snapshot_at_start() {
+    let dir = std::env::temp_dir().join(format!("fanin-cli-{}-storage", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let config = write_config(
+        "storage",
+        &format!(
+            "storage: {{path: {:?}}}\n",
+            dir.join("state").display().to_string()
+        ),
+    );
+    let config = config.to_str().expect("UTF-8 path");
+    let args = [&ANY_PORT[..], &["--config", config]].concat();
+
+    // No directory yet: created (mode 0700), nothing to restore.
+    let served = serve(&args, &[]);
+    let body = r#"{"resourceMetrics":[{"resource":{"attributes":[{"key":"service.instance.id","value":{"stringValue":"w1"}}]},
+        "scopeMetrics":[{"metrics":[{"name":"jobs","sum":{"aggregationTemporality":2,"isMonotonic":true,"dataPoints":[{"startTimeUnixNano":"1","timeUnixNano":"2","asInt":"9"}]}}]}]}]}"#;
+    let answer = reqwest::Client::new()
+        .post(format!("http://{}/v1/metrics", served.http))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("export answered");
+    assert_eq!(answer.status().as_u16(), 200);
+    let (status, stderr) = tokio::task::spawn_blocking(|| served.stop_with_stderr())
+        .await
+        .expect("stopped");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("No snapshot yet"), "{stderr}");
+    assert!(
+        stderr.contains("Wrote the snapshot at shutdown"),
+        "{stderr}"
+    );
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.join("state"))
+            .expect("created")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o700);
+
+    // Restored, in one line that counts what came back.
+    let served = serve(&args, &[]);
+    let (_, stderr) = tokio::task::spawn_blocking(|| served.stop_with_stderr())
+        .await
+        .expect("stopped");
+    let line = stderr
+        .lines()
+        .find(|line| line.contains("Restored the snapshot"))
+        .unwrap_or_else(|| panic!("no restore line: {stderr}"));
+    assert!(
+        line.contains("instances=1") && line.contains("streams=1"),
+        "{line}"
+    );
+    assert!(line.contains("age="), "{line}");
+
+    // A snapshot from a newer fanin: refused, named, moved aside; fanin starts and serves.
+    let snapshot = dir.join("state").join(fanin::storage::FILE);
+    let mut file = {
+        use prost::Message;
+        let bytes = std::fs::read(&snapshot).expect("written");
+        fanin::proto::v1::snapshot::SnapshotFile::decode(bytes.as_slice()).expect("decodes")
+    };
+    file.header.as_mut().expect("a header").format = fanin::storage::FORMAT + 1;
+    std::fs::write(&snapshot, prost::Message::encode_to_vec(&file)).expect("write");
+    let served = serve(&args, &[]);
+    let ready = reqwest::get(format!("http://{}/readyz", served.query))
+        .await
+        .expect("answered");
+    assert_eq!(ready.status().as_u16(), 200);
+    let (status, stderr) = tokio::task::spawn_blocking(|| served.stop_with_stderr())
+        .await
+        .expect("stopped");
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    let line = stderr
+        .lines()
+        .find(|line| line.contains("Snapshot refused"))
+        .unwrap_or_else(|| panic!("no refusal line: {stderr}"));
+    assert!(line.contains("newer"), "{line}");
+    assert!(line.contains("fanin.snapshot.refused-"), "{line}");
+    let aside: Vec<_> = std::fs::read_dir(dir.join("state"))
+        .expect("listed")
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_string_lossy().contains(".refused-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "moved aside, never deleted");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_storage_path_that_is_a_file_exits_2_naming_the_key() {
+    let file = write_config("not-a-dir", "");
+    let config = write_config(
+        "storage-file",
+        &format!("storage: {{path: {:?}}}\n", file.display().to_string()),
+    );
+    let serve = ["serve", "--config", config.to_str().expect("UTF-8")];
+    let (code, _, stderr) = run(&[&serve[..], &ANY_PORT[..]].concat(), &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("storage.path"), "{stderr}");
+    assert!(stderr.contains("not a directory"), "{stderr}");
+}
