@@ -32,6 +32,10 @@
 //!   worker connected before them, `/healthz`'s, whether a new client gets an export
 //!   through meanwhile, and 12 s later.
 //! - `flood`: one instance sends 1,100,000 new streams; then a new instance sends one point.
+//! - `snapshot`: with `storage.path` set, 100,000 and then 1,000,000 streams stored: one
+//!   snapshot's size and time, a small export's latency while snapshots are written back to
+//!   back (against the same store in a fanin without storage), and the restore's time after
+//!   a SIGKILL.
 
 // A benchmark may panic on what it cannot do: the run is then void.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -62,7 +66,7 @@ use common::attr;
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
 
-const SCENARIOS: [&str; 9] = [
+const SCENARIOS: [&str; 10] = [
     "amplification",
     "largest-page",
     "grpc-held",
@@ -72,6 +76,7 @@ const SCENARIOS: [&str; 9] = [
     "render-stall",
     "idle-connections",
     "flood",
+    "snapshot",
 ];
 
 #[derive(Parser, Debug)]
@@ -100,6 +105,11 @@ fn main() {
         .build()
         .expect("a runtime");
     for scenario in chosen {
+        if scenario == "snapshot" {
+            let result = runtime.block_on(snapshot(&args.fanin));
+            println!("RESULT scenario={scenario} {result}");
+            continue;
+        }
         let fanin = Fanin::start(&args.fanin);
         let result = runtime.block_on(async {
             match scenario {
@@ -130,6 +140,11 @@ struct Fanin {
 
 impl Fanin {
     fn start(binary: &str) -> Fanin {
+        Fanin::start_with(binary, &[])
+    }
+
+    /// `fanin serve` with `extra` arguments (a `--config` file).
+    fn start_with(binary: &str, extra: &[&str]) -> Fanin {
         let mut child = Command::new(binary)
             .args([
                 "serve",
@@ -139,6 +154,7 @@ impl Fanin {
                 "127.0.0.1:0",
             ])
             .args(["--query-listen", "127.0.0.1:0"])
+            .args(extra)
             .env("RUST_LOG", "error")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -657,6 +673,149 @@ fn read_metrics_in_the_background(
             futures_util::future::join_all(loops).await.concat()
         })
     })
+}
+
+/// `instances` × 10,000 counter streams into `fanin`.
+async fn load(fanin: &Fanin, instances: usize) {
+    for instance in 0..instances {
+        let request = request(
+            &format!("load-{instance:03}"),
+            vec![counters("load", 0..10_000, 10)],
+        );
+        let (ok, rejected, message) = export(fanin, request).await;
+        assert!(ok && rejected == 0, "loading: {message}");
+    }
+}
+
+/// fanin's `/api/v1/stats` `storage` figures.
+async fn storage_figures(fanin: &Fanin) -> serde_json::Value {
+    let text = reqwest::get(format!("http://{}/api/v1/stats", fanin.query))
+        .await
+        .expect("stats")
+        .text()
+        .await
+        .expect("a body");
+    let stats: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    stats["storage"].clone()
+}
+
+/// Waits for a snapshot written after the `written`-th and returns its figures.
+async fn next_snapshot(fanin: &Fanin, written: u64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let figures = storage_figures(fanin).await;
+        if figures["snapshots_written"].as_u64().unwrap_or(0) > written {
+            return figures;
+        }
+        assert!(Instant::now() < deadline, "no snapshot: {figures}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Exports of one point to an instance of its own and to `load-000` (whose 10,000 streams
+/// a snapshot copies under its lock), alternating, until two snapshots have been written
+/// while they ran: `(own, loaded, snapshots written meanwhile)`.
+async fn probe_while_snapshotting(fanin: &Fanin) -> (Latency, Latency, u64) {
+    let client = fanin.client().await;
+    let written = || async {
+        storage_figures(fanin).await["snapshots_written"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let before = written().await;
+    let (mut own, mut loaded) = (Vec::new(), Vec::new());
+    let mut round = 0u64;
+    while written().await < before + 2 {
+        for (instance, metric, times) in [
+            ("probe", "probe", &mut own),
+            ("load-000", "load", &mut loaded),
+        ] {
+            let request = request(instance, vec![counters(metric, 0..1, 100 + round)]);
+            let started = Instant::now();
+            let ok = client.clone().export(request).await.is_ok();
+            assert!(ok, "an export failed");
+            times.push(started.elapsed().as_secs_f64() * 1000.0);
+        }
+        round += 1;
+    }
+    let latency = |mut times: Vec<f64>| {
+        times.sort_by(f64::total_cmp);
+        let at = |quantile: f64| times[((times.len() - 1) as f64 * quantile).round() as usize];
+        Latency {
+            p50: at(0.5),
+            p99: at(0.99),
+            failed: 0,
+        }
+    };
+    (latency(own), latency(loaded), written().await - before)
+}
+
+async fn snapshot(binary: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("fanin-bench-snapshot-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("a directory");
+    let config = dir.join("config.yaml");
+    let state = dir.join("state");
+    std::fs::write(
+        &config,
+        format!(
+            "storage: {{path: {:?}, interval: 200ms}}\n",
+            state.display().to_string()
+        ),
+    )
+    .expect("config");
+    let with_storage = ["--config", config.to_str().expect("UTF-8")];
+    let mut fields = Vec::new();
+    for instances in [10, 100] {
+        let streams = instances * 10_000;
+        let _ = std::fs::remove_dir_all(&state);
+        let fanin = Fanin::start_with(binary, &with_storage);
+        load(&fanin, instances).await;
+        // The first snapshot that began after the load, then one more whole one.
+        let written = storage_figures(&fanin).await["snapshots_written"]
+            .as_u64()
+            .unwrap_or(0);
+        let first = next_snapshot(&fanin, written + 1).await;
+        let (rss, _) = fanin.memory();
+        fields.push(format!(
+            "streams_{streams}_snapshot_bytes={} streams_{streams}_snapshot_ms={:.0} \
+             streams_{streams}_rss_mib={rss:.0}",
+            first["last_bytes"],
+            first["last_micros"].as_f64().unwrap_or(0.0) / 1000.0,
+        ));
+        if instances == 100 {
+            let (own, loaded, snapshots) = probe_while_snapshotting(&fanin).await;
+            fields.push(own.fields("snapshotting_export"));
+            fields.push(loaded.fields("snapshotting_loaded_export"));
+            fields.push(format!("snapshots_during_probes={snapshots}"));
+        }
+        // A crash, and the restore of what the last snapshot holds.
+        drop(fanin);
+        let started = Instant::now();
+        let restored = Fanin::start_with(binary, &with_storage);
+        fields.push(format!(
+            "streams_{streams}_restore_ms={:.0}",
+            started.elapsed().as_secs_f64() * 1000.0
+        ));
+        drop(restored);
+    }
+    // The same store in a fanin without storage: the export latency to compare with.
+    let fanin = Fanin::start(binary);
+    load(&fanin, 100).await;
+    let client = fanin.client().await;
+    fields.push(
+        export_latency(&client, "probe", "probe", 0)
+            .await
+            .fields("idle_export"),
+    );
+    fields.push(
+        export_latency(&client, "load-000", "load", 0)
+            .await
+            .fields("idle_loaded_export"),
+    );
+    drop(fanin);
+    let _ = std::fs::remove_dir_all(&dir);
+    fields.join(" ")
 }
 
 async fn idle_connections(fanin: &Fanin) -> String {

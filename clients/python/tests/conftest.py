@@ -41,27 +41,38 @@ def eventually(probe, what, timeout=DEADLINE):
 
 class Fanin:
     """`otlp_keys` is YAML flow-mapping text added to both OTLP listeners' keys (TLS and a
-    token, say); `env` is added to fanin's environment."""
+    token, say); `env` is added to fanin's environment; `storage` YAML text for the
+    `storage` section (a snapshot directory), which `restart` relies on."""
 
-    def __init__(self, tmp: Path, otlp_keys: str = "", env: dict | None = None):
-        binary = os.environ.get("FANIN_BIN", str(REPO / "target" / "debug" / "fanin"))
+    def __init__(self, tmp: Path, otlp_keys: str = "", env: dict | None = None,
+                 storage: str = ""):
+        self.binary = os.environ.get("FANIN_BIN", str(REPO / "target" / "debug" / "fanin"))
         self.socket = tmp / "fanin.sock"
-        config = tmp / "fanin.yaml"
-        extra = f", {otlp_keys}" if otlp_keys else ""
-        config.write_text(
+        self.config = tmp / "fanin.yaml"
+        self.otlp_keys = otlp_keys
+        self.storage = storage
+        self.env = {**os.environ, **(env or {})}
+        self._start({"otlp-grpc": "127.0.0.1:0", "otlp-http": "127.0.0.1:0",
+                     "query": "127.0.0.1:0"})
+
+    def _start(self, listen: dict):
+        extra = f", {self.otlp_keys}" if self.otlp_keys else ""
+        storage = f"storage: {self.storage}\n" if self.storage else ""
+        self.config.write_text(
             "receivers:\n"
             "  otlp:\n"
-            f'    grpc: {{listen: "127.0.0.1:0"{extra}}}\n'
-            f'    http: {{listen: "127.0.0.1:0"{extra}}}\n'
+            f'    grpc: {{listen: "{listen["otlp-grpc"]}"{extra}}}\n'
+            f'    http: {{listen: "{listen["otlp-http"]}"{extra}}}\n'
             f"    unix: {{path: {json.dumps(str(self.socket))}}}\n"
-            'query: {listen: "127.0.0.1:0"}\n'
+            f'query: {{listen: "{listen["query"]}"}}\n'
+            f"{storage}"
         )
         self.process = subprocess.Popen(
-            [binary, "serve", "--config", str(config)],
+            [self.binary, "serve", "--config", str(self.config)],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
-            env={**os.environ, **(env or {})},
+            env=self.env,
         )
         self.addresses = {}
         for line in self.process.stdout:
@@ -71,6 +82,15 @@ class Fanin:
                 break
         else:
             raise RuntimeError("fanin exited before listening")
+
+    def kill(self, sig=signal.SIGKILL):
+        """Stops fanin with `sig` (SIGKILL: a crash) and waits for it to exit."""
+        self.process.send_signal(sig)
+        self.process.wait(timeout=DEADLINE)
+
+    def start_again(self):
+        """Starts a stopped fanin with the same config on the same addresses."""
+        self._start(self.addresses)
 
     def endpoint(self, transport: str) -> dict:
         """OTEL_* variables that point an exporter at this fanin over `transport`."""
