@@ -436,14 +436,7 @@ impl Store {
             .shared
             .metrics
             .entry(metric.name.clone())
-            .or_insert_with(|| MetricEntry {
-                first: Arc::clone(metric),
-                description: Arc::clone(description),
-                conflicts: Vec::new(),
-                conflicts_refused: false,
-                evicted_instances: 0,
-                streams: 0,
-            });
+            .or_insert_with(|| MetricEntry::new(metric, description));
         if description.len() > entry.description.len() {
             entry.description = Arc::clone(description);
         }

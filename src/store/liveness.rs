@@ -25,7 +25,6 @@ use super::{
     EVICTED_LISTED, Instance, InstanceState, RetiredKey, RetiredTotal, Store, Transport, lock,
     lock_any, process, view_of,
 };
-use crate::model::StreamValue;
 
 /// Why an instance was retired.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -148,14 +147,7 @@ impl Store {
                 let Some(value) = stream.state().value else {
                     continue;
                 };
-                let bounds = match &value {
-                    StreamValue::Histogram(histogram) => histogram
-                        .bounds
-                        .iter()
-                        .map(|bound| bound.to_bits())
-                        .collect(),
-                    _ => Vec::new(),
-                };
+                let bounds = RetiredKey::bounds_of(&value);
                 let retired_key = RetiredKey {
                     metric: Arc::clone(&key.metric),
                     resource: resource.clone(),
@@ -230,7 +222,8 @@ mod eviction_tests {
 
     use super::*;
     use crate::model::{
-        AttrValue, Attributes, Histogram, Kind, MetricId, Point, Scope, Temporality, Value,
+        AttrValue, Attributes, Histogram, Kind, MetricId, Point, Scope, StreamValue, Temporality,
+        Value,
     };
     use crate::outcome::Outcome;
     use crate::store::{StoreSettings, Writer};

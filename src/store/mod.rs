@@ -214,6 +214,34 @@ struct MetricEntry {
     streams: usize,
 }
 
+impl MetricEntry {
+    /// A name first seen with `metric`, holding nothing yet.
+    fn new(metric: &Arc<MetricId>, description: &Arc<str>) -> MetricEntry {
+        MetricEntry {
+            first: Arc::clone(metric),
+            description: Arc::clone(description),
+            conflicts: Vec::new(),
+            conflicts_refused: false,
+            evicted_instances: 0,
+            streams: 0,
+        }
+    }
+}
+
+impl RetiredKey {
+    /// The bounds part of a retired key for `value`: a histogram's bounds by their bits.
+    fn bounds_of(value: &StreamValue) -> Vec<u64> {
+        match value {
+            StreamValue::Histogram(histogram) => histogram
+                .bounds
+                .iter()
+                .map(|bound| bound.to_bits())
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
 /// A metric name seen with a different kind, unit or monotonicity than it was first seen
 /// with. Both are stored as separate streams; this records that they disagree.
 #[derive(Clone, Debug, PartialEq)]

@@ -592,14 +592,7 @@ impl Store {
         self.shared
             .metrics
             .entry(metric.name.clone())
-            .or_insert_with(|| MetricEntry {
-                first: Arc::clone(metric),
-                description: Arc::clone(description),
-                conflicts: Vec::new(),
-                conflicts_refused: false,
-                evicted_instances: 0,
-                streams: 0,
-            })
+            .or_insert_with(|| MetricEntry::new(metric, description))
             .streams += 1;
     }
 
@@ -701,14 +694,7 @@ impl Store {
             let value = StreamValue::from_proto(
                 total.value.as_ref().ok_or("a retired total has no value")?,
             )?;
-            let bounds = match &value {
-                StreamValue::Histogram(histogram) => histogram
-                    .bounds
-                    .iter()
-                    .map(|bound| bound.to_bits())
-                    .collect(),
-                _ => Vec::new(),
-            };
+            let bounds = RetiredKey::bounds_of(&value);
             let key = RetiredKey {
                 metric: Arc::clone(metric),
                 resource: attributes_from_proto(total.resource.as_ref())?,
