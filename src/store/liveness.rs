@@ -84,6 +84,12 @@ impl Store {
     /// Retires and evicts instances as of `now`.
     pub fn sweep_at(&self, now: Instant, liveness: &Liveness) -> SweepReport {
         let mut report = SweepReport::default();
+        // While a snapshot walks the store nothing is evicted: the next sweep does it.
+        let may_evict = match self.shared.snapshot_gate.try_lock() {
+            Ok(gate) => Some(gate),
+            Err(std::sync::TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        };
         for instance in self.all_instances() {
             let mut state = lock(&instance.state);
             if state.evicted {
@@ -114,7 +120,9 @@ impl Store {
                     }
                 }
                 Some(retirement) => {
-                    if now.saturating_duration_since(retirement.since) >= liveness.ttl {
+                    if may_evict.is_some()
+                        && now.saturating_duration_since(retirement.since) >= liveness.ttl
+                    {
                         self.evict(&instance, &mut state);
                         report.evicted += 1;
                     }
@@ -197,7 +205,7 @@ impl Store {
     }
 
     /// Forgets metric names that have neither streams nor retired totals left.
-    fn forget_unused_metrics(&self) {
+    pub(super) fn forget_unused_metrics(&self) {
         self.shared.metrics.retain(|_, entry| entry.streams > 0);
     }
 }

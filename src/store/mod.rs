@@ -130,6 +130,9 @@ struct Shared {
     /// One copy of each distinct point attribute set, shared by every stream that has it.
     /// Touched only when a stream is created, and by the sweep after evictions.
     attribute_sets: Mutex<hashbrown::HashTable<Arc<Attributes>>>,
+    /// Held while a snapshot walks the store: no instance is evicted meanwhile, so the
+    /// snapshot never holds an instance's streams and, in the retired totals, their fold.
+    snapshot_gate: Mutex<()>,
 }
 
 /// How many evicted instances `/api/v1/instances` still lists.
@@ -347,6 +350,7 @@ impl Store {
                 clock,
                 stream_hasher: RandomState::default(),
                 attribute_sets: Mutex::new(hashbrown::HashTable::new()),
+                snapshot_gate: Mutex::new(()),
             }),
         }
     }

@@ -343,6 +343,9 @@ impl Store {
     /// The store as a snapshot body (`proto/fanin/v1/snapshot.proto`'s `Snapshot`). Each
     /// instance is copied under its lock and encoded after the lock is let go.
     pub fn snapshot(&self) -> SnapshotBody {
+        // No eviction until the retired totals below are copied: an instance is in the
+        // snapshot either with its streams or folded into the retired totals, never both.
+        let _gate = lock_any(&self.shared.snapshot_gate);
         let mut tables = Tables::default();
         let mut bytes = Vec::new();
         let mut written: HashMap<Arc<Attributes>, u32> = HashMap::new();
@@ -504,6 +507,10 @@ impl Store {
     ) -> Result<(Store, Restored), String> {
         let store = Store::new(settings);
         let restored = store.restore(snapshot)?;
+        // What the limits in force left without a stream is not kept (the tables that held
+        // the attribute sets are gone by now).
+        store.forget_unused_metrics();
+        store.forget_unused_attribute_sets();
         Ok((store, restored))
     }
 
@@ -1160,6 +1167,34 @@ mod tests {
         assert_eq!(restored.streams, 8);
         assert_eq!(restored.left_out, store.stream_count() - 8);
         assert_eq!(smaller.stream_count(), 8);
+        // A name none of whose streams came back is not listed.
+        let identities = smaller.metric_identities();
+        assert!(
+            identities.iter().all(|identity| identity.held > 0),
+            "{identities:?}"
+        );
+    }
+
+    #[test]
+    fn nothing_is_evicted_while_a_snapshot_walks_the_store() {
+        let store = Store::new(StoreSettings::for_tests(1000));
+        export(&store, "w1", (None, 4001), 110, 3);
+        let liveness = Liveness {
+            ttl: Duration::from_secs(60),
+        };
+        let now = store.clock().now();
+        assert_eq!(
+            store
+                .sweep_at(now + Duration::from_secs(61), &liveness)
+                .retired,
+            1
+        );
+        let walking = lock_any(&store.shared.snapshot_gate);
+        let later = now + Duration::from_secs(122);
+        assert_eq!(store.sweep_at(later, &liveness).evicted, 0);
+        assert_eq!(store.instance_count(), 1);
+        drop(walking);
+        assert_eq!(store.sweep_at(later, &liveness).evicted, 1);
     }
 
     #[test]
