@@ -398,22 +398,14 @@ impl App {
                 },
             );
             export_shutdown.cancel();
+            // The receivers have drained: the last snapshot, with the workers' final
+            // exports in it, is written while the exporters make their last attempt.
+            if let Some(storage) = storage {
+                last_snapshot(storage, store.clone()).await;
+            }
             served
         };
         let (served, _) = tokio::join!(servers, exporting);
-        if let Some(storage) = storage {
-            // The last snapshot has the workers' final exports in it.
-            let store = store.clone();
-            let written = tokio::task::spawn_blocking(move || storage.write_logged(&store)).await;
-            if let Ok(Some(written)) = written {
-                tracing::info!(
-                    instances = written.instances,
-                    streams = written.streams,
-                    bytes = written.bytes,
-                    "Wrote the snapshot at shutdown"
-                );
-            }
-        }
         served?;
         Ok(())
     }
@@ -446,6 +438,19 @@ fn bind_unix(path: &Path, mode: FileMode) -> Result<UnixListener, AppError> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode.0))
         .map_err(|source| error(format!("cannot set its mode to {:o}: {source}", mode.0)))?;
     Ok(listener)
+}
+
+/// Writes the snapshot at shutdown, off the runtime's threads, and says so.
+async fn last_snapshot(storage: Arc<Storage>, store: Store) {
+    let written = tokio::task::spawn_blocking(move || storage.write_logged(&store)).await;
+    if let Ok(Some(written)) = written {
+        tracing::info!(
+            instances = written.instances,
+            streams = written.streams,
+            bytes = written.bytes,
+            "Wrote the snapshot at shutdown"
+        );
+    }
 }
 
 /// Says in one line what was found under `storage.path`.

@@ -246,7 +246,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
         shutdown.cancel();
         match tokio::time::timeout(grace, server).await {
             Ok(joined) => joined.context("server task panicked")??,
-            Err(_) => tracing::warn!(?grace, "Shutdown grace period over; exiting with requests in flight"),
+            Err(_) => tracing::warn!(?grace, "Shutdown grace period over; exiting with requests in flight (and, with storage.path set, without the last snapshot: the one before it stays)"),
         }
         tracing::info!("fanin stopped");
         Ok(())

@@ -56,6 +56,9 @@ pub enum StorageError {
 pub struct Storage {
     dir: PathBuf,
     interval: Duration,
+    /// One write at a time: a periodic write cut short by shutdown still runs on its thread
+    /// when the last one starts, and both use the one temporary file.
+    writing: std::sync::Mutex<()>,
     /// Held while this fanin runs: a second fanin on the same directory is refused.
     _lock: nix::fcntl::Flock<File>,
 }
@@ -120,6 +123,7 @@ impl Storage {
             .truncate(false)
             .write(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
             .open(dir.join(LOCK))
             .map_err(|error| failed(format!("cannot write in it: {error}")))?;
         let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
@@ -131,6 +135,7 @@ impl Storage {
         Ok(Some(Storage {
             dir: dir.clone(),
             interval: config.interval,
+            writing: std::sync::Mutex::new(()),
             _lock: lock,
         }))
     }
@@ -215,6 +220,10 @@ impl Storage {
     /// # Errors
     /// The file system's error; the previous snapshot is left as it was.
     pub fn write(&self, store: &Store) -> std::io::Result<Written> {
+        let _one = self
+            .writing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let began = Instant::now();
         let body = store.snapshot();
         let header = pb::Header {
@@ -228,18 +237,27 @@ impl Storage {
         prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, &mut head);
         prost::encoding::encode_varint(body.bytes.len() as u64, &mut head);
         let temporary = self.dir.join(TEMPORARY);
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&temporary)?;
-        file.write_all(&head)?;
-        file.write_all(&body.bytes)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&temporary, self.file())?;
-        sync_directory(&self.dir)?;
+        let replaced = (|| {
+            // Not through a link someone else put there.
+            let mut file = OpenOptions::new()
+                .create(true)
+                .truncate(true)
+                .write(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&temporary)?;
+            file.write_all(&head)?;
+            file.write_all(&body.bytes)?;
+            file.sync_all()?;
+            drop(file);
+            fs::rename(&temporary, self.file())?;
+            sync_directory(&self.dir)
+        })();
+        if let Err(error) = replaced {
+            // A disk that filled up keeps no half-written file.
+            let _ = fs::remove_file(&temporary);
+            return Err(error);
+        }
         let written = Written {
             bytes: (head.len() + body.bytes.len()) as u64,
             instances: body.instances,
