@@ -301,18 +301,21 @@ fn feed(stream: &mut Stream, deliveries: &[Delivery], findings: &mut Vec<Evidenc
 fn crash_and_restore(
     plans: &[WriterPlan],
     choices: &[u8],
-    delta: bool,
+    (kind, delta): (Kind, bool),
     cuts: (usize, usize),
 ) -> Result<(), TestCaseError> {
-    let metric = metric(
-        Kind::Sum,
-        Some(if delta {
-            Temporality::Delta
-        } else {
-            Temporality::Cumulative
-        }),
-        true,
-    );
+    let metric = match kind {
+        Kind::Gauge => metric(Kind::Gauge, None, false),
+        _ => metric(
+            Kind::Sum,
+            Some(if delta {
+                Temporality::Delta
+            } else {
+                Temporality::Cumulative
+            }),
+            true,
+        ),
+    };
     let queues = plans
         .iter()
         .enumerate()
@@ -338,7 +341,7 @@ fn crash_and_restore(
 
     prop_assert_eq!(subject.state(), twin.state());
     prop_assert_eq!(&restarted_findings, &twin_findings);
-    if !delta {
+    if kind == Kind::Sum && !delta {
         // Per life (a writer's start time), its latest value kept is what it counted.
         let mut lives: std::collections::HashMap<u64, i64> = std::collections::HashMap::new();
         for delivery in before.iter().chain(after) {
@@ -365,7 +368,7 @@ proptest! {
         choices in prop::collection::vec(any::<u8>(), 1..64),
         cuts in (any::<usize>(), any::<usize>()),
     ) {
-        crash_and_restore(&plans, &choices, false, cuts)?;
+        crash_and_restore(&plans, &choices, (Kind::Sum, false), cuts)?;
     }
 
     #[test]
@@ -374,6 +377,15 @@ proptest! {
         choices in prop::collection::vec(any::<u8>(), 1..64),
         cuts in (any::<usize>(), any::<usize>()),
     ) {
-        crash_and_restore(&plans, &choices, true, cuts)?;
+        crash_and_restore(&plans, &choices, (Kind::Sum, true), cuts)?;
+    }
+
+    #[test]
+    fn gauge_runs_go_on_after_fanin_restarts_from_a_snapshot(
+        plans in prop::collection::vec(writer_plan(2), 1..=16),
+        choices in prop::collection::vec(any::<u8>(), 1..64),
+        cuts in (any::<usize>(), any::<usize>()),
+    ) {
+        crash_and_restore(&plans, &choices, (Kind::Gauge, false), cuts)?;
     }
 }
