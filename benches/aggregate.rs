@@ -214,6 +214,20 @@ fn export_side(criterion: &mut Criterion) {
     group.bench_function("aggregation_alone", |bench| {
         bench.iter(|| fanin::query::prometheus::Families::collect(&store, &[]).series())
     });
+    // One history sample (`query.history`) of the 100k groups, into rings of 90 points
+    // that are already full (the steady state), with room for every group.
+    let history = fanin::query::History::new(fanin::query::HistorySettings {
+        step: Duration::from_secs(10),
+        points: 90,
+        max_series: 200_000,
+    });
+    for _ in 0..90 {
+        history.sample(&store, &[]);
+    }
+    assert_eq!(history.counts(), (METRICS * SERIES_PER_METRIC, 0));
+    group.bench_function("history_sample", |bench| {
+        bench.iter(|| history.sample(&store, &[]))
+    });
     group.finish();
 }
 

@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, FileMode};
 use crate::export::{ExportError, Exporter};
-use crate::query::QuerySettings;
 use crate::query::grpc::QueryServer;
+use crate::query::{HistorySettings, QuerySettings};
 use crate::receiver::budget::Budget;
 use crate::receiver::grpc::{ExportService, ExportSettings};
 use crate::receiver::http::HttpSettings;
@@ -257,10 +257,21 @@ impl App {
         };
         let grpc_connections = connections(otlp.grpc.max_connections.get());
         let grpc_gate = Gate::new(grpc, grpc_connections, "OTLP/gRPC");
+        let history = config.query.history;
         let query_settings = QuerySettings::new(
             config.aggregation.rules.clone(),
             config.query.max_concurrent_queries.get(),
-        );
+        )
+        .with_history(HistorySettings {
+            step: history.step,
+            points: history.points.get(),
+            max_series: history.max_series,
+        });
+        let sampler = (history.max_series > 0).then(|| {
+            let (settings, store, shutdown) =
+                (query_settings.clone(), store.clone(), shutdown.clone());
+            async move { settings.sample_history(store, shutdown).await }
+        });
         let grpc_server = tonic::transport::Server::builder()
             .max_concurrent_streams(config.connections.max_concurrent_streams.get())
             .add_service(QueryServer::service(
@@ -384,6 +395,12 @@ impl App {
                 async {
                     if let Some(snapshots) = snapshots {
                         snapshots.await;
+                    }
+                    Ok(())
+                },
+                async {
+                    if let Some(sampler) = sampler {
+                        sampler.await;
                     }
                     Ok(())
                 },

@@ -220,8 +220,21 @@ pub struct QueryConfig {
     pub max_connections: NonZeroUsize,
     /// Queries answered at once, off the threads that receive exports; more wait their turn.
     pub max_concurrent_queries: NonZeroUsize,
+    pub history: HistoryConfig,
     pub tls: TlsConfig,
     pub auth: AuthConfig,
+}
+
+/// What `/api/v1/history` keeps: each metric's aggregated groups, sampled every `step`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryConfig {
+    #[serde(with = "humantime_serde")]
+    pub step: Duration,
+    /// Samples kept per group (`points` × `step` of history).
+    pub points: NonZeroUsize,
+    /// Groups kept at most, across metrics; 0 keeps no history.
+    pub max_series: usize,
 }
 
 /// TLS on one TCP listener: on when `cert_file` (and `key_file`) are set (`docs/design.md`,
@@ -583,6 +596,18 @@ impl Config {
             if !(Duration::from_millis(1)..=Duration::from_secs(600)).contains(&timeout) {
                 return Err(invalid(key, "timeout", "must be between 1ms and 10m"));
             }
+        }
+        if !(Duration::from_millis(100)..=Duration::from_secs(86_400))
+            .contains(&self.query.history.step)
+        {
+            return Err(invalid(
+                "query.history",
+                "step",
+                "must be between 100ms and 24h",
+            ));
+        }
+        if self.query.history.points.get() > 100_000 {
+            return Err(invalid("query.history", "points", "must be at most 100000"));
         }
         if !(Duration::from_millis(100)..=Duration::from_secs(86_400))
             .contains(&self.storage.interval)

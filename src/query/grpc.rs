@@ -65,10 +65,12 @@ impl Interceptor for TokenCheck {
 impl From<QueryError> for Status {
     fn from(error: QueryError) -> Status {
         match error {
-            QueryError::UnknownMetric(_) | QueryError::NotFound(_) => {
+            QueryError::UnknownMetric(_)
+            | QueryError::NotFound(_)
+            | QueryError::History(crate::query::history::HistoryError::Unknown(_)) => {
                 Status::not_found(error.to_string())
             }
-            QueryError::Param(_) | QueryError::Aggregate(_) => {
+            QueryError::Param(_) | QueryError::Aggregate(_) | QueryError::History(_) => {
                 Status::invalid_argument(error.to_string())
             }
             QueryError::Failed => Status::internal(error.to_string()),

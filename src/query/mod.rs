@@ -18,6 +18,7 @@
 
 mod answer;
 pub mod grpc;
+pub mod history;
 mod json;
 mod message;
 mod params;
@@ -41,6 +42,7 @@ use crate::security::{self, Guard};
 use crate::store::Store;
 
 pub use answer::default_agg;
+pub use history::{History, HistorySettings};
 pub use params::{
     DEFAULT_PAGE, MAX_GROUP_KEYS, MAX_MATCHES, MAX_PAGE, PageParams, ParamError, QueryParams,
     SeriesParams,
@@ -58,6 +60,8 @@ pub enum QueryError {
     Param(#[from] ParamError),
     #[error(transparent)]
     Aggregate(#[from] AggregateError),
+    #[error(transparent)]
+    History(#[from] history::HistoryError),
     #[error("fanin failed to answer this query")]
     Failed,
 }
@@ -65,7 +69,12 @@ pub enum QueryError {
 impl IntoResponse for QueryError {
     fn into_response(self) -> Response {
         let status = match self {
-            QueryError::Param(_) | QueryError::Aggregate(_) => StatusCode::BAD_REQUEST,
+            QueryError::Param(_)
+            | QueryError::Aggregate(_)
+            | QueryError::History(
+                history::HistoryError::OtherAgg { .. } | history::HistoryError::AvgBy,
+            ) => StatusCode::BAD_REQUEST,
+            QueryError::History(history::HistoryError::Unknown(_)) => StatusCode::NOT_FOUND,
             QueryError::UnknownMetric(_) | QueryError::NotFound(_) => StatusCode::NOT_FOUND,
             QueryError::Failed => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -74,8 +83,9 @@ impl IntoResponse for QueryError {
 }
 
 /// Every path the router answers, for the message of an unknown one.
-pub const ENDPOINTS: [&str; 9] = [
+pub const ENDPOINTS: [&str; 10] = [
     "/api/v1/query",
+    "/api/v1/history",
     "/api/v1/metrics",
     "/api/v1/instances",
     "/api/v1/series",
@@ -93,6 +103,8 @@ pub struct QuerySettings {
     pub rules: Vec<AggregationRule>,
     /// Where query work runs, shared with the gRPC `QueryService`.
     pub workers: Workers,
+    /// Each metric's recent aggregated totals (`/api/v1/history`), sampled by the app.
+    pub history: Arc<History>,
 }
 
 impl QuerySettings {
@@ -101,6 +113,35 @@ impl QuerySettings {
         QuerySettings {
             rules,
             workers: Workers::new(max_concurrent),
+            history: Arc::new(History::new(HistorySettings {
+                step: std::time::Duration::from_secs(10),
+                points: 90,
+                max_series: 10_000,
+            })),
+        }
+    }
+
+    /// The same, keeping history as `settings` say.
+    pub fn with_history(mut self, settings: HistorySettings) -> QuerySettings {
+        self.history = Arc::new(History::new(settings));
+        self
+    }
+
+    /// Samples every metric's aggregated groups into the history every `step` until
+    /// `shutdown`, on the query threads.
+    pub async fn sample_history(&self, store: Store, shutdown: CancellationToken) {
+        let mut interval = tokio::time::interval(self.history.settings().step);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let rules: Arc<[AggregationRule]> = self.rules.clone().into();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = interval.tick() => {
+                    let (store, rules, history) =
+                        (store.clone(), Arc::clone(&rules), Arc::clone(&self.history));
+                    let _ = self.workers.run(move || history.sample(&store, &rules)).await;
+                }
+            }
         }
     }
 }
@@ -109,6 +150,7 @@ impl QuerySettings {
 struct QueryState {
     store: Store,
     rules: Arc<[AggregationRule]>,
+    history: Arc<History>,
     workers: Workers,
 }
 
@@ -127,10 +169,12 @@ pub fn router(
         .route("/api/v1/series", get(series))
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/collisions", get(collisions))
+        .route("/api/v1/history", get(history_answer))
         .with_state(QueryState {
             store: store.clone(),
             rules: settings.rules.into(),
             workers: settings.workers,
+            history: settings.history,
         });
     // Probes need no token.
     let probes = Router::new()
@@ -278,6 +322,17 @@ async fn collisions(State(state): State<QueryState>) -> Result<Response, QueryEr
             });
             Ok(json::collisions(&found, &inherited))
         })
+        .await
+}
+
+async fn history_answer(
+    State(state): State<QueryState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, QueryError> {
+    let params = QueryParams::parse(raw.as_deref())?;
+    let history = Arc::clone(&state.history);
+    state
+        .json(move |_, rules| Ok(history.answer(&params, rules)?))
         .await
 }
 
