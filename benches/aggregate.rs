@@ -2,7 +2,10 @@
 //! as a client would see it, JSON and text rendering included:
 //!
 //! - `query_sum_by`: `GET /api/v1/query?metric=..&by=http.route` on one of 25 metrics;
-//! - `metrics_page`: `GET /metrics`, every metric aggregated and rendered.
+//! - `metrics_page`: `GET /metrics`, every metric aggregated and rendered;
+//! - `overview_page`: `GET /`, the HTML overview (every metric's total, every worker);
+//! - `metric_page`: `GET /ui/metric?metric=..`, one metric's groups and the streams behind
+//!   them (the first 1,000 listed).
 //!
 //! Run with `cargo bench --bench aggregate`. Besides criterion's estimates it prints the
 //! p50 and p99 latency over every request it timed.
@@ -93,7 +96,9 @@ fn loaded_store() -> Store {
 }
 
 fn query_side(criterion: &mut Criterion) {
+    // The timer too: /metrics bounds how long a reader may take for each chunk.
     let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .unwrap_or_else(|error| panic!("runtime: {error}"));
     let router = fanin::query::router(
@@ -121,16 +126,23 @@ fn query_side(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("query_100k_streams");
     group.sample_size(20);
     // Every request is timed on its own too, for the percentiles printed at the end.
-    let mut latencies: [(&str, Vec<Duration>); 2] = [
+    let mut latencies: [(&str, Vec<Duration>); 4] = [
         (
             "/api/v1/query?metric=app.metric.0&by=http.route",
             Vec::new(),
         ),
         ("/metrics", Vec::new()),
+        ("/", Vec::new()),
+        ("/ui/metric?metric=app.metric.0", Vec::new()),
     ];
-    for (name, (uri, timings)) in ["query_sum_by", "metrics_page"]
-        .into_iter()
-        .zip(latencies.iter_mut())
+    for (name, (uri, timings)) in [
+        "query_sum_by",
+        "metrics_page",
+        "overview_page",
+        "metric_page",
+    ]
+    .into_iter()
+    .zip(latencies.iter_mut())
     {
         group.bench_function(name, |bench| {
             bench.iter_custom(|iterations| {

@@ -31,7 +31,7 @@ use super::prometheus::Families;
 use crate::aggregate::{Agg, Aggregated};
 use crate::config::AggregationRule;
 use crate::model::Attributes;
-use crate::store::Store;
+use crate::store::{StatsSnapshot, Store};
 
 /// How history is kept (`query.history`).
 #[derive(Clone, Copy, Debug)]
@@ -46,6 +46,21 @@ pub struct HistorySettings {
 pub struct History {
     settings: HistorySettings,
     state: Mutex<Rings>,
+    /// The point counters at the latest two samples, for rates per second.
+    counters: Mutex<VecDeque<(std::time::Instant, HashMap<String, u64>)>>,
+}
+
+/// Points by what became of them: `accepted`, `rejected:<reason>`, `dropped:<reason>`.
+fn point_counters(stats: &StatsSnapshot) -> HashMap<String, u64> {
+    let mut counters = HashMap::new();
+    counters.insert("accepted".to_string(), stats.points_accepted);
+    for (reason, count) in &stats.points_rejected {
+        counters.insert(format!("rejected:{reason}"), *count);
+    }
+    for (reason, count) in &stats.points_dropped {
+        counters.insert(format!("dropped:{reason}"), *count);
+    }
+    counters
 }
 
 #[derive(Debug, Default)]
@@ -109,7 +124,29 @@ impl History {
                 ..settings
             },
             state: Mutex::new(Rings::default()),
+            counters: Mutex::new(VecDeque::new()),
         }
+    }
+
+    /// Points per second by what became of them (`accepted`, `rejected:<reason>`,
+    /// `dropped:<reason>`) between the latest two samples; `None` before there are two.
+    pub fn rates(&self) -> Option<HashMap<String, f64>> {
+        let counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+        let (before, after) = (counters.front()?, counters.back()?);
+        let seconds = after.0.duration_since(before.0).as_secs_f64();
+        if seconds <= 0.0 {
+            return None;
+        }
+        Some(
+            after
+                .1
+                .iter()
+                .map(|(key, count)| {
+                    let earlier = before.1.get(key).copied().unwrap_or(0);
+                    (key.clone(), count.saturating_sub(earlier) as f64 / seconds)
+                })
+                .collect(),
+        )
     }
 
     pub fn settings(&self) -> HistorySettings {
@@ -118,6 +155,14 @@ impl History {
 
     /// Samples every metric's groups as of now.
     pub fn sample(&self, store: &Store, rules: &[AggregationRule]) {
+        {
+            let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
+            if counters.len() == 2 {
+                counters.pop_front();
+            }
+            let stats = store.stats().snapshot();
+            counters.push_back((std::time::Instant::now(), point_counters(&stats)));
+        }
         let families = Families::collect(store, rules);
         let mut now = Vec::new();
         for family in families.iter() {

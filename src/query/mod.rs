@@ -23,6 +23,7 @@ mod json;
 mod message;
 mod params;
 pub mod prometheus;
+pub mod web;
 mod workers;
 
 use std::sync::Arc;
@@ -66,9 +67,10 @@ pub enum QueryError {
     Failed,
 }
 
-impl IntoResponse for QueryError {
-    fn into_response(self) -> Response {
-        let status = match self {
+impl QueryError {
+    /// The HTTP status this error is answered with.
+    fn status(&self) -> StatusCode {
+        match self {
             QueryError::Param(_)
             | QueryError::Aggregate(_)
             | QueryError::History(
@@ -77,13 +79,24 @@ impl IntoResponse for QueryError {
             QueryError::History(history::HistoryError::Unknown(_)) => StatusCode::NOT_FOUND,
             QueryError::UnknownMetric(_) | QueryError::NotFound(_) => StatusCode::NOT_FOUND,
             QueryError::Failed => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        (status, axum::Json(json!({ "error": self.to_string() }))).into_response()
+        }
+    }
+}
+
+impl IntoResponse for QueryError {
+    fn into_response(self) -> Response {
+        (
+            self.status(),
+            axum::Json(json!({ "error": self.to_string() })),
+        )
+            .into_response()
     }
 }
 
 /// Every path the router answers, for the message of an unknown one.
-pub const ENDPOINTS: [&str; 10] = [
+pub const ENDPOINTS: [&str; 12] = [
+    "/",
+    "/ui/metric",
     "/api/v1/query",
     "/api/v1/history",
     "/api/v1/metrics",
@@ -170,14 +183,24 @@ pub fn router(
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/collisions", get(collisions))
         .route("/api/v1/history", get(history_answer))
+        .route("/", get(overview_page))
+        .route("/ui/metric", get(metric_page))
         .with_state(QueryState {
             store: store.clone(),
             rules: settings.rules.into(),
             workers: settings.workers,
             history: settings.history,
         });
-    // Probes need no token.
+    // Probes need no token, and neither do the page's stylesheet and script (no data).
     let probes = Router::new()
+        .route(
+            "/ui/fanin.css",
+            get(|| async { web::asset("text/css; charset=utf-8", web::CSS) }),
+        )
+        .route(
+            "/ui/fanin.js",
+            get(|| async { web::asset("text/javascript; charset=utf-8", web::JS) }),
+        )
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(shutdown);
@@ -189,6 +212,21 @@ pub fn router(
 }
 
 impl QueryState {
+    /// Runs `work` (a page) on the query workers with the store, the rules and the history.
+    async fn page<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Store, &[AggregationRule], &History) -> T + Send + 'static,
+    ) -> Result<T, QueryError> {
+        let (store, rules, history) = (
+            self.store.clone(),
+            Arc::clone(&self.rules),
+            Arc::clone(&self.history),
+        );
+        self.workers
+            .run(move || work(&store, &rules, &history))
+            .await
+    }
+
     /// Runs `work` on the query workers and answers what it returns as JSON.
     async fn json<T: serde::Serialize + Send + 'static>(
         &self,
@@ -334,6 +372,28 @@ async fn history_answer(
     state
         .json(move |_, rules| Ok(history.answer(&params, rules)?))
         .await
+}
+
+async fn overview_page(State(state): State<QueryState>) -> Result<Response, QueryError> {
+    let page = state.page(web::overview).await?;
+    Ok(web::html(page))
+}
+
+async fn metric_page(
+    State(state): State<QueryState>,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, QueryError> {
+    let params = match QueryParams::parse(raw.as_deref()) {
+        Ok(params) => params,
+        Err(error) => return Ok(web::error_page(StatusCode::BAD_REQUEST, &error.to_string())),
+    };
+    let page = state
+        .page(move |store, rules, history| web::metric(store, rules, history, &params))
+        .await?;
+    Ok(match page {
+        Ok(page) => web::html(page),
+        Err(error) => web::error_page(error.status(), &error.to_string()),
+    })
 }
 
 async fn readyz(State(shutdown): State<CancellationToken>) -> Response {
