@@ -101,9 +101,15 @@ fn query_side(criterion: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap_or_else(|error| panic!("runtime: {error}"));
+    let store = loaded_store();
+    let settings = fanin::query::QuerySettings::new(Vec::new(), 1);
+    // Two history samples, so that the pages draw their sparklines.
+    for _ in 0..2 {
+        settings.history.sample(&store, &[]);
+    }
     let router = fanin::query::router(
-        loaded_store(),
-        fanin::query::QuerySettings::new(Vec::new(), 1),
+        store,
+        settings,
         std::sync::Arc::new(fanin::security::Guard::open(fanin::store::Listener::Query)),
         CancellationToken::new(),
     );

@@ -153,13 +153,32 @@ async fn the_overview_shows_workers_exact_totals_collisions_and_no_injected_mark
         .counter("<script>alert(1)</script>", 100, 200, 3)
         .build();
     fanin.export_grpc(request).await.expect("accepted");
-    common::eventually(WAIT, "the collision", || async {
+    // Both streams of the pair collide, the histogram (whose attribute is the hostile
+    // one) included, so the overview lists that attribute.
+    common::eventually(WAIT, "both collisions", || async {
         let (_, found) = fanin.get("/api/v1/collisions").await;
-        (!found["collisions"].as_array()?.is_empty()).then_some(())
+        let metrics: Vec<&str> = found["collisions"]
+            .as_array()?
+            .iter()
+            .filter_map(|collision| collision["metric"].as_str())
+            .collect();
+        (metrics.contains(&"http.requests") && metrics.contains(&"http.latency")).then_some(())
     })
     .await;
     let total = fanin.total("metric=http.requests&by=").await;
     assert_eq!(total, json!(56), "40 + 2 + 5 + 6 + 1 + 2");
+    // Two samples of the total in the history: the overview draws its sparkline.
+    common::eventually(WAIT, "two samples of the total", || async {
+        let (_, history) = fanin.get("/api/v1/history?metric=http.requests&by=").await;
+        let samples = history["series"][0]["values"].as_array()?;
+        (samples
+            .iter()
+            .filter(|value| **value == json!(56.0))
+            .count()
+            >= 2)
+            .then_some(())
+    })
+    .await;
 
     let base = format!("http://{}", fanin.addresses.query);
     let page = dom(&chromium, &profile, &format!("{base}/"));
@@ -174,9 +193,12 @@ async fn the_overview_shows_workers_exact_totals_collisions_and_no_injected_mark
         );
     }
     assert!(
-        page.contains("data-metric=\"http.requests\">56</td>"),
-        "the total /api/v1/query gives: {page}"
+        page.contains("data-metric=\"http.requests\">56</td><td><svg class=\"spark\""),
+        "the total /api/v1/query gives, with its sparkline: {page}"
     );
+    assert!(page.contains("<polyline points="), "{page}");
+    // The hostile attribute is on the overview (the histogram's collision), as text.
+    assert!(page.contains("onerror="), "{page}");
     let latency = fanin.query_series("metric=http.latency&by=").await;
     let count = latency[0]["histogram"]["count"].as_u64().expect("a count");
     assert!(

@@ -70,7 +70,7 @@ struct Rings {
     /// Per metric name, per group: one value per sample time (NaN: not in that sample).
     metrics: HashMap<String, Metric>,
     series: usize,
-    /// Groups not kept because `max_series` were.
+    /// Samples of groups not kept because `max_series` were (one per group per step).
     refused: u64,
 }
 
@@ -246,7 +246,8 @@ impl History {
         metrics.retain(|_, metric| !metric.groups.is_empty());
     }
 
-    /// How many groups are kept, and how many were not kept for `max_series`.
+    /// How many groups are kept, and how many samples of groups were not kept for
+    /// `max_series`.
     pub fn counts(&self) -> (usize, u64) {
         let rings = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         (rings.series, rings.refused)
@@ -262,6 +263,44 @@ impl History {
         params: &QueryParams,
         rules: &[AggregationRule],
     ) -> Result<Json, HistoryError> {
+        let selected = self.select(params, rules)?;
+        let series: Vec<Json> = selected
+            .series
+            .into_iter()
+            .map(|(attributes, values)| {
+                let attributes = super::json::attributes(&attributes);
+                let values: Vec<Json> = values
+                    .into_iter()
+                    .map(|value| {
+                        if value.is_nan() {
+                            Json::Null
+                        } else {
+                            json!(value)
+                        }
+                    })
+                    .collect();
+                json!({"attributes": attributes, "values": values})
+            })
+            .collect();
+        Ok(json!({
+            "metric": params.metric,
+            "agg": selected.agg.as_str(),
+            "step_seconds": self.settings.step.as_secs_f64(),
+            "times_unix_nano": selected.times,
+            "series": series,
+        }))
+    }
+
+    /// The series `params` select, in a stable order (by their attributes); values are
+    /// NaN where a sample had none.
+    ///
+    /// # Errors
+    /// As [`History::answer`].
+    pub fn select(
+        &self,
+        params: &QueryParams,
+        rules: &[AggregationRule],
+    ) -> Result<Selected, HistoryError> {
         let rings = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(metric) = rings.metrics.get(&params.metric) else {
             return Err(HistoryError::Unknown(params.metric.clone()));
@@ -306,32 +345,21 @@ impl History {
                 regrouped.into_iter().collect()
             }
         };
-        series.sort_by(|a, b| format!("{:?}", a.0).cmp(&format!("{:?}", b.0)));
-        let series: Vec<Json> = series
-            .into_iter()
-            .map(|(attributes, values)| {
-                let attributes = super::json::attributes(&attributes);
-                let values: Vec<Json> = values
-                    .into_iter()
-                    .map(|value| {
-                        if value.is_nan() {
-                            Json::Null
-                        } else {
-                            json!(value)
-                        }
-                    })
-                    .collect();
-                json!({"attributes": attributes, "values": values})
-            })
-            .collect();
-        Ok(json!({
-            "metric": params.metric,
-            "agg": default.as_str(),
-            "step_seconds": self.settings.step.as_secs_f64(),
-            "times_unix_nano": rings.times,
-            "series": series,
-        }))
+        series.sort_by_cached_key(|(attributes, _)| format!("{attributes:?}"));
+        Ok(Selected {
+            agg: default,
+            times: rings.times.iter().copied().collect(),
+            series,
+        })
     }
+}
+
+/// What one selection of a metric's history holds.
+#[derive(Debug)]
+pub struct Selected {
+    pub agg: Agg,
+    pub times: Vec<u64>,
+    pub series: Vec<(Attributes, Vec<f64>)>,
 }
 
 /// Two groups' values in one sample, as `agg` regroups them; NaN is a gap.
@@ -436,6 +464,7 @@ mod tests {
             by_service["series"][0]["attributes"],
             json!({"service.name": "shop"})
         );
+        assert_eq!(by_service["series"][0]["values"], json!([3.0, 3.0]));
         let other = history.answer(&params("metric=requests&agg=max"), &[]);
         assert!(
             matches!(other, Err(HistoryError::OtherAgg { .. })),

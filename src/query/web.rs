@@ -9,12 +9,12 @@
 //! Every attribute, metric name, unit and description is user input: all text goes
 //! through [`esc`], every URL parameter through `form_urlencoded`.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::{Duration, SystemTime};
 
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use serde_json::Value as Json;
 
 use super::QueryError;
 use super::answer::{self, Answer};
@@ -168,16 +168,27 @@ fn attributes_text(attributes: &Attributes) -> String {
         .join(" ")
 }
 
-/// A sparkline of `values` (nulls are gaps) as inline SVG, drawn on the server.
-fn sparkline(values: &[Json]) -> String {
-    let numbers: Vec<Option<f64>> = values.iter().map(Json::as_f64).collect();
-    let present: Vec<f64> = numbers.iter().flatten().copied().collect();
+/// A sparkline of `values` (NaN: a gap) as inline SVG, drawn on the server.
+fn sparkline(values: &[f64]) -> String {
+    let present: Vec<f64> = values
+        .iter()
+        .copied()
+        .filter(|value| value.is_finite())
+        .collect();
     if present.len() < 2 {
         return String::new();
     }
     let low = present.iter().copied().fold(f64::INFINITY, f64::min);
     let high = present.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    let span = if high > low { high - low } else { 1.0 };
+    let span = if high > low && (high - low).is_finite() {
+        high - low
+    } else {
+        1.0
+    };
+    let numbers: Vec<Option<f64>> = values
+        .iter()
+        .map(|value| value.is_finite().then_some(*value))
+        .collect();
     let step = 100.0 / (numbers.len().max(2) - 1) as f64;
     // Runs of two points or more between gaps; a point alone draws no line.
     let mut lines = Vec::new();
@@ -185,7 +196,7 @@ fn sparkline(values: &[Json]) -> String {
     for (index, value) in numbers.iter().enumerate() {
         match value {
             Some(value) => {
-                let y = 19.0 - (value - low) / span * 18.0;
+                let y = (19.0 - (value - low) / span * 18.0).clamp(1.0, 19.0);
                 let _ = write!(points.0, "{:.1},{y:.1} ", index as f64 * step);
                 points.1 += 1;
             }
@@ -213,14 +224,45 @@ fn sparkline(values: &[Json]) -> String {
     )
 }
 
-/// The history of one selection's single group, if there is one.
-fn history_of(history: &History, rules: &[AggregationRule], params: &QueryParams) -> Vec<Json> {
+/// Each series' history for `params`, by its attributes (empty without history).
+fn histories(
+    history: &History,
+    rules: &[AggregationRule],
+    params: &QueryParams,
+) -> HashMap<Attributes, Vec<f64>> {
     history
-        .answer(params, rules)
-        .ok()
-        .and_then(|answer| answer["series"][0]["values"].as_array().cloned())
+        .select(params, rules)
+        .map(|selected| selected.series.into_iter().collect())
         .unwrap_or_default()
 }
+
+/// The history of a metric's whole total (one series), if it has one.
+fn total_history(history: &History, rules: &[AggregationRule], metric: &str) -> Vec<f64> {
+    // Averages cannot be regrouped: a metric averaged has a whole history only when it has
+    // one group.
+    let whole = QueryParams {
+        metric: metric.to_string(),
+        agg: None,
+        by: Some(Vec::new()),
+        matches: Vec::new(),
+    };
+    let selected = history.select(&whole, rules).or_else(|_| {
+        history.select(
+            &QueryParams {
+                by: None,
+                ..whole.clone()
+            },
+            rules,
+        )
+    });
+    match selected {
+        Ok(mut selected) if selected.series.len() == 1 => selected.series.remove(0).1,
+        _ => Vec::new(),
+    }
+}
+
+/// Most rows a table of the page lists; the JSON API has them all.
+const ROWS: usize = 500;
 
 /// The worker an instance names, in words: its id, else its pid, else its resource.
 fn instance_name(attributes: &Attributes) -> String {
@@ -282,10 +324,7 @@ fn writer_text(view: &InstanceView) -> String {
 pub fn overview(store: &Store, rules: &[AggregationRule], history: &History) -> String {
     let mut main = String::new();
     let mut instances = store.instances();
-    instances.sort_by(|a, b| {
-        (a.retired.is_some(), instance_name(&a.attributes))
-            .cmp(&(b.retired.is_some(), instance_name(&b.attributes)))
-    });
+    instances.sort_by_cached_key(|view| (view.retired.is_some(), instance_name(&view.attributes)));
     let live = instances
         .iter()
         .filter(|view| view.retired.is_none())
@@ -338,13 +377,13 @@ pub fn overview(store: &Store, rules: &[AggregationRule], history: &History) -> 
             esc(&identity.metric.unit),
             esc(name),
             esc(&total),
-            sparkline(&history_of(history, rules, &params)),
+            sparkline(&total_history(history, rules, name)),
         );
     }
     main.push_str("</tbody></table></section>");
 
     main.push_str("<section><h2>Workers</h2><table id=\"instances\"><thead><tr><th>worker</th><th>service</th><th>pid</th><th>state</th><th>last writer</th><th>streams</th><th>exports</th></tr></thead><tbody>");
-    for view in &instances {
+    for view in instances.iter().take(ROWS) {
         let (state, sentence) = instance_state(view);
         let service = view
             .attributes
@@ -365,7 +404,16 @@ pub fn overview(store: &Store, rules: &[AggregationRule], history: &History) -> 
             view.exports,
         );
     }
-    main.push_str("</tbody></table></section>");
+    main.push_str("</tbody></table>");
+    if instances.len() > ROWS {
+        let _ = write!(
+            main,
+            "<p class=\"muted\">The first {ROWS} of {} workers (live first); all of them: \
+             <a href=\"/api/v1/instances\">/api/v1/instances</a>.</p>",
+            instances.len()
+        );
+    }
+    main.push_str("</section>");
 
     main.push_str(&ingest(&stats, history));
     page("fanin: workers, totals, collisions", &main)
@@ -387,7 +435,7 @@ fn findings(
     let _ = write!(out, "<p class=\"fix\"><b>How to fix:</b> {}.</p>", esc(FIX));
     if !collisions.is_empty() {
         out.push_str("<table><thead><tr><th>metric</th><th>worker</th><th>attributes</th><th>what was seen</th><th>total</th><th>writers</th></tr></thead><tbody>");
-        for collision in collisions {
+        for collision in collisions.iter().take(ROWS) {
             let evidence: Vec<&str> = collision
                 .evidence
                 .iter()
@@ -410,7 +458,15 @@ fn findings(
         }
         out.push_str("</tbody></table>");
     }
-    for finding in inherited {
+    if collisions.len() > ROWS {
+        let _ = write!(
+            out,
+            "<p class=\"muted\">The first {ROWS} of {} colliding streams; all of them: \
+             <a href=\"/api/v1/collisions\">/api/v1/collisions</a>.</p>",
+            collisions.len()
+        );
+    }
+    for finding in inherited.iter().take(ROWS) {
         let _ = write!(
             out,
             "<p class=\"bad\">{} workers report <b>{}</b> {} with one start time ({}): they \
@@ -518,42 +574,42 @@ pub fn metric(
     }
 
     main.push_str("<section><h2>Totals</h2><table id=\"groups\"><thead><tr><th>attributes</th><th>value</th><th>workers</th><th>last 15 minutes</th></tr></thead><tbody>");
-    for group in &answer.groups {
-        let mut matches = params.matches.clone();
-        // The group's own attributes select it in the history.
-        let grouped_by: Vec<String> = group
-            .attributes
-            .iter()
-            .map(|(key, _)| key.to_string())
-            .collect();
-        for (key, value) in group.attributes.iter() {
-            matches.push((key.to_string(), attr_text(value)));
-        }
-        let selection = QueryParams {
-            metric: name.clone(),
-            agg: params.agg,
-            by: Some(grouped_by),
-            matches,
-        };
+    let sparklines = histories(history, rules, params);
+    for group in answer.groups.iter().take(ROWS) {
         let _ = write!(
             main,
             "<tr><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
             attributes_text(&group.attributes),
             esc(&value_text(&group.value)),
             group.instances,
-            sparkline(&history_of(history, rules, &selection)),
+            sparkline(
+                sparklines
+                    .get(&group.attributes)
+                    .map_or(&[][..], Vec::as_slice)
+            ),
         );
     }
-    main.push_str("</tbody></table></section>");
+    main.push_str("</tbody></table>");
+    if answer.groups.len() > ROWS {
+        let _ = write!(
+            main,
+            "<p class=\"muted\">The first {ROWS} of {} groups; all of them: \
+             <a href=\"/api/v1/query?{}\">/api/v1/query</a>.</p>",
+            answer.groups.len(),
+            esc(&query_string([("metric", name.as_str())]))
+        );
+    }
+    main.push_str("</section>");
 
-    for group in &answer.groups {
+    // Buckets of the first few groups: each is a table of its own.
+    for group in answer.groups.iter().take(10) {
         main.push_str(&buckets(group));
     }
 
     main.push_str("<section><h2>Streams behind it</h2><table id=\"streams\"><thead><tr><th>worker</th><th>state</th><th>attributes</th><th>value</th><th>writers</th></tr></thead><tbody>");
     let mut streams = store.streams(name);
     streams.sort_by_cached_key(|view| instance_name(&view.instance));
-    for view in streams.iter().take(1000) {
+    for view in streams.iter().take(ROWS) {
         let value = view
             .state
             .value
@@ -577,10 +633,10 @@ pub fn metric(
         );
     }
     main.push_str("</tbody></table>");
-    if streams.len() > 1000 {
+    if streams.len() > ROWS {
         let _ = write!(
             main,
-            "<p class=\"muted\">The first 1,000 of {} streams; all of them: \
+            "<p class=\"muted\">The first {ROWS} of {} streams; all of them: \
              <a href=\"/api/v1/series?{}\">/api/v1/series</a>.</p>",
             streams.len(),
             esc(&query_string([("metric", name.as_str())]))
@@ -655,21 +711,17 @@ mod tests {
 
     #[test]
     fn a_sparkline_breaks_at_gaps_and_needs_two_points() {
-        assert_eq!(sparkline(&[Json::from(1.0)]), "");
-        let line = sparkline(&[
-            Json::from(1.0),
-            Json::from(2.0),
-            Json::Null,
-            Json::from(3.0),
-        ]);
+        let gap = f64::NAN;
+        assert_eq!(sparkline(&[1.0]), "");
+        let line = sparkline(&[1.0, 2.0, gap, 3.0]);
         assert_eq!(line.matches("<polyline").count(), 1, "{line}");
-        let line = sparkline(&[
-            Json::from(1.0),
-            Json::from(2.0),
-            Json::Null,
-            Json::from(3.0),
-            Json::from(4.0),
-        ]);
+        let line = sparkline(&[1.0, 2.0, gap, 3.0, 4.0]);
         assert_eq!(line.matches("<polyline").count(), 2, "{line}");
+        // Values too far apart for their difference to be finite still draw.
+        let line = sparkline(&[-f64::MAX, f64::MAX]);
+        assert!(
+            line.contains("<polyline") && !line.contains("NaN"),
+            "{line}"
+        );
     }
 }
