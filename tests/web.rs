@@ -75,6 +75,17 @@ fn dom(chromium: &Path, profile: &Path, url: &str) -> String {
     )
 }
 
+/// The number of the render a page's `<main>` came from.
+fn render_number(page: &str) -> u64 {
+    let (_, rest) = page
+        .split_once("data-render=\"")
+        .unwrap_or_else(|| panic!("no render number: {page}"));
+    rest.split('"')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("a number")
+}
+
 /// An SDK meter provider for worker `instance` of service `shop`, exporting over gRPC.
 fn worker(fanin: &TestFanin, instance: &str, pid: i64) -> SdkMeterProvider {
     let exporter = opentelemetry_otlp::MetricExporter::builder()
@@ -224,6 +235,27 @@ async fn the_overview_shows_workers_exact_totals_collisions_and_no_injected_mark
         "no element from an attribute value: {page}"
     );
     assert!(!page.contains("pwned</title>"), "{page}");
+
+    // The numbers refresh without a reload: after 12 s (Chromium's virtual time) the
+    // <main> shown is a later render than the page Chromium loaded, which itself comes
+    // after the one fetched here.
+    let fetched = reqwest::get(format!("{base}/"))
+        .await
+        .expect("the overview")
+        .text()
+        .await
+        .expect("a body");
+    let refreshed = run_chromium(
+        &chromium,
+        &profile,
+        &["--virtual-time-budget=12000", "--dump-dom"],
+        &format!("{base}/"),
+    );
+    let (before, after) = (render_number(&fetched), render_number(&refreshed));
+    assert!(
+        after >= before + 2,
+        "render {after} after {before}: not refreshed"
+    );
 
     // The metric page: the attribute with quotes and angle brackets, as text, in the
     // streams behind the totals; the buckets drawn.

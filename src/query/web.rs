@@ -96,14 +96,19 @@ pub fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
+/// Pages rendered since start: each `<main>` carries its number, so a reader (and a test)
+/// can tell a refreshed page from the one first loaded.
+static RENDERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 fn page(title: &str, main: &str) -> String {
+    let render = RENDERS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>{}</title><link rel=\"stylesheet\" href=\"/ui/fanin.css\">\
          <script src=\"/ui/fanin.js\" defer></script></head>\
          <body><header><a class=\"home\" href=\"/\">fanin</a> <span class=\"muted\">{}</span></header>\
-         <main id=\"main\">{main}</main>\
+         <main id=\"main\" data-render=\"{render}\">{main}</main>\
          <footer class=\"muted\">Refreshes every 5 s. JSON: <a href=\"/api/v1/metrics\">/api/v1/metrics</a>, \
          <a href=\"/api/v1/instances\">/api/v1/instances</a>, <a href=\"/api/v1/collisions\">/api/v1/collisions</a>, \
          <a href=\"/api/v1/stats\">/api/v1/stats</a>; Prometheus: <a href=\"/metrics\">/metrics</a>.</footer>\
