@@ -24,6 +24,7 @@ use prost::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::StorageConfig;
+use crate::model::unix_nanos;
 use crate::proto::v1::snapshot as pb;
 use crate::store::{Restored, Store, StoreSettings};
 
@@ -84,12 +85,6 @@ pub struct Written {
     pub instances: u64,
     pub streams: u64,
     pub took: Duration,
-}
-
-fn unix_nanos(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |since| {
-        u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
-    })
 }
 
 impl Storage {

@@ -10,12 +10,21 @@
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 mod histogram;
 mod number;
 
 pub use histogram::{BoundsMismatch, StreamValue};
 pub use number::{Number, Total};
+
+/// Nanoseconds since the Unix epoch, the unit OTLP uses for every timestamp (0 before it,
+/// saturating far after).
+pub fn unix_nanos(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |elapsed| {
+        u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
+    })
+}
 
 /// One attribute value, typed as OTLP's `AnyValue` is: `1` and `"1"` are different values.
 #[derive(Clone, Debug)]

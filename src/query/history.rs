@@ -20,7 +20,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde_json::{Value as Json, json};
 
@@ -31,6 +31,7 @@ use super::prometheus::Families;
 use crate::aggregate::{Agg, Aggregated};
 use crate::config::AggregationRule;
 use crate::model::Attributes;
+use crate::model::unix_nanos;
 use crate::store::{StatsSnapshot, Store};
 
 /// How history is kept (`query.history`).
@@ -108,12 +109,6 @@ fn sampled(value: &Aggregated) -> f64 {
         Aggregated::ExpHistogram(histogram) => histogram.count as f64,
         Aggregated::Summary { count, .. } => *count as f64,
     }
-}
-
-fn unix_nanos(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |since| {
-        u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
-    })
 }
 
 impl History {

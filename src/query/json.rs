@@ -8,8 +8,6 @@
 //! Attributes and exponential histograms are encoded through the query API's messages
 //! (`message.rs`), so every endpoint writes them the same way.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use serde_json::{Value as Json, json};
 
 use super::message;
@@ -69,12 +67,7 @@ fn to_json<T: serde::Serialize>(message: &T) -> Json {
     serde_json::to_value(message).unwrap_or(Json::Null)
 }
 
-/// Nanoseconds since the Unix epoch, the unit OTLP uses for every timestamp.
-pub fn unix_nanos(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |elapsed| {
-        u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
-    })
-}
+pub use crate::model::unix_nanos;
 
 fn scope(scope: &Scope) -> Json {
     json!({

@@ -31,7 +31,7 @@ use super::{
     lock_any,
 };
 use crate::model::{
-    AttrValue, Attributes, Kind, MetricId, Scope, StreamKey, StreamValue, Temporality,
+    AttrValue, Attributes, Kind, MetricId, Scope, StreamKey, StreamValue, Temporality, unix_nanos,
 };
 use crate::proto::v1::snapshot as pb;
 
@@ -53,13 +53,6 @@ pub struct Restored {
 }
 
 type Checked<T> = Result<T, String>;
-
-/// Nanoseconds since the Unix epoch (0 before it, saturating far after).
-fn unix_nanos(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).map_or(0, |since| {
-        u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
-    })
-}
 
 fn system_time(nanos: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(nanos)
