@@ -102,7 +102,13 @@ fn query_side(criterion: &mut Criterion) {
         .build()
         .unwrap_or_else(|error| panic!("runtime: {error}"));
     let store = loaded_store();
-    let settings = fanin::query::QuerySettings::new(Vec::new(), 1);
+    let settings = fanin::query::QuerySettings::new(Vec::new(), 1).with_history(
+        fanin::query::HistorySettings {
+            step: Duration::from_secs(10),
+            points: 90,
+            max_series: 10_000,
+        },
+    );
     // Two history samples, so that the pages draw their sparklines.
     for _ in 0..2 {
         settings.history.sample(&store, &[]);

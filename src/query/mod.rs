@@ -121,15 +121,17 @@ pub struct QuerySettings {
 }
 
 impl QuerySettings {
-    /// `rules`, answered `max_concurrent` queries at a time.
+    /// `rules`, answered `max_concurrent` queries at a time, keeping no history.
     pub fn new(rules: Vec<AggregationRule>, max_concurrent: usize) -> QuerySettings {
         QuerySettings {
             rules,
             workers: Workers::new(max_concurrent),
+            // No history until `with_history` says how much (`query.history`, whose
+            // defaults live in config.yaml).
             history: Arc::new(History::new(HistorySettings {
                 step: std::time::Duration::from_secs(10),
-                points: 90,
-                max_series: 10_000,
+                points: 1,
+                max_series: 0,
             })),
         }
     }
