@@ -229,7 +229,10 @@ fn decompress(
         _ => "deflate",
     };
     let mut reader = reader.take(limit as u64 + 1);
-    let mut inflated = Vec::new();
+    // One allocation for the whole body where its size is known: growing a chunk at a time
+    // copied the body again at every doubling.
+    let expected = inflated_size_hint(&raw, compression, limit);
+    let mut inflated = Vec::with_capacity(expected.div_ceil(INFLATE_CHUNK) * INFLATE_CHUNK);
     loop {
         budget.take(held, INFLATE_CHUNK)?;
         let start = inflated.len();
@@ -255,6 +258,26 @@ fn decompress(
         });
     }
     Ok(Bytes::from(inflated))
+}
+
+/// Most a hint may expect a body to inflate by: protobuf compresses about 5 to 10 times, and
+/// a larger claim (the gzip trailer is the sender's word) only makes the buffer grow as it
+/// fills, as it would without a hint.
+const MAX_HINTED_RATIO: usize = 32;
+
+/// How many bytes the body should inflate to, for sizing the buffer: gzip's trailer gives the
+/// (last member's) size modulo 2^32; for deflate, nothing. Never more than `limit + 1`.
+fn inflated_size_hint(raw: &[u8], compression: Compression, limit: usize) -> usize {
+    let stated = match (compression, raw.last_chunk::<4>()) {
+        (Compression::Gzip, Some(trailer)) => u32::from_le_bytes(*trailer) as usize,
+        _ => 0,
+    };
+    // One byte past the limit is how an over-limit body is told; a chunk more lets the read
+    // that finds the end fit too.
+    stated
+        .min(raw.len().saturating_mul(MAX_HINTED_RATIO))
+        .min(limit)
+        .saturating_add(1)
 }
 
 fn is_zlib(data: &[u8]) -> bool {
@@ -475,6 +498,37 @@ mod tests {
             &inflate(raw, Compression::Deflate, 10).expect("raw")[..],
             b"abc"
         );
+    }
+
+    #[test]
+    fn gzip_members_inflate_whole_though_the_trailer_names_the_last() {
+        // The buffer is sized from the last member's trailer (3 bytes): it grows past it.
+        let first = vec![7u8; 300_000];
+        let mut body = gzip(&first).to_vec();
+        body.extend_from_slice(&gzip(b"end"));
+        let inflated = inflate(Bytes::from(body), Compression::Gzip, 1 << 20).expect("fits");
+        assert_eq!(inflated.len(), 300_003);
+        assert_eq!(&inflated[300_000..], b"end");
+        assert!(inflated[..300_000].iter().all(|byte| *byte == 7));
+    }
+
+    #[test]
+    fn a_gzip_trailer_is_only_a_hint() {
+        assert_eq!(
+            inflated_size_hint(&gzip(b"hello"), Compression::Gzip, 100),
+            6
+        );
+        // A claim past the limit, or past what the body could hold, is not believed.
+        let mut lying = gzip(b"hello").to_vec();
+        let at = lying.len() - 4;
+        lying[at..].copy_from_slice(&u32::MAX.to_le_bytes());
+        let hint = inflated_size_hint(&lying, Compression::Gzip, 1 << 30);
+        assert_eq!(hint, lying.len() * MAX_HINTED_RATIO + 1);
+        assert_eq!(inflated_size_hint(&lying, Compression::Gzip, 10), 11);
+        assert_eq!(inflated_size_hint(b"", Compression::Gzip, 10), 1);
+        // A wrong size in the trailer is the sender's error, refused as corrupt.
+        let error = inflate(Bytes::from(lying), Compression::Gzip, 1 << 30).expect_err("lies");
+        assert!(matches!(error, IngestError::Decompress { .. }));
     }
 
     #[test]
