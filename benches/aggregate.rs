@@ -2,7 +2,10 @@
 //! as a client would see it, JSON and text rendering included:
 //!
 //! - `query_sum_by`: `GET /api/v1/query?metric=..&by=http.route` on one of 25 metrics;
-//! - `metrics_page`: `GET /metrics`, every metric aggregated and rendered;
+//! - `metrics_page`: `GET /metrics` of a store that did not change since the last scrape:
+//!   every metric's kept answer rendered;
+//! - `metrics_page_changed`: `GET /metrics` after one worker exported every metric again
+//!   (the export not timed): every metric aggregated again and rendered;
 //! - `overview_page`: `GET /`, the HTML overview (every metric's total, every worker);
 //! - `metric_page`: `GET /ui/metric?metric=..`, one metric's groups and the streams behind
 //!   them (the first 1,000 listed).
@@ -111,8 +114,10 @@ fn query_side(criterion: &mut Criterion) {
     );
     // Two history samples, so that the pages draw their sparklines.
     for _ in 0..2 {
-        settings.history.sample(&store, &[]);
+        settings.history.sample(&store, &settings.answers);
     }
+    let writes = store.clone();
+    let export = request(0);
     let router = fanin::query::router(
         store,
         settings,
@@ -138,28 +143,30 @@ fn query_side(criterion: &mut Criterion) {
     let mut group = criterion.benchmark_group("query_100k_streams");
     group.sample_size(20);
     // Every request is timed on its own too, for the percentiles printed at the end.
-    let mut latencies: [(&str, Vec<Duration>); 4] = [
+    let mut cases: [(&str, &str, Vec<Duration>); 5] = [
         (
+            "query_sum_by",
             "/api/v1/query?metric=app.metric.0&by=http.route",
             Vec::new(),
         ),
-        ("/metrics", Vec::new()),
-        ("/", Vec::new()),
-        ("/ui/metric?metric=app.metric.0", Vec::new()),
+        ("metrics_page", "/metrics", Vec::new()),
+        ("metrics_page_changed", "/metrics", Vec::new()),
+        ("overview_page", "/", Vec::new()),
+        ("metric_page", "/ui/metric?metric=app.metric.0", Vec::new()),
     ];
-    for (name, (uri, timings)) in [
-        "query_sum_by",
-        "metrics_page",
-        "overview_page",
-        "metric_page",
-    ]
-    .into_iter()
-    .zip(latencies.iter_mut())
-    {
-        group.bench_function(name, |bench| {
+    let writer = Writer {
+        transport: Transport::Grpc,
+        peer: None,
+        pid: None,
+    };
+    for (name, uri, timings) in &mut cases {
+        group.bench_function(*name, |bench| {
             bench.iter_custom(|iterations| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iterations {
+                    if *name == "metrics_page_changed" {
+                        store_message(&writes, &export, writer);
+                    }
                     let start = Instant::now();
                     runtime.block_on(get(uri));
                     let took = start.elapsed();
@@ -171,7 +178,7 @@ fn query_side(criterion: &mut Criterion) {
         });
     }
     group.finish();
-    for (uri, mut timings) in latencies {
+    for (name, uri, mut timings) in cases {
         timings.sort();
         let at = |fraction: f64| {
             let index = ((timings.len() as f64 * fraction).ceil() as usize).saturating_sub(1);
@@ -180,7 +187,7 @@ fn query_side(criterion: &mut Criterion) {
                 .map_or(f64::NAN, |took| took.as_secs_f64() * 1e3)
         };
         println!(
-            "latency {uri}: {} requests, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            "latency {name} ({uri}): {} requests, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
             timings.len(),
             at(0.50),
             at(0.99),
@@ -217,26 +224,32 @@ fn export_side(criterion: &mut Criterion) {
         }
         store_message(&store, &request, writer);
     }
-    let families = fanin::query::prometheus::Families::collect(&store, &[]);
+    // A fresh `Answers` each time: an exporter's interval is longer than a worker's, so
+    // every metric has changed by the next batch and nothing kept can be used.
+    let collect = || {
+        let answers = fanin::query::Answers::new(std::sync::Arc::from([]));
+        fanin::query::prometheus::Families::collect(&store, &answers)
+    };
+    let families = collect();
     assert_eq!(families.series(), METRICS * SERIES_PER_METRIC);
     let mut group = criterion.benchmark_group("export/100k-series");
     group.sample_size(10);
     group.bench_function("otlp", |bench| {
         let mut continuity = fanin::export::otlp::Continuity::default();
         bench.iter(|| {
-            let families = fanin::query::prometheus::Families::collect(&store, &[]);
+            let families = collect();
             let (request, _) = fanin::export::otlp::request(&families, &[], &mut continuity, 10);
             prost::Message::encode_to_vec(&request).len()
         })
     });
     group.bench_function("prometheus_remote_write", |bench| {
         bench.iter(|| {
-            let families = fanin::query::prometheus::Families::collect(&store, &[]);
+            let families = collect();
             fanin::export::remote_write::body(&families, 10, Vec::new()).map(|(body, _)| body.len())
         })
     });
     group.bench_function("aggregation_alone", |bench| {
-        bench.iter(|| fanin::query::prometheus::Families::collect(&store, &[]).series())
+        bench.iter(|| collect().series())
     });
     // One history sample (`query.history`) of the 100k groups, into rings of 90 points
     // that are already full (the steady state), with room for every group.
@@ -245,12 +258,13 @@ fn export_side(criterion: &mut Criterion) {
         points: 90,
         max_series: 200_000,
     });
+    let fresh = || fanin::query::Answers::new(std::sync::Arc::from([]));
     for _ in 0..90 {
-        history.sample(&store, &[]);
+        history.sample(&store, &fresh());
     }
     assert_eq!(history.counts(), (METRICS * SERIES_PER_METRIC, 0));
     group.bench_function("history_sample", |bench| {
-        bench.iter(|| history.sample(&store, &[]))
+        bench.iter(|| history.sample(&store, &fresh()))
     });
     group.finish();
 }

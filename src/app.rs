@@ -330,12 +330,11 @@ impl App {
             .map(|storage| storage.run(store.clone(), shutdown.clone()));
         // Exporters stop after the receivers have drained, so their last batch has the
         // workers' final exports in it.
-        let rules: Arc<[crate::config::AggregationRule]> = config.aggregation.rules.clone().into();
         let export_shutdown = CancellationToken::new();
         let exporting = futures_util::future::join_all(exporters.into_iter().map(|exporter| {
             exporter.run(
                 store.clone(),
-                Arc::clone(&rules),
+                Arc::clone(&query_settings.answers),
                 query_settings.workers.clone(),
                 export_shutdown.clone(),
             )

@@ -26,12 +26,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{
-    AggregationRule, ExportCompression, ExportProtocol, ExportersConfig, OtlpExporterConfig,
-    RemoteWriteConfig, Secret,
+    ExportCompression, ExportProtocol, ExportersConfig, OtlpExporterConfig, RemoteWriteConfig,
+    Secret,
 };
 use crate::model::AttrValue;
-use crate::query::Workers;
 use crate::query::prometheus::Families;
+use crate::query::{Answers, Workers};
 use crate::store::{ExporterKind, Store};
 use delivery::{Attempt, Batch, Queue};
 
@@ -322,15 +322,15 @@ impl Exporter {
     async fn batch(
         &self,
         store: &Store,
-        rules: &Arc<[AggregationRule]>,
+        answers: &Arc<Answers>,
         workers: &Workers,
     ) -> Option<Batch> {
-        let (store, rules) = (store.clone(), Arc::clone(rules));
+        let (store, answers) = (store.clone(), Arc::clone(answers));
         let encoding = self.encoding.clone();
         let kind = self.kind.as_str();
         let built = workers
             .run(move || {
-                let families = Families::collect(&store, &rules);
+                let families = Families::collect(&store, &answers);
                 encode(&families, &encoding)
             })
             .await;
@@ -381,7 +381,7 @@ impl Exporter {
     pub async fn run(
         self,
         store: Store,
-        rules: Arc<[AggregationRule]>,
+        answers: Arc<Answers>,
         workers: Workers,
         shutdown: CancellationToken,
     ) {
@@ -400,7 +400,7 @@ impl Exporter {
             }
             if Instant::now() >= next_batch {
                 next_batch = Instant::now() + self.interval;
-                if let Some(batch) = self.batch(&store, &rules, &workers).await {
+                if let Some(batch) = self.batch(&store, &answers, &workers).await {
                     queue.push(batch, stats);
                 }
             }
@@ -415,7 +415,7 @@ impl Exporter {
         }
         // The newest totals, once: cumulative series lose nothing by skipping older batches.
         queue.supersede(stats);
-        if let Some(batch) = self.batch(&store, &rules, &workers).await {
+        if let Some(batch) = self.batch(&store, &answers, &workers).await {
             let attempt = self.attempt(&batch, self.timeout.min(FINAL_ATTEMPT)).await;
             match attempt {
                 Attempt::Delivered { .. } => {

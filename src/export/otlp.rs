@@ -154,7 +154,7 @@ fn common_attributes(families: &Families) -> Vec<(String, AttrValue)> {
         .iter()
         .map(|(key, value)| (key.to_string(), value.clone()))
         .collect();
-    for group in families.iter().flat_map(|family| family.groups.iter()) {
+    for group in families.iter().flat_map(|family| family.groups().iter()) {
         common.retain(|(key, value)| group.attributes.get(key) == Some(value));
         if common.is_empty() {
             break;
@@ -208,7 +208,7 @@ fn data(
     };
     let numbers = |start: &mut dyn FnMut(&Group, f64) -> u64, with_start: bool| {
         family
-            .groups
+            .groups()
             .iter()
             .filter_map(|group| match &group.value {
                 Aggregated::Number(value) => {
@@ -246,7 +246,7 @@ fn data(
         }),
         Shape::Histogram => metric::Data::Histogram(Histogram {
             data_points: family
-                .groups
+                .groups()
                 .iter()
                 .filter_map(|group| {
                     let Aggregated::Histogram {
@@ -280,7 +280,7 @@ fn data(
         }),
         Shape::ExpHistogram => metric::Data::ExponentialHistogram(ExponentialHistogram {
             data_points: family
-                .groups
+                .groups()
                 .iter()
                 .filter_map(|group| {
                     let Aggregated::ExpHistogram(histogram) = &group.value else {
@@ -311,7 +311,7 @@ fn data(
         }),
         Shape::Summary => metric::Data::Summary(Summary {
             data_points: family
-                .groups
+                .groups()
                 .iter()
                 .filter_map(|group| {
                     let Aggregated::Summary { count, sum } = &group.value else {

@@ -15,6 +15,7 @@ use super::json::attr_text;
 use super::params::QueryParams;
 
 /// An aggregated answer, ready to render.
+#[derive(Debug)]
 pub struct Answer {
     pub metric: Arc<MetricId>,
     pub agg: Agg,
@@ -96,11 +97,14 @@ pub fn build<'s>(
         same
     };
 
-    // Each instance's resource without its instance attributes, computed once: streams
-    // refer to it by index, and contributions borrow it.
+    // Each instance's resource without its instance attributes, computed once, and kept
+    // once however many instances share it (workers of one service usually do): streams
+    // refer to their instance by index, and contributions borrow the shared resource, which
+    // lets `aggregate::space` find most groups by where their parts are.
     let mut index_of: HashMap<*const Attributes, usize, foldhash::fast::RandomState> =
         HashMap::default();
-    let mut resources: Vec<Attributes> = Vec::new();
+    let mut distinct: HashMap<Attributes, usize, foldhash::fast::RandomState> = HashMap::default();
+    let mut resource_of: Vec<usize> = Vec::new();
     let mut kept: Vec<(usize, &StreamView, &StreamValue)> = Vec::new();
     for view in streams {
         let Some(value) = &view.state.value else {
@@ -112,10 +116,16 @@ pub fn build<'s>(
         let index = *index_of
             .entry(Arc::as_ptr(&view.instance))
             .or_insert_with(|| {
-                resources.push(instance_attributes.strip(&view.instance));
-                resources.len() - 1
+                let resource = instance_attributes.strip(&view.instance);
+                let next = distinct.len();
+                resource_of.push(*distinct.entry(resource).or_insert(next));
+                resource_of.len() - 1
             });
         kept.push((index, view, value));
+    }
+    let mut resources: Vec<Attributes> = vec![Attributes::default(); distinct.len()];
+    for (resource, at) in distinct {
+        resources[at] = resource;
     }
     let mut contributions = Vec::with_capacity(kept.len() + retired.len());
     let mut unreliable: Vec<&StreamView> = Vec::new();
@@ -124,7 +134,7 @@ pub fn build<'s>(
     let by_run = agg != Agg::Sum && shape.is_numeric();
     for (index, view, value) in kept {
         let contribution = Contribution {
-            resource: &resources[index],
+            resource: &resources[resource_of[index]],
             attributes: &view.key.attributes,
             source: Source::Instance(index),
             live: view.live,
@@ -169,6 +179,16 @@ pub fn build<'s>(
 
     let mut notes = Vec::new();
     if !unreliable.is_empty() {
+        // The same streams named on every read while they are stored, whatever the order
+        // of the tables they were copied from (which changes as a table grows): by where
+        // their instance, attributes and scope are kept, which stays put, and costs no copy.
+        unreliable.sort_unstable_by_key(|view| {
+            (
+                Arc::as_ptr(&view.instance),
+                Arc::as_ptr(&view.key.attributes),
+                Arc::as_ptr(&view.key.scope),
+            )
+        });
         notes.push(unreliable_note(&unreliable));
     }
     let too_large = |group: &Group| matches!(group.value, Aggregated::Number(total) if total.to_number().is_none());

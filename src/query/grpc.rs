@@ -34,7 +34,7 @@ impl QueryServer {
         };
         let server = QueryServer {
             store,
-            rules: settings.rules.into(),
+            rules: Arc::clone(settings.answers.rules()),
             workers: settings.workers,
         };
         QueryServiceServer::with_interceptor(server, check)

@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Value as Json, json};
 
 use super::answer::default_agg;
+use super::answers::Answers;
 use super::json::attr_text;
 use super::params::QueryParams;
 use super::prometheus::Families;
@@ -149,7 +150,7 @@ impl History {
     }
 
     /// Samples every metric's groups as of now.
-    pub fn sample(&self, store: &Store, rules: &[AggregationRule]) {
+    pub fn sample(&self, store: &Store, answers: &Answers) {
         {
             let mut counters = self.counters.lock().unwrap_or_else(PoisonError::into_inner);
             if counters.len() == 2 {
@@ -158,11 +159,11 @@ impl History {
             let stats = store.stats().snapshot();
             counters.push_back((std::time::Instant::now(), point_counters(&stats)));
         }
-        let families = Families::collect(store, rules);
+        let families = Families::collect(store, answers);
         let mut now = Vec::new();
         for family in families.iter() {
             let groups: Vec<(Attributes, f64)> = family
-                .groups
+                .groups()
                 .iter()
                 .map(|group| (group.attributes.clone(), sampled(&group.value)))
                 .collect();

@@ -17,6 +17,7 @@
 //! render it; no lock is held while a response is written.
 
 mod answer;
+mod answers;
 pub mod grpc;
 pub mod history;
 mod json;
@@ -43,6 +44,7 @@ use crate::security::{self, Guard};
 use crate::store::Store;
 
 pub use answer::default_agg;
+pub use answers::Answers;
 pub use history::{History, HistorySettings};
 pub use params::{
     DEFAULT_PAGE, MAX_GROUP_KEYS, MAX_MATCHES, MAX_PAGE, PageParams, ParamError, QueryParams,
@@ -112,8 +114,9 @@ pub const ENDPOINTS: [&str; 12] = [
 /// How the query API answers.
 #[derive(Clone, Debug)]
 pub struct QuerySettings {
-    /// Each metric's default aggregation.
-    pub rules: Vec<AggregationRule>,
+    /// Each metric's default aggregation, and the default answers kept between readers
+    /// (`/metrics`, the exporters, the history).
+    pub answers: Arc<Answers>,
     /// Where query work runs, shared with the gRPC `QueryService`.
     pub workers: Workers,
     /// Each metric's recent aggregated totals (`/api/v1/history`), sampled by the app.
@@ -124,7 +127,7 @@ impl QuerySettings {
     /// `rules`, answered `max_concurrent` queries at a time, keeping no history.
     pub fn new(rules: Vec<AggregationRule>, max_concurrent: usize) -> QuerySettings {
         QuerySettings {
-            rules,
+            answers: Arc::new(Answers::new(rules.into())),
             workers: Workers::new(max_concurrent),
             // No history until `with_history` says how much (`query.history`, whose
             // defaults live in config.yaml).
@@ -147,14 +150,13 @@ impl QuerySettings {
     pub async fn sample_history(&self, store: Store, shutdown: CancellationToken) {
         let mut interval = tokio::time::interval(self.history.settings().step);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let rules: Arc<[AggregationRule]> = self.rules.clone().into();
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = interval.tick() => {
-                    let (store, rules, history) =
-                        (store.clone(), Arc::clone(&rules), Arc::clone(&self.history));
-                    let _ = self.workers.run(move || history.sample(&store, &rules)).await;
+                    let (store, answers, history) =
+                        (store.clone(), Arc::clone(&self.answers), Arc::clone(&self.history));
+                    let _ = self.workers.run(move || history.sample(&store, &answers)).await;
                 }
             }
         }
@@ -165,6 +167,7 @@ impl QuerySettings {
 struct QueryState {
     store: Store,
     rules: Arc<[AggregationRule]>,
+    answers: Arc<Answers>,
     history: Arc<History>,
     workers: Workers,
 }
@@ -189,7 +192,8 @@ pub fn router(
         .route("/ui/metric", get(metric_page))
         .with_state(QueryState {
             store: store.clone(),
-            rules: settings.rules.into(),
+            rules: Arc::clone(settings.answers.rules()),
+            answers: settings.answers,
             workers: settings.workers,
             history: settings.history,
         });
@@ -260,11 +264,11 @@ const SLOW_READER: std::time::Duration = std::time::Duration::from_secs(30);
 /// them (`prometheus.rs`).
 async fn metrics_text(State(state): State<QueryState>) -> Response {
     let (chunks, body) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    let (store, rules) = (state.store.clone(), Arc::clone(&state.rules));
+    let (store, answers) = (state.store.clone(), Arc::clone(&state.answers));
     let render_chunks = chunks.clone();
     let runtime = tokio::runtime::Handle::current();
     let render = move || {
-        prometheus::render_chunks(&store, &rules, &mut |chunk| {
+        prometheus::render_chunks(&store, &answers, &mut |chunk| {
             // A reader that hangs up, or takes a chunk slower than SLOW_READER, ends the
             // rendering: it must not hold a query thread.
             let send = render_chunks.send(Ok(Bytes::from(chunk)));

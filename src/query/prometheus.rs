@@ -21,20 +21,21 @@
 //! bucket boundaries.
 //!
 //! The page is written in chunks of about [`CHUNK`] bytes as it is rendered, never whole:
-//! metrics are aggregated a batch of names at a time (about [`BATCH_STREAMS`] streams, or
-//! one metric if it alone has more), and a group's labels are written once however many
-//! bucket lines share them. Memory follows the largest batch, not the page.
+//! the answers come from [`Answers`], which keeps each metric's between scrapes and
+//! aggregates again only the metrics that changed, a batch of names at a time (about
+//! [`BATCH_STREAMS`] streams, or one metric if it alone has more); a group's labels are
+//! written once however many bucket lines share them.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt::Write;
 use std::sync::Arc;
 
 use crate::aggregate::{Agg, Aggregated, Group, Shape};
-use crate::config::AggregationRule;
 use crate::model::{Attributes, ExpHistogram, Histogram, MetricId, Total};
-use crate::store::{ExporterSnapshot, MetricIdentity, RetiredView, Store, StreamView};
+use crate::store::{ExporterSnapshot, MetricIdentity, Store};
 
-use super::answer::{Answer, Selection, build, default_agg};
+use super::answer::Answer;
+pub use super::answers::{Answers, BATCH_STREAMS};
 use super::json::attr_text;
 
 /// The content type Prometheus expects for format 0.0.4.
@@ -43,13 +44,10 @@ pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// About how many bytes of the page are handed on at a time.
 pub const CHUNK: usize = 64 * 1024;
 
-/// About how many streams are copied out of the store at a time.
-pub const BATCH_STREAMS: usize = 50_000;
-
 /// Renders every metric in the store and fanin's own, whole.
-pub fn render(store: &Store, rules: &[AggregationRule]) -> String {
+pub fn render(store: &Store, answers: &Answers) -> String {
     let mut page = String::new();
-    render_chunks(store, rules, &mut |chunk| {
+    render_chunks(store, answers, &mut |chunk| {
         page.push_str(&chunk);
         true
     });
@@ -58,15 +56,11 @@ pub fn render(store: &Store, rules: &[AggregationRule]) -> String {
 
 /// Renders every metric in the store and fanin's own, handing `send` one chunk at a time;
 /// when `send` answers `false` (the reader is gone) rendering stops.
-pub fn render_chunks(
-    store: &Store,
-    rules: &[AggregationRule],
-    send: &mut dyn FnMut(String) -> bool,
-) {
+pub fn render_chunks(store: &Store, answers: &Answers, send: &mut dyn FnMut(String) -> bool) {
     let mut out = Out::new(send);
     self_metrics(&mut out, store);
-    each_answer(store, rules, &mut |identity, agg, answer| {
-        let family = FamilyName::of(&answer.metric, agg);
+    answers.each(store, &mut |identity, answer| {
+        let family = FamilyName::of(&answer.metric, answer.agg);
         if out.family(&family, &help(identity)) {
             write_groups(&mut out, &family, &answer.groups);
         }
@@ -83,67 +77,20 @@ fn help(identity: &MetricIdentity) -> String {
     }
 }
 
-/// Aggregates every metric in the store with its default aggregation, a batch of names at
-/// a time, in name order, and hands each answer to `each` until it answers `false`.
-/// Metrics whose default aggregation they do not have (a rule asking for `max` of a
-/// histogram) are left out.
-pub fn each_answer(
-    store: &Store,
-    rules: &[AggregationRule],
-    each: &mut dyn FnMut(&MetricIdentity, Agg, Answer) -> bool,
-) {
-    let mut identities = store.metric_identities();
-    identities.sort_by(|a, b| a.metric.name.cmp(&b.metric.name));
-    for batch in batches(&identities, BATCH_STREAMS) {
-        let (Some(first), Some(last)) = (batch.first(), batch.last()) else {
-            continue;
-        };
-        let names = first.metric.name.as_str()..=last.metric.name.as_str();
-        let batch_streams = store.streams_in(names.clone());
-        let mut streams: HashMap<&str, Vec<&StreamView>, foldhash::fast::RandomState> =
-            HashMap::default();
-        // Each instance's streams stay together, as `build` needs.
-        for view in &batch_streams {
-            streams
-                .entry(view.key.metric.name.as_str())
-                .or_default()
-                .push(view);
-        }
-        let mut retired: HashMap<String, Vec<RetiredView>> = HashMap::new();
-        for total in store.retired_totals_in(names) {
-            retired
-                .entry(total.metric.name.clone())
-                .or_default()
-                .push(total);
-        }
-        for identity in batch {
-            let name = &identity.metric.name;
-            let agg = default_agg(rules, name);
-            let answer = build(
-                Arc::clone(&identity.metric),
-                agg,
-                streams.get(name.as_str()).into_iter().flatten().copied(),
-                retired.get(name).map_or(&[][..], Vec::as_slice),
-                store.instance_attributes(),
-                Selection::default(),
-            );
-            let Ok(answer) = answer else {
-                continue;
-            };
-            if !each(identity, agg, answer) {
-                return;
-            }
-        }
-    }
-}
-
 /// One metric's aggregated groups, as `/metrics` shows them; for the exporters, which send
 /// the same series upstream.
 pub struct Family {
     pub metric: Arc<MetricId>,
     pub description: String,
     pub agg: Agg,
-    pub groups: Vec<Group>,
+    answer: Arc<Answer>,
+}
+
+impl Family {
+    /// The aggregated groups, in the order `/metrics` writes them.
+    pub fn groups(&self) -> &[Group] {
+        &self.answer.groups
+    }
 }
 
 /// Every metric's family, in name order, with what `/metrics` would know besides.
@@ -157,8 +104,8 @@ pub struct Families {
 }
 
 impl Families {
-    /// Aggregates every metric in the store ([`each_answer`]).
-    pub fn collect(store: &Store, rules: &[AggregationRule]) -> Families {
+    /// Every metric in the store, aggregated or kept ([`Answers::each`]).
+    pub fn collect(store: &Store, answers: &Answers) -> Families {
         let mut reserved = HashSet::new();
         {
             let mut discard = |_: String| true;
@@ -168,12 +115,12 @@ impl Families {
         }
         let shared_resource = shared_resource(store);
         let mut families = Vec::new();
-        each_answer(store, rules, &mut |identity, agg, answer| {
+        answers.each(store, &mut |identity, answer| {
             families.push(Family {
-                metric: answer.metric,
+                metric: Arc::clone(&answer.metric),
                 description: identity.description.to_string(),
-                agg,
-                groups: answer.groups,
+                agg: answer.agg,
+                answer: Arc::clone(answer),
             });
             true
         });
@@ -199,7 +146,10 @@ impl Families {
 
     /// Series in all families (samples of histograms not counted apart).
     pub fn series(&self) -> usize {
-        self.families.iter().map(|family| family.groups.len()).sum()
+        self.families
+            .iter()
+            .map(|family| family.groups().len())
+            .sum()
     }
 
     /// Writes every family's samples as `/metrics` names them, leaving out a family whose
@@ -207,7 +157,7 @@ impl Families {
     pub fn write_to<S: SampleSink>(&self, sink: &mut S) {
         for family in self.iter() {
             let name = FamilyName::of(&family.metric, family.agg);
-            write_groups(sink, &name, &family.groups);
+            write_groups(sink, &name, family.groups());
         }
     }
 }
@@ -242,24 +192,6 @@ pub trait SampleSink {
     fn closed(&self) -> bool {
         false
     }
-}
-
-/// Consecutive runs of metric names holding about `size` streams and retired totals in all;
-/// a metric with more has a batch of its own.
-fn batches(identities: &[MetricIdentity], size: usize) -> Vec<&[MetricIdentity]> {
-    let mut batches = Vec::new();
-    let (mut start, mut held) = (0, 0usize);
-    for (index, identity) in identities.iter().enumerate() {
-        if index > start && held.saturating_add(identity.held) > size {
-            batches.push(&identities[start..index]);
-            (start, held) = (index, 0);
-        }
-        held = held.saturating_add(identity.held);
-    }
-    if start < identities.len() {
-        batches.push(&identities[start..]);
-    }
-    batches
 }
 
 /// Where the page is written: a buffer handed on whenever it holds [`CHUNK`] bytes.
@@ -908,7 +840,6 @@ fn self_metrics(out: &mut Out<'_>, store: &Store) {
 mod tests {
     use super::*;
     use crate::model::{AttrValue, ExpBuckets, Kind, Temporality};
-    use crate::store::MetricIdentity;
 
     fn metric(name: &str, kind: Kind, unit: &str, monotonic: bool) -> MetricId {
         MetricId {
@@ -1033,28 +964,6 @@ mod tests {
             chunks.iter().all(|len| (CHUNK..CHUNK + 64).contains(len)),
             "{chunks:?}"
         );
-    }
-
-    #[test]
-    fn batches_hold_about_a_batch_and_big_metrics_alone() {
-        let identity = |name: &str, held| MetricIdentity {
-            metric: Arc::new(metric(name, Kind::Gauge, "", false)),
-            description: Arc::from(""),
-            held,
-        };
-        let identities = [
-            identity("a", 3),
-            identity("b", 4),
-            identity("c", 20),
-            identity("d", 1),
-            identity("e", 9),
-        ];
-        let names: Vec<Vec<&str>> = batches(&identities, 10)
-            .iter()
-            .map(|batch| batch.iter().map(|i| i.metric.name.as_str()).collect())
-            .collect();
-        assert_eq!(names, [vec!["a", "b"], vec!["c"], vec!["d", "e"]]);
-        assert!(batches(&[], 10).is_empty());
     }
 
     #[test]

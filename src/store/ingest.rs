@@ -95,6 +95,9 @@ pub struct Ingest<'s> {
     now: SystemTime,
     now_monotonic: Instant,
     outcome: Outcome,
+    /// The metrics the instance being written has been handed points of; kept between
+    /// instances so a request allocates it once.
+    touched: Vec<Arc<MetricId>>,
 }
 
 /// One instance, locked, while a request writes its points.
@@ -106,6 +109,7 @@ pub struct InstanceWriter<'i> {
     writer_id: u64,
     now: SystemTime,
     outcome: &'i mut Outcome,
+    touched: &'i mut Vec<Arc<MetricId>>,
 }
 
 impl Store {
@@ -118,6 +122,8 @@ impl Store {
             now: SystemTime::now(),
             now_monotonic: self.shared.clock.now(),
             outcome,
+            // A request names a few dozen metrics: one allocation, not one per doubling.
+            touched: Vec::with_capacity(64),
         }
     }
 }
@@ -150,7 +156,8 @@ impl Ingest<'_> {
                 // looking it up again creates it afresh.
                 continue;
             }
-            if state.retired.take().is_some() {
+            let revived = state.retired.take().is_some();
+            if revived {
                 tracing::debug!(instance = ?instance.key, "Retired instance exported again; it is live");
             }
             state.last_seen = self.now;
@@ -165,8 +172,16 @@ impl Ingest<'_> {
                 writer_id: self.writer_id,
                 now: self.now,
                 outcome: &mut self.outcome,
+                touched: &mut self.touched,
             };
             let written = write(&mut writer);
+            // After the change, under the lock still (see `store::tick`).
+            if revived {
+                self.store.changed_all_of(&state);
+            }
+            self.store
+                .changed(self.touched.iter().map(|metric| metric.name.as_str()));
+            self.touched.clear();
             if created && state.streams.len() == 0 {
                 self.store.remove_instance(&instance, &mut state);
             }
@@ -192,13 +207,20 @@ impl InstanceWriter<'_> {
         self.store.shared.limits
     }
 
-    /// The key shared by the points of one metric.
+    /// The key shared by the points of one metric, whose answers change with them.
     pub fn metric<'m>(
-        &self,
+        &mut self,
         scope: &'m Arc<Scope>,
         metric: &'m Arc<MetricId>,
         description: &'m Arc<str>,
     ) -> MetricKey<'m> {
+        if !self
+            .touched
+            .last()
+            .is_some_and(|last| Arc::ptr_eq(last, metric))
+        {
+            self.touched.push(Arc::clone(metric));
+        }
         MetricKey {
             scope,
             metric,

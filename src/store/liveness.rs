@@ -116,6 +116,7 @@ impl Store {
                             reason,
                         });
                         self.shared.stats.instance_retired();
+                        self.changed_all_of(&state);
                         report.retired += 1;
                     }
                 }
@@ -189,6 +190,8 @@ impl Store {
                 entry.streams = entry.streams.saturating_sub(*dropped) + created;
             }
         }
+        // After the streams moved to the retired totals (see `store::tick`).
+        self.changed(names.keys().map(String::as_str));
         self.shared
             .n_streams
             .fetch_sub(n_streams, Ordering::Relaxed);

@@ -36,8 +36,7 @@ mod stream;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::ops::RangeInclusive;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Instant, SystemTime};
 
@@ -133,6 +132,10 @@ struct Shared {
     /// Held while a snapshot walks the store: no instance is evicted meanwhile, so the
     /// snapshot never holds an instance's streams and, in the retired totals, their fold.
     snapshot_gate: Mutex<()>,
+    /// The latest version any metric was raised to ([`tick`]).
+    changed: AtomicU64,
+    /// [`Store::unreliable_stream_count`] as of a `changed` value.
+    unreliable: Mutex<Option<(u64, usize)>>,
 }
 
 /// How many evicted instances `/api/v1/instances` still lists.
@@ -174,6 +177,11 @@ pub struct MetricIdentity {
     pub description: Arc<str>,
     /// Streams and retired totals of the name, of any identity.
     pub held: usize,
+    /// Changes whenever what an answer for the name aggregates may have changed (a point
+    /// written, a stream created, an instance retired, revived or evicted); the same number
+    /// means the same answer. Read before the streams are, so an answer built after reading
+    /// it may be kept under it (`docs/design.md`, "Query API").
+    pub version: u64,
 }
 
 /// One metric name, for `/api/v1/metrics`.
@@ -215,6 +223,8 @@ struct MetricEntry {
     evicted_instances: u64,
     /// Streams and retired totals of this name: at 0 the sweep forgets the name.
     streams: usize,
+    /// [`MetricIdentity::version`]: the [`tick`] of the last change, raised after it.
+    changed: AtomicU64,
 }
 
 impl MetricEntry {
@@ -227,8 +237,25 @@ impl MetricEntry {
             conflicts_refused: false,
             evicted_instances: 0,
             streams: 0,
+            changed: AtomicU64::new(tick()),
         }
     }
+}
+
+/// The source of [`MetricIdentity::version`]s, shared by every store in the process, so a
+/// version is never the same in two stores.
+static TICKS: AtomicU64 = AtomicU64::new(0);
+
+/// A number larger than every one handed out before.
+///
+/// Why a kept answer is never stale: a writer takes its tick after changing the streams
+/// (under the instance lock, or the retired totals' lock) and raises the metric's version
+/// to it. A reader reads the version before it locks anything to copy. If the copy missed
+/// the change, the reader locked first, so its read of the version came before the
+/// writer's tick was taken, and that tick is larger than anything the reader read: the
+/// version the next reader sees differs. SeqCst keeps the argument free of subtleties.
+fn tick() -> u64 {
+    TICKS.fetch_add(1, Ordering::SeqCst) + 1
 }
 
 impl RetiredKey {
@@ -351,6 +378,8 @@ impl Store {
                 stream_hasher: RandomState::default(),
                 attribute_sets: Mutex::new(hashbrown::HashTable::new()),
                 snapshot_gate: Mutex::new(()),
+                changed: AtomicU64::new(tick()),
+                unreliable: Mutex::new(None),
             }),
         }
     }
@@ -481,8 +510,26 @@ impl Store {
                 metric: Arc::clone(&entry.first),
                 description: Arc::clone(&entry.description),
                 held: entry.streams,
+                version: entry.changed.load(Ordering::SeqCst),
             })
             .collect()
+    }
+
+    /// Raises the versions of the metrics named `names`, after they changed (see [`tick`]).
+    fn changed<'n>(&self, names: impl IntoIterator<Item = &'n str>) {
+        let tick = tick();
+        for name in names {
+            if let Some(entry) = self.shared.metrics.get(name) {
+                entry.changed.fetch_max(tick, Ordering::SeqCst);
+            }
+        }
+        self.shared.changed.fetch_max(tick, Ordering::SeqCst);
+    }
+
+    /// Raises the versions of every metric an instance has streams of: it was retired or
+    /// revived, which every one of them shows.
+    fn changed_all_of(&self, state: &InstanceState) {
+        self.changed(metric_names(state));
     }
 
     /// Every metric name with its first identity and how many instances report it.
@@ -491,13 +538,7 @@ impl Store {
         let mut retired: HashMap<String, u64> = HashMap::new();
         for instance in self.all_instances() {
             let state = lock(&instance.state);
-            let mut names: Vec<&str> = state
-                .streams
-                .iter()
-                .map(|(key, _)| key.metric.name.as_str())
-                .collect();
-            names.sort_unstable();
-            names.dedup();
+            let names = metric_names(&state);
             let tally = if state.retired.is_some() {
                 &mut retired
             } else {
@@ -525,7 +566,8 @@ impl Store {
         self.retired_where(|name| name == metric)
     }
 
-    fn retired_where(&self, wanted: impl Fn(&str) -> bool) -> Vec<RetiredView> {
+    /// What evicted instances counted for the metrics whose names are `wanted`.
+    pub fn retired_where(&self, wanted: impl Fn(&str) -> bool) -> Vec<RetiredView> {
         lock_any(&self.shared.retired)
             .iter()
             .filter(|(key, _)| wanted(&key.metric.name))
@@ -549,19 +591,18 @@ impl Store {
         self.streams_where(|_| true)
     }
 
-    /// The retired totals of the metrics whose names sort within `names`.
-    pub fn retired_totals_in(&self, names: RangeInclusive<&str>) -> Vec<RetiredView> {
-        self.retired_where(|name| names.contains(&name))
-    }
-
-    /// The streams of the metrics whose names sort within `names`, across all instances.
-    pub fn streams_in(&self, names: RangeInclusive<&str>) -> Vec<StreamView> {
-        self.streams_where(|name| names.contains(&name))
-    }
-
-    /// How many streams are marked unreliable, in one pass that copies nothing.
+    /// How many streams are marked unreliable: counted in one pass that copies nothing, and
+    /// kept until a metric changes (see [`tick`]), so a scrape of an unchanged store does
+    /// not walk every stream for it.
     pub fn unreliable_stream_count(&self) -> usize {
-        self.all_instances()
+        let version = self.shared.changed.load(Ordering::SeqCst);
+        if let Some((counted, count)) = *lock_any(&self.shared.unreliable)
+            && counted == version
+        {
+            return count;
+        }
+        let count = self
+            .all_instances()
             .iter()
             .map(|instance| {
                 let state = lock(&instance.state);
@@ -571,10 +612,14 @@ impl Store {
                     .filter(|(_, stream)| stream.is_unreliable())
                     .count()
             })
-            .sum()
+            .sum();
+        *lock_any(&self.shared.unreliable) = Some((version, count));
+        count
     }
 
-    fn streams_where(&self, wanted: impl Fn(&str) -> bool) -> Vec<StreamView> {
+    /// The streams of the metrics whose names are `wanted`, across all instances, each
+    /// instance's together.
+    pub fn streams_where(&self, wanted: impl Fn(&str) -> bool) -> Vec<StreamView> {
         let mut views = Vec::new();
         for instance in self.all_instances() {
             let state = lock(&instance.state);
@@ -635,6 +680,18 @@ fn lock(state: &Mutex<InstanceState>) -> MutexGuard<'_, InstanceState> {
 /// Locks one of the store's other mutexes, on the same reasoning as [`lock`].
 fn lock_any<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The names of the metrics an instance has streams of, each once.
+fn metric_names(state: &InstanceState) -> Vec<&str> {
+    let mut names: Vec<&str> = state
+        .streams
+        .iter()
+        .map(|(key, _)| key.metric.name.as_str())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
 }
 
 fn view_of(instance: &Instance, state: &InstanceState) -> InstanceView {

@@ -1,0 +1,517 @@
+//! Every metric's default answer (its default aggregation across every attribute but the
+//! instance attributes), as `/metrics`, the exporters and the history need them, kept
+//! between readers: a metric is aggregated again only when its version
+//! ([`MetricIdentity::version`]) says something it aggregates changed. A scrape of a store
+//! where nothing changed renders the kept groups, in time proportional to them; a metric
+//! that changed is aggregated from its streams as a first scrape would, so what is kept is
+//! always what a full aggregation gives.
+//!
+//! The kept answers hold at most [`KEPT_GROUPS`] groups in all: past that, a metric's answer
+//! is built for each reader and dropped, as it was before answers were kept, so a store of
+//! a million distinct series does not hold a second copy of them.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use foldhash::fast::RandomState;
+
+use crate::config::AggregationRule;
+use crate::store::{MetricIdentity, RetiredView, Store, StreamView};
+
+use super::answer::{Answer, Selection, build, default_agg};
+
+/// About how many streams are copied out of the store at a time.
+pub const BATCH_STREAMS: usize = 50_000;
+
+/// The most groups the kept answers hold in all (a group costs about its attributes).
+pub const KEPT_GROUPS: usize = 250_000;
+
+/// The default answers, kept per metric name; one for the whole query side, shared.
+pub struct Answers {
+    rules: Arc<[AggregationRule]>,
+    shelf: Mutex<Shelf>,
+}
+
+/// What is kept, and how many groups that is.
+#[derive(Default)]
+struct Shelf {
+    kept: HashMap<String, Kept, RandomState>,
+    groups: usize,
+    room: usize,
+}
+
+impl Shelf {
+    fn forget(&mut self, name: &str) {
+        if let Some(kept) = self.kept.remove(name) {
+            self.groups -= kept.groups();
+        }
+    }
+
+    /// Keeps `answer` for `name` as of `version` if there is room; a newer one another
+    /// reader kept meanwhile stays.
+    fn keep(&mut self, name: &str, version: u64, answer: &Option<Arc<Answer>>) {
+        if self
+            .kept
+            .get(name)
+            .is_some_and(|kept| kept.version > version)
+        {
+            return;
+        }
+        self.forget(name);
+        let kept = Kept {
+            version,
+            answer: answer.clone(),
+        };
+        if self.groups + kept.groups() <= self.room {
+            self.groups += kept.groups();
+            self.kept.insert(name.to_string(), kept);
+        }
+    }
+}
+
+impl std::fmt::Debug for Answers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let shelf = self.lock();
+        f.debug_struct("Answers")
+            .field("rules", &self.rules)
+            .field("kept", &shelf.kept.len())
+            .field("groups", &shelf.groups)
+            .finish()
+    }
+}
+
+/// One metric's answer as of `version`; `None` when the metric has no default aggregation
+/// (a rule asking for `max` of a histogram).
+struct Kept {
+    version: u64,
+    answer: Option<Arc<Answer>>,
+}
+
+impl Kept {
+    fn groups(&self) -> usize {
+        self.answer.as_ref().map_or(0, |answer| answer.groups.len())
+    }
+}
+
+impl Answers {
+    /// No answer kept yet; metrics aggregate as `rules` say.
+    pub fn new(rules: Arc<[AggregationRule]>) -> Answers {
+        Answers::with_room(rules, KEPT_GROUPS)
+    }
+
+    /// The same, keeping at most `groups` groups.
+    pub fn with_room(rules: Arc<[AggregationRule]>, groups: usize) -> Answers {
+        Answers {
+            rules,
+            shelf: Mutex::new(Shelf {
+                room: groups,
+                ..Shelf::default()
+            }),
+        }
+    }
+
+    /// Each metric's default aggregation.
+    pub fn rules(&self) -> &Arc<[AggregationRule]> {
+        &self.rules
+    }
+
+    /// Hands each metric's default answer to `each`, in name order, until it answers
+    /// `false`. Changed metrics are aggregated a batch of names at a time (about
+    /// [`BATCH_STREAMS`] streams, or one metric if it alone has more), so the streams copied
+    /// at once stay bounded. Metrics without a default aggregation are left out.
+    pub fn each(&self, store: &Store, each: &mut dyn FnMut(&MetricIdentity, &Arc<Answer>) -> bool) {
+        // Versions are read before any stream is copied.
+        let mut identities = store.metric_identities();
+        identities.sort_by(|a, b| a.metric.name.cmp(&b.metric.name));
+        let mut ready: Vec<Option<Option<Arc<Answer>>>> = {
+            let mut shelf = self.lock();
+            // Names the store forgot are forgotten here too.
+            let names: HashSet<&str, RandomState> = identities
+                .iter()
+                .map(|identity| identity.metric.name.as_str())
+                .collect();
+            let gone: Vec<String> = shelf
+                .kept
+                .keys()
+                .filter(|name| !names.contains(name.as_str()))
+                .cloned()
+                .collect();
+            for name in gone {
+                shelf.forget(&name);
+            }
+            identities
+                .iter()
+                .map(|identity| {
+                    shelf
+                        .kept
+                        .get(&identity.metric.name)
+                        .filter(|kept| kept.version == identity.version)
+                        .map(|kept| kept.answer.clone())
+                })
+                .collect()
+        };
+        let stale: Vec<usize> = (0..identities.len())
+            .filter(|&index| ready[index].is_none())
+            .collect();
+        let mut batches = batches(&identities, &stale, BATCH_STREAMS).into_iter();
+        for (index, identity) in identities.iter().enumerate() {
+            if ready[index].is_none() {
+                // The batch holding this metric is the next one: batches follow name order.
+                if let Some(batch) = batches.next() {
+                    for (at, answer) in self.aggregate(store, &identities, batch) {
+                        ready[at] = Some(answer);
+                    }
+                }
+            }
+            let Some(Some(answer)) = ready[index].take() else {
+                continue;
+            };
+            if !each(identity, &answer) {
+                return;
+            }
+        }
+    }
+
+    /// Aggregates the metrics at `batch` (indices into `identities`) from one copy of their
+    /// streams, keeps the answers, and returns them with their indices.
+    fn aggregate(
+        &self,
+        store: &Store,
+        identities: &[MetricIdentity],
+        batch: &[usize],
+    ) -> Vec<(usize, Option<Arc<Answer>>)> {
+        let names: HashSet<&str, RandomState> = batch
+            .iter()
+            .map(|&index| identities[index].metric.name.as_str())
+            .collect();
+        let copied = store.streams_where(|name| names.contains(name));
+        let mut streams: HashMap<&str, Vec<&StreamView>, RandomState> = HashMap::default();
+        // Each instance's streams stay together, as `build` needs.
+        for view in &copied {
+            streams
+                .entry(view.key.metric.name.as_str())
+                .or_default()
+                .push(view);
+        }
+        let mut retired: HashMap<String, Vec<RetiredView>, RandomState> = HashMap::default();
+        for total in store.retired_where(|name| names.contains(name)) {
+            retired
+                .entry(total.metric.name.clone())
+                .or_default()
+                .push(total);
+        }
+        let answers: Vec<(usize, Option<Arc<Answer>>)> = batch
+            .iter()
+            .map(|&index| {
+                let identity = &identities[index];
+                let name = &identity.metric.name;
+                let answer = build(
+                    Arc::clone(&identity.metric),
+                    default_agg(&self.rules, name),
+                    streams.get(name.as_str()).into_iter().flatten().copied(),
+                    retired.get(name).map_or(&[][..], Vec::as_slice),
+                    store.instance_attributes(),
+                    Selection::default(),
+                );
+                (index, answer.ok().map(Arc::new))
+            })
+            .collect();
+        let mut shelf = self.lock();
+        for (index, answer) in &answers {
+            let identity = &identities[*index];
+            shelf.keep(&identity.metric.name, identity.version, answer);
+        }
+        answers
+    }
+
+    /// The kept answers; a panic while they were held leaves each one whole (it is replaced,
+    /// never edited), so a poisoned lock is used as is.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shelf> {
+        self.shelf.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The indices in `chosen` (ascending) as consecutive runs holding about `size` streams and
+/// retired totals in all; a metric with more has a batch of its own.
+fn batches<'c>(
+    identities: &[MetricIdentity],
+    chosen: &'c [usize],
+    size: usize,
+) -> Vec<&'c [usize]> {
+    let mut batches = Vec::new();
+    let (mut start, mut held) = (0, 0usize);
+    for (at, &index) in chosen.iter().enumerate() {
+        let more = identities[index].held;
+        if at > start && held.saturating_add(more) > size {
+            batches.push(&chosen[start..at]);
+            (start, held) = (at, 0);
+        }
+        held = held.saturating_add(more);
+    }
+    if start < chosen.len() {
+        batches.push(&chosen[start..]);
+    }
+    batches
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::model::{
+        AttrRef, AttrValue, Attributes, Histogram, Kind, MetricId, Number, Point, Scope,
+        Temporality, Value,
+    };
+    use crate::outcome::Outcome;
+    use crate::store::{Liveness, StoreSettings, Transport, Writer};
+
+    /// What the property test does to the store between reads.
+    #[derive(Clone, Debug)]
+    enum Step {
+        /// One point from `instance` of metric `metric` with `route`.
+        Write {
+            instance: u8,
+            metric: u8,
+            route: u8,
+            value: u8,
+        },
+        /// The instance restarts: its next points have a later start time.
+        Restart { instance: u8 },
+        /// The sweep runs `ttls` instance TTLs later than the last one: instances quiet
+        /// that long are retired, and retired ones evicted.
+        Sweep { ttls: u8 },
+        /// Both readers read (the cached one twice).
+        Read,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            6 => (0u8..4, 0u8..5, 0u8..3, 0u8..20).prop_map(|(instance, metric, route, value)| {
+                Step::Write { instance, metric, route, value }
+            }),
+            1 => (0u8..4).prop_map(|instance| Step::Restart { instance }),
+            1 => (0u8..3).prop_map(|ttls| Step::Sweep { ttls }),
+            2 => Just(Step::Read),
+        ]
+    }
+
+    const TTL: Duration = Duration::from_secs(10);
+
+    /// Counter, gauge, histogram, up-down counter, and the counter's name as a gauge (a type
+    /// conflict).
+    fn metrics() -> Vec<Arc<MetricId>> {
+        let metric = |name: &str, kind, monotonic, temporality| {
+            Arc::new(MetricId {
+                name: name.into(),
+                kind,
+                unit: String::new(),
+                monotonic,
+                temporality,
+            })
+        };
+        let cumulative = Some(Temporality::Cumulative);
+        vec![
+            metric("requests", Kind::Sum, true, cumulative),
+            metric("temperature", Kind::Gauge, false, None),
+            metric("latency", Kind::Histogram, false, cumulative),
+            metric("inflight", Kind::Sum, false, cumulative),
+            metric("requests", Kind::Gauge, false, None),
+        ]
+    }
+
+    fn value_of(metric: &MetricId, value: u8) -> Value {
+        match metric.kind {
+            Kind::Histogram => Value::Histogram(Histogram {
+                count: u64::from(value),
+                sum: Some(f64::from(value) * 0.1),
+                min: None,
+                max: None,
+                bounds: vec![1.0, 5.0],
+                bucket_counts: vec![u64::from(value), 0, 0],
+            }),
+            Kind::Gauge => Value::Number(Number::Double(f64::from(value) * 0.1)),
+            _ => Value::Number(Number::Int(i64::from(value))),
+        }
+    }
+
+    /// One point from worker `w{instance}` with `route` `/a`, `/b` or `/c`.
+    fn write(store: &Store, instance: u8, metric: &Arc<MetricId>, route: u8, point: Point) {
+        let resource = Attributes::new(vec![(
+            "service.instance.id".into(),
+            AttrValue::Str(format!("w{instance}")),
+        )]);
+        let scope = Arc::new(Scope::default());
+        let description: Arc<str> = Arc::from("");
+        let writer = Writer {
+            transport: Transport::Http,
+            peer: None,
+            pid: None,
+        };
+        let route = ["/a", "/b", "/c"][usize::from(route)];
+        let mut ingest = store.begin(writer, Outcome::default());
+        ingest.instance(&resource, |instance| {
+            let key = instance.metric(&scope, metric, &description);
+            let attributes: &[(&str, AttrRef<'_>)] = &[("route", AttrRef::Str(route))];
+            instance.point(&key, attributes, point);
+        });
+        ingest.finish();
+    }
+
+    #[test]
+    fn answers_past_the_room_are_built_for_each_reader() {
+        let store = Store::new(StoreSettings::for_tests(100));
+        let metrics = metrics();
+        let (requests, temperature) = (&metrics[0], &metrics[1]);
+        for route in 0..3 {
+            let point = Point {
+                start: 1,
+                time: 10,
+                value: value_of(requests, 5),
+            };
+            write(&store, 0, requests, route, point);
+        }
+        let point = Point {
+            start: 0,
+            time: 10,
+            value: value_of(temperature, 5),
+        };
+        write(&store, 0, temperature, 0, point);
+        let answers = Answers::with_room(Arc::from([]), 2);
+        let first = read(&store, &answers);
+        let again = read(&store, &answers);
+        assert_eq!(first.len(), 2);
+        assert_eq!(first[0].metric.name, "requests");
+        assert_eq!(first[0].groups.len(), 3);
+        assert!(
+            !Arc::ptr_eq(&first[0], &again[0]),
+            "three groups do not fit in room for two: built again"
+        );
+        assert!(Arc::ptr_eq(&first[1], &again[1]), "one group fits: kept");
+        assert!(same(&again, &read(&store, &Answers::new(Arc::from([])))));
+        assert_eq!(
+            format!("{answers:?}"),
+            "Answers { rules: [], kept: 1, groups: 1 }"
+        );
+    }
+
+    /// Every answer as a reader gets it: name, aggregation, groups, notes.
+    fn read(store: &Store, answers: &Answers) -> Vec<Arc<Answer>> {
+        let mut read = Vec::new();
+        answers.each(store, &mut |_, answer| {
+            read.push(Arc::clone(answer));
+            true
+        });
+        read
+    }
+
+    fn same(kept: &[Arc<Answer>], fresh: &[Arc<Answer>]) -> bool {
+        kept.len() == fresh.len()
+            && kept.iter().zip(fresh).all(|(kept, fresh)| {
+                kept.metric == fresh.metric
+                    && kept.agg == fresh.agg
+                    && kept.groups == fresh.groups
+                    && kept.notes == fresh.notes
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Kept answers are exactly what aggregating from scratch gives, after any writes,
+        /// restarts, retirements, revivals and evictions; and with nothing written between
+        /// two reads, the second is the kept one, not aggregated again.
+        #[test]
+        fn kept_answers_are_what_a_full_aggregation_gives(
+            steps in prop::collection::vec(step(), 1..60)
+        ) {
+            let store = Store::new(StoreSettings::for_tests(10_000));
+            let kept = Answers::new(Arc::from([]));
+            let metrics = metrics();
+            let liveness = Liveness { ttl: TTL };
+            let base = Instant::now();
+            let mut swept = Duration::ZERO;
+            let mut time = 1_000_000_000u64;
+            let mut starts = [1u64; 4];
+            for step in steps {
+                time += 1_000;
+                match step {
+                    Step::Write { instance, metric, route, value } => {
+                        let metric = &metrics[usize::from(metric)];
+                        let point = Point {
+                            start: starts[usize::from(instance)],
+                            time,
+                            value: value_of(metric, value),
+                        };
+                        write(&store, instance, metric, route, point);
+                    }
+                    Step::Restart { instance } => starts[usize::from(instance)] = time,
+                    Step::Sweep { ttls } => {
+                        swept += TTL * u32::from(ttls);
+                        store.sweep_at(base + swept, &liveness);
+                    }
+                    Step::Read => {
+                        let first = read(&store, &kept);
+                        let fresh = read(&store, &Answers::new(Arc::from([])));
+                        prop_assert!(same(&first, &fresh), "kept {first:?}\nfresh {fresh:?}");
+                        // The store keeps its count of unreliable streams the same way.
+                        let unreliable = store
+                            .all_streams()
+                            .iter()
+                            .filter(|view| view.state.unreliable.is_some())
+                            .count();
+                        prop_assert_eq!(store.unreliable_stream_count(), unreliable);
+                        let again = read(&store, &kept);
+                        prop_assert!(
+                            again.len() == first.len()
+                                && again.iter().zip(&first).all(|(a, b)| Arc::ptr_eq(a, b)),
+                            "nothing changed, so the second read is the kept answers"
+                        );
+                    }
+                }
+            }
+            let last = read(&store, &kept);
+            let fresh = read(&store, &Answers::new(Arc::from([])));
+            prop_assert!(same(&last, &fresh), "kept {last:?}\nfresh {fresh:?}");
+        }
+    }
+
+    #[test]
+    fn batches_hold_about_a_batch_and_big_metrics_alone() {
+        let identity = |name: &str, held| MetricIdentity {
+            metric: Arc::new(MetricId {
+                name: name.into(),
+                kind: Kind::Gauge,
+                unit: String::new(),
+                monotonic: false,
+                temporality: None,
+            }),
+            description: Arc::from(""),
+            held,
+            version: 0,
+        };
+        let identities = [
+            identity("a", 3),
+            identity("b", 4),
+            identity("x", 100),
+            identity("c", 20),
+            identity("d", 1),
+            identity("e", 9),
+        ];
+        // "x" is not chosen (its answer is kept): batches skip it.
+        let chosen = [0, 1, 3, 4, 5];
+        let names: Vec<Vec<&str>> = batches(&identities, &chosen, 10)
+            .iter()
+            .map(|batch| {
+                batch
+                    .iter()
+                    .map(|&index| identities[index].metric.name.as_str())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(names, [vec!["a", "b"], vec!["c"], vec!["d", "e"]]);
+        assert!(batches(&identities, &[], 10).is_empty());
+    }
+}
