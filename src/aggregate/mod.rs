@@ -12,6 +12,7 @@
 //! - `max`, `min`, `avg` and `count` look at live instances' current values, for any numeric
 //!   kind; histograms and summaries only merge (`sum`).
 
+use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
 
 use hashbrown::HashTable;
@@ -266,42 +267,36 @@ pub fn space(
     }
     let include_retired = agg == Agg::Sum && shape.counts_events();
     // Groups are found by the contribution's pairs as they are merged, so a contribution
-    // that joins an existing group allocates nothing.
+    // that joins an existing group allocates nothing. Before that, by where its resource
+    // and point attributes are: contributions borrow them from shared copies (one per
+    // distinct resource, one per distinct attribute set), so most find their group by two
+    // addresses, without hashing a string. The same two places always hold the same pairs.
     let build = foldhash::fast::RandomState::default();
-    let mut groups: HashTable<(u64, Attributes, Accumulator)> = HashTable::new();
+    let mut groups: Vec<(Attributes, Accumulator)> = Vec::new();
+    let mut by_pairs: HashTable<(u64, usize)> = HashTable::new();
+    let mut by_place: HashMap<(*const Attributes, *const Attributes), usize, _> =
+        HashMap::with_hasher(build.clone());
     for contribution in &contributions {
         if !contribution.live && !include_retired {
             continue;
         }
-        let pairs = contribution
-            .resource
-            .merged_iter(contribution.attributes)
-            .filter(|(key, _)| by.is_none_or(|keys| keys.iter().any(|wanted| wanted == key)));
-        let hash = {
-            let mut hasher = build.build_hasher();
-            for (key, value) in pairs.clone() {
-                key.hash(&mut hasher);
-                value.hash(&mut hasher);
-            }
-            hasher.finish()
-        };
-        let entry = groups.entry(
-            hash,
-            |(_, attributes, _)| same_pairs(attributes.iter(), pairs.clone()),
-            |(hash, _, _)| *hash,
+        let place = (
+            std::ptr::from_ref(contribution.resource),
+            std::ptr::from_ref(contribution.attributes),
         );
-        match entry {
-            Entry::Occupied(group) => group.into_mut().2.add(contribution),
-            Entry::Vacant(slot) => {
-                let mut accumulator = Accumulator::default();
-                accumulator.add(contribution);
-                slot.insert((hash, Attributes::from_sorted(pairs), accumulator));
+        let slot = match by_place.get(&place) {
+            Some(&slot) => slot,
+            None => {
+                let slot = group_of(contribution, by, &build, &mut by_pairs, &mut groups);
+                by_place.insert(place, slot);
+                slot
             }
-        }
+        };
+        groups[slot].1.add(contribution);
     }
     let mut result: Vec<Group> = groups
         .into_iter()
-        .map(|(_, attributes, accumulator)| {
+        .map(|(attributes, accumulator)| {
             let (value, instances) = accumulator.finish(shape, agg);
             Group {
                 attributes,
@@ -312,6 +307,42 @@ pub fn space(
         .collect();
     result.sort_by_cached_key(|group| format!("{:?}", group.attributes));
     Ok(result)
+}
+
+/// The index in `groups` of the group `contribution` belongs to (its merged pairs, only
+/// the keys in `by` when given), a new one if none has its pairs yet.
+fn group_of(
+    contribution: &Contribution<'_>,
+    by: Option<&[String]>,
+    build: &foldhash::fast::RandomState,
+    by_pairs: &mut HashTable<(u64, usize)>,
+    groups: &mut Vec<(Attributes, Accumulator)>,
+) -> usize {
+    let pairs = contribution
+        .resource
+        .merged_iter(contribution.attributes)
+        .filter(|(key, _)| by.is_none_or(|keys| keys.iter().any(|wanted| wanted == key)));
+    let hash = {
+        let mut hasher = build.build_hasher();
+        for (key, value) in pairs.clone() {
+            key.hash(&mut hasher);
+            value.hash(&mut hasher);
+        }
+        hasher.finish()
+    };
+    let entry = by_pairs.entry(
+        hash,
+        |&(_, slot)| same_pairs(groups[slot].0.iter(), pairs.clone()),
+        |&(hash, _)| hash,
+    );
+    match entry {
+        Entry::Occupied(found) => found.get().1,
+        Entry::Vacant(vacant) => {
+            groups.push((Attributes::from_sorted(pairs), Accumulator::default()));
+            vacant.insert((hash, groups.len() - 1));
+            groups.len() - 1
+        }
+    }
 }
 
 /// Whether two pair sequences are equal, pair by pair.
