@@ -592,8 +592,8 @@ impl Store {
     }
 
     /// How many streams are marked unreliable: counted in one pass that copies nothing, and
-    /// kept until a metric changes (see `MetricIdentity::version`), so a scrape of an unchanged store does
-    /// not walk every stream for it.
+    /// kept until a metric changes (see `MetricIdentity::version`), so a scrape of an
+    /// unchanged store does not walk every stream for it.
     pub fn unreliable_stream_count(&self) -> usize {
         let version = self.shared.changed.load(Ordering::SeqCst);
         if let Some((counted, count)) = *lock_any(&self.shared.unreliable)
