@@ -130,15 +130,14 @@ impl Answers {
                 .iter()
                 .map(|identity| identity.metric.name.as_str())
                 .collect();
-            let gone: Vec<String> = shelf
-                .kept
-                .keys()
-                .filter(|name| !names.contains(name.as_str()))
-                .cloned()
-                .collect();
-            for name in gone {
-                shelf.forget(&name);
-            }
+            let Shelf { kept, groups, .. } = &mut *shelf;
+            kept.retain(|name, kept| {
+                let known = names.contains(name.as_str());
+                if !known {
+                    *groups -= kept.groups();
+                }
+                known
+            });
             identities
                 .iter()
                 .map(|identity| {

@@ -166,7 +166,7 @@ impl QuerySettings {
 #[derive(Clone)]
 struct QueryState {
     store: Store,
-    rules: Arc<[AggregationRule]>,
+    /// The rules too (`Answers::rules`).
     answers: Arc<Answers>,
     history: Arc<History>,
     workers: Workers,
@@ -192,7 +192,6 @@ pub fn router(
         .route("/ui/metric", get(metric_page))
         .with_state(QueryState {
             store: store.clone(),
-            rules: Arc::clone(settings.answers.rules()),
             answers: settings.answers,
             workers: settings.workers,
             history: settings.history,
@@ -225,7 +224,7 @@ impl QueryState {
     ) -> Result<T, QueryError> {
         let (store, rules, history) = (
             self.store.clone(),
-            Arc::clone(&self.rules),
+            Arc::clone(self.answers.rules()),
             Arc::clone(&self.history),
         );
         self.workers
@@ -238,7 +237,7 @@ impl QueryState {
         &self,
         work: impl FnOnce(&Store, &[AggregationRule]) -> Result<T, QueryError> + Send + 'static,
     ) -> Result<Response, QueryError> {
-        let (store, rules) = (self.store.clone(), Arc::clone(&self.rules));
+        let (store, rules) = (self.store.clone(), Arc::clone(self.answers.rules()));
         let body = self.workers.run(move || work(&store, &rules)).await??;
         Ok(axum::Json(body).into_response())
     }

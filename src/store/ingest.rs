@@ -179,9 +179,11 @@ impl Ingest<'_> {
             if revived {
                 self.store.changed_all_of(&state);
             }
-            self.store
-                .changed(self.touched.iter().map(|metric| metric.name.as_str()));
-            self.touched.clear();
+            if !self.touched.is_empty() {
+                self.store
+                    .changed(self.touched.iter().map(|metric| metric.name.as_str()));
+                self.touched.clear();
+            }
             if created && state.streams.len() == 0 {
                 self.store.remove_instance(&instance, &mut state);
             }
