@@ -1,9 +1,9 @@
 //! Space aggregation: the streams of many instances folded into one value per group
 //! (`docs/design.md`, "Space aggregation").
 //!
-//! Pure: the query layer hands in owned contributions (each stream's value, its attributes
-//! with the instance attributes already removed, whether its instance is live), and gets
-//! groups back. No I/O, no locks.
+//! Pure: the query layer hands a [`Space`] contributions one at a time as it reads them
+//! (each stream's value, its attributes with the instance attributes already removed,
+//! whether its instance is live, all borrowed), and gets groups back. No I/O, no locks.
 //!
 //! What counts, by kind:
 //! - counters (monotonic sums), histograms, summaries count events: `sum` adds live and
@@ -14,13 +14,14 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
 
 use hashbrown::HashTable;
 use hashbrown::hash_table::Entry;
 
 pub use crate::model::Shape;
 use crate::model::{
-    AttrValue, Attributes, ExpBuckets, ExpHistogram, Histogram, Number, StreamValue, Total,
+    AttrValue, Attributes, ExpBuckets, ExpHistogram, Histogram, Number, Total, ValueRef,
 };
 
 /// A space aggregation function.
@@ -74,7 +75,7 @@ pub enum Source {
 /// One value going into the aggregation. Its attributes are the resource's (without instance
 /// attributes) and the point's together, the point's winning where both have a key; they are
 /// borrowed, and copied only into the groups they create.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct Contribution<'a> {
     /// The resource without instance attributes.
     pub resource: &'a Attributes,
@@ -83,7 +84,17 @@ pub struct Contribution<'a> {
     pub source: Source,
     /// Whether the instance is live; retired instances count only for counting kinds.
     pub live: bool,
-    pub value: &'a StreamValue,
+    pub value: ValueRef<'a>,
+}
+
+/// Where a contribution's attributes are kept: a number the caller gives its resource (one
+/// number always names the same pairs within one [`Space`]) and the shared set of point
+/// attributes. Contributions at one place belong to one group, found without hashing a
+/// string.
+#[derive(Debug, Clone, Copy)]
+pub struct Place<'a> {
+    pub resource: usize,
+    pub attributes: &'a Arc<Attributes>,
 }
 
 /// The aggregated value of one group.
@@ -157,8 +168,7 @@ impl Accumulator {
             }
         }
         match contribution.value {
-            StreamValue::Number(value) => {
-                let value = *value;
+            ValueRef::Number(value) => {
                 if self.min.is_none_or(|min| value.is_below(min)) {
                     self.min = Some(value);
                 }
@@ -168,7 +178,7 @@ impl Accumulator {
                 self.sum.add(value);
                 self.values += 1;
             }
-            StreamValue::Histogram(value) => match &mut self.histogram {
+            ValueRef::Histogram(value) => match &mut self.histogram {
                 None => self.histogram = Some(value.clone()),
                 Some(total) => {
                     if total.add(value).is_err() {
@@ -181,11 +191,11 @@ impl Accumulator {
                     }
                 }
             },
-            StreamValue::ExpHistogram(value) => match &mut self.exp_histogram {
+            ValueRef::ExpHistogram(value) => match &mut self.exp_histogram {
                 None => self.exp_histogram = Some(value.clone()),
                 Some(total) => total.add(value),
             },
-            StreamValue::Summary(value) => {
+            ValueRef::Summary(value) => {
                 self.summary.0 = self.summary.0.saturating_add(value.count);
                 self.summary.1 += value.sum;
             }
@@ -238,111 +248,157 @@ impl Accumulator {
     }
 }
 
-/// Aggregates `contributions` with `agg`, grouping by all their attributes or only the keys
-/// in `by`. Groups come out in a stable order (by their attributes).
-///
-/// The contributions of one instance must be adjacent (a store snapshot lists each
-/// instance's streams together): that is how `instances` counts distinct instances without
-/// a set per group.
+/// One aggregation in progress: contributions go in with [`Space::add`] as they are read,
+/// groups come out of [`Space::finish`].
+pub struct Space<'q> {
+    shape: Shape,
+    agg: Agg,
+    by: Option<&'q [String]>,
+    include_retired: bool,
+    build: foldhash::fast::RandomState,
+    groups: Vec<(Attributes, Accumulator)>,
+    /// Groups by their pairs: a contribution that joins an existing group allocates nothing.
+    by_pairs: HashTable<(u64, usize)>,
+    /// Groups by [`Place`], before any pairs are hashed. The point attributes of every place
+    /// in it are held in `held`, so their address cannot name another set while the space
+    /// lives.
+    by_place: HashMap<(usize, *const Attributes), usize, foldhash::fast::RandomState>,
+    held: Vec<Arc<Attributes>>,
+}
+
+impl<'q> Space<'q> {
+    /// Aggregates with `agg`, grouping by all the contributions' attributes or only the
+    /// keys in `by`.
+    ///
+    /// The contributions of one instance must be added one after another (a read of the
+    /// store meets each instance's streams together): that is how `instances` counts
+    /// distinct instances without a set per group.
+    ///
+    /// # Errors
+    /// [`AggregateError::NotNumeric`] when `max`, `min`, `avg` or `count` is asked of a
+    /// histogram or summary.
+    pub fn new(
+        shape: Shape,
+        agg: Agg,
+        by: Option<&'q [String]>,
+    ) -> Result<Space<'q>, AggregateError> {
+        if agg != Agg::Sum && !shape.is_numeric() {
+            let kind = match shape {
+                Shape::Histogram => "histogram",
+                Shape::ExpHistogram => "exponential histogram",
+                _ => "summary",
+            };
+            return Err(AggregateError::NotNumeric {
+                agg: agg.as_str(),
+                kind,
+            });
+        }
+        let build = foldhash::fast::RandomState::default();
+        Ok(Space {
+            shape,
+            agg,
+            by,
+            include_retired: agg == Agg::Sum && shape.counts_events(),
+            by_place: HashMap::with_hasher(build.clone()),
+            build,
+            groups: Vec::new(),
+            by_pairs: HashTable::new(),
+            held: Vec::new(),
+        })
+    }
+
+    /// Adds one contribution to its group; with its `place`, most contributions find the
+    /// group by two numbers.
+    pub fn add(&mut self, contribution: &Contribution<'_>, place: Option<Place<'_>>) {
+        if !contribution.live && !self.include_retired {
+            return;
+        }
+        let slot = match place {
+            None => self.group_of(contribution),
+            Some(place) => {
+                let at = (place.resource, Arc::as_ptr(place.attributes));
+                match self.by_place.get(&at) {
+                    Some(&slot) => slot,
+                    None => {
+                        let slot = self.group_of(contribution);
+                        self.by_place.insert(at, slot);
+                        self.held.push(Arc::clone(place.attributes));
+                        slot
+                    }
+                }
+            }
+        };
+        self.groups[slot].1.add(contribution);
+    }
+
+    /// The groups, in a stable order: by their attributes.
+    pub fn finish(self) -> Vec<Group> {
+        let (shape, agg) = (self.shape, self.agg);
+        let mut groups: Vec<Group> = self
+            .groups
+            .into_iter()
+            .map(|(attributes, accumulator)| {
+                let (value, instances) = accumulator.finish(shape, agg);
+                Group {
+                    attributes,
+                    value,
+                    instances,
+                }
+            })
+            .collect();
+        // No two groups have the same attributes.
+        groups.sort_unstable_by(|a, b| a.attributes.cmp(&b.attributes));
+        groups
+    }
+
+    /// The index in `groups` of the group `contribution` belongs to (its merged pairs, only
+    /// the keys in `by` when given), a new one if none has its pairs yet.
+    fn group_of(&mut self, contribution: &Contribution<'_>) -> usize {
+        let by = self.by;
+        let pairs = contribution
+            .resource
+            .merged_iter(contribution.attributes)
+            .filter(|(key, _)| by.is_none_or(|keys| keys.iter().any(|wanted| wanted == key)));
+        let hash = {
+            let mut hasher = self.build.build_hasher();
+            for (key, value) in pairs.clone() {
+                key.hash(&mut hasher);
+                value.hash(&mut hasher);
+            }
+            hasher.finish()
+        };
+        let groups = &mut self.groups;
+        let entry = self.by_pairs.entry(
+            hash,
+            |&(_, slot)| same_pairs(groups[slot].0.iter(), pairs.clone()),
+            |&(hash, _)| hash,
+        );
+        match entry {
+            Entry::Occupied(found) => found.get().1,
+            Entry::Vacant(vacant) => {
+                groups.push((Attributes::from_sorted(pairs), Accumulator::default()));
+                vacant.insert((hash, groups.len() - 1));
+                groups.len() - 1
+            }
+        }
+    }
+}
+
+/// Aggregates `contributions` in one go (see [`Space`]).
 ///
 /// # Errors
-/// [`AggregateError::NotNumeric`] when `max`, `min`, `avg` or `count` is asked of a
-/// histogram or summary.
+/// As [`Space::new`].
 pub fn space(
-    contributions: Vec<Contribution<'_>>,
+    contributions: &[Contribution<'_>],
     shape: Shape,
     agg: Agg,
     by: Option<&[String]>,
 ) -> Result<Vec<Group>, AggregateError> {
-    if agg != Agg::Sum && !shape.is_numeric() {
-        let kind = match shape {
-            Shape::Histogram => "histogram",
-            Shape::ExpHistogram => "exponential histogram",
-            _ => "summary",
-        };
-        return Err(AggregateError::NotNumeric {
-            agg: agg.as_str(),
-            kind,
-        });
+    let mut space = Space::new(shape, agg, by)?;
+    for contribution in contributions {
+        space.add(contribution, None);
     }
-    let include_retired = agg == Agg::Sum && shape.counts_events();
-    // Groups are found by the contribution's pairs as they are merged, so a contribution
-    // that joins an existing group allocates nothing. Before that, by where its resource
-    // and point attributes are: contributions borrow them from shared copies (one per
-    // distinct resource, one per distinct attribute set), so most find their group by two
-    // addresses, without hashing a string. The same two places always hold the same pairs.
-    let build = foldhash::fast::RandomState::default();
-    let mut groups: Vec<(Attributes, Accumulator)> = Vec::new();
-    let mut by_pairs: HashTable<(u64, usize)> = HashTable::new();
-    let mut by_place: HashMap<(*const Attributes, *const Attributes), usize, _> =
-        HashMap::with_hasher(build.clone());
-    for contribution in &contributions {
-        if !contribution.live && !include_retired {
-            continue;
-        }
-        let place = (
-            std::ptr::from_ref(contribution.resource),
-            std::ptr::from_ref(contribution.attributes),
-        );
-        let slot = match by_place.get(&place) {
-            Some(&slot) => slot,
-            None => {
-                let slot = group_of(contribution, by, &build, &mut by_pairs, &mut groups);
-                by_place.insert(place, slot);
-                slot
-            }
-        };
-        groups[slot].1.add(contribution);
-    }
-    let mut result: Vec<Group> = groups
-        .into_iter()
-        .map(|(attributes, accumulator)| {
-            let (value, instances) = accumulator.finish(shape, agg);
-            Group {
-                attributes,
-                value,
-                instances,
-            }
-        })
-        .collect();
-    result.sort_by_cached_key(|group| format!("{:?}", group.attributes));
-    Ok(result)
-}
-
-/// The index in `groups` of the group `contribution` belongs to (its merged pairs, only
-/// the keys in `by` when given), a new one if none has its pairs yet.
-fn group_of(
-    contribution: &Contribution<'_>,
-    by: Option<&[String]>,
-    build: &foldhash::fast::RandomState,
-    by_pairs: &mut HashTable<(u64, usize)>,
-    groups: &mut Vec<(Attributes, Accumulator)>,
-) -> usize {
-    let pairs = contribution
-        .resource
-        .merged_iter(contribution.attributes)
-        .filter(|(key, _)| by.is_none_or(|keys| keys.iter().any(|wanted| wanted == key)));
-    let hash = {
-        let mut hasher = build.build_hasher();
-        for (key, value) in pairs.clone() {
-            key.hash(&mut hasher);
-            value.hash(&mut hasher);
-        }
-        hasher.finish()
-    };
-    let entry = by_pairs.entry(
-        hash,
-        |&(_, slot)| same_pairs(groups[slot].0.iter(), pairs.clone()),
-        |&(hash, _)| hash,
-    );
-    match entry {
-        Entry::Occupied(found) => found.get().1,
-        Entry::Vacant(vacant) => {
-            groups.push((Attributes::from_sorted(pairs), Accumulator::default()));
-            vacant.insert((hash, groups.len() - 1));
-            groups.len() - 1
-        }
-    }
+    Ok(space.finish())
 }
 
 /// Whether two pair sequences are equal, pair by pair.

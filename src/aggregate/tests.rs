@@ -1,7 +1,7 @@
 //! Aggregation rules as data: each test is a line of contributions and an expected result.
 
 use super::*;
-use crate::model::AttrValue;
+use crate::model::{AttrValue, StreamValue};
 
 fn attrs(pairs: &[(&str, &str)]) -> Attributes {
     Attributes::new(
@@ -28,10 +28,10 @@ fn check(values: &[(usize, bool, f64)], shape: Shape, agg: Agg, expected: f64, i
             attributes: &route,
             source: Source::Instance(instance),
             live,
-            value,
+            value: value.as_value_ref(),
         })
         .collect();
-    let groups = space(contributions.clone(), shape, agg, None).expect("numeric aggregation");
+    let groups = space(&contributions, shape, agg, None).expect("numeric aggregation");
     assert_eq!(groups.len(), 1);
     match groups[0].value {
         Aggregated::Number(total) => assert_eq!(total.as_f64(), expected),
@@ -45,7 +45,7 @@ fn check(values: &[(usize, bool, f64)], shape: Shape, agg: Agg, expected: f64, i
 fn check_exact(values: &[Number], agg: Agg, expected: Total) {
     let stored: Vec<StreamValue> = values.iter().copied().map(StreamValue::Number).collect();
     let attributes = Attributes::default();
-    let contributions = stored
+    let contributions: Vec<Contribution> = stored
         .iter()
         .enumerate()
         .map(|(index, value)| Contribution {
@@ -53,10 +53,10 @@ fn check_exact(values: &[Number], agg: Agg, expected: Total) {
             attributes: &attributes,
             source: Source::Instance(index),
             live: true,
-            value,
+            value: value.as_value_ref(),
         })
         .collect();
-    let groups = space(contributions, Shape::Counter, agg, None).expect("numeric");
+    let groups = space(&contributions, Shape::Counter, agg, None).expect("numeric");
     assert_eq!(groups[0].value, Aggregated::Number(expected));
 }
 
@@ -162,25 +162,25 @@ fn by_groups_on_a_subset() {
             attributes: &points[0],
             source: Source::Instance(0),
             live: true,
-            value: &values[0],
+            value: values[0].as_value_ref(),
         },
         Contribution {
             resource: &resource,
             attributes: &points[1],
             source: Source::Instance(1),
             live: true,
-            value: &values[1],
+            value: values[1].as_value_ref(),
         },
         Contribution {
             resource: &resource,
             attributes: &points[2],
             source: Source::Retired { instances: 3 },
             live: false,
-            value: &values[2],
+            value: values[2].as_value_ref(),
         },
     ];
     let by = ["route".to_string()];
-    let groups = space(contributions.clone(), Shape::Counter, Agg::Sum, Some(&by)).expect("sum");
+    let groups = space(&contributions, Shape::Counter, Agg::Sum, Some(&by)).expect("sum");
     let got: Vec<_> = groups
         .iter()
         .map(|group| {
@@ -206,12 +206,11 @@ fn by_groups_on_a_subset() {
             ),
         ]
     );
-    let everything =
-        space(contributions.clone(), Shape::Counter, Agg::Sum, Some(&[])).expect("sum");
+    let everything = space(&contributions, Shape::Counter, Agg::Sum, Some(&[])).expect("sum");
     assert_eq!(everything.len(), 1);
     assert_eq!(everything[0].value, Aggregated::Number(Total::Int(7)));
     // Without `by`, a group is the resource and point attributes together.
-    let all = space(contributions, Shape::Counter, Agg::Sum, None).expect("sum");
+    let all = space(&contributions, Shape::Counter, Agg::Sum, None).expect("sum");
     assert_eq!(all.len(), 3);
     assert_eq!(
         all[0].attributes,
@@ -235,9 +234,9 @@ fn a_point_attribute_hides_the_resource_attribute_of_its_key() {
         value,
     };
     let groups = space(
-        vec![
-            contribution(&point, &values[0]),
-            contribution(&bare, &values[1]),
+        &[
+            contribution(&point, values[0].as_value_ref()),
+            contribution(&bare, values[1].as_value_ref()),
         ],
         Shape::Current,
         Agg::Sum,
@@ -275,10 +274,10 @@ fn merge(values: &[StreamValue], shape: Shape) -> Aggregated {
             attributes: &empty,
             source: Source::Instance(index),
             live: index % 2 == 0,
-            value,
+            value: value.as_value_ref(),
         })
         .collect();
-    let groups = space(contributions.clone(), shape, Agg::Sum, None).expect("merge");
+    let groups = space(&contributions, shape, Agg::Sum, None).expect("merge");
     groups[0].value.clone()
 }
 
@@ -364,10 +363,10 @@ fn only_sum_is_defined_for_histograms() {
         attributes: &empty,
         source: Source::Instance(0),
         live: true,
-        value: &values[0],
+        value: values[0].as_value_ref(),
     }];
-    let error = space(contributions.clone(), Shape::Histogram, Agg::Max, None)
-        .expect_err("max of histogram");
+    let error =
+        space(&contributions, Shape::Histogram, Agg::Max, None).expect_err("max of histogram");
     assert_eq!(
         error.to_string(),
         "agg=max is defined for numeric metrics only; histogram metrics merge with agg=sum"

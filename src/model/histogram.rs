@@ -15,7 +15,26 @@ pub enum StreamValue {
     Summary(Summary),
 }
 
+/// A [`StreamValue`] borrowed where it is kept, for aggregation to read without a copy.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ValueRef<'a> {
+    Number(Number),
+    Histogram(&'a Histogram),
+    ExpHistogram(&'a ExpHistogram),
+    Summary(&'a Summary),
+}
+
 impl StreamValue {
+    /// The value borrowed.
+    pub fn as_value_ref(&self) -> ValueRef<'_> {
+        match self {
+            StreamValue::Number(value) => ValueRef::Number(*value),
+            StreamValue::Histogram(value) => ValueRef::Histogram(value),
+            StreamValue::ExpHistogram(value) => ValueRef::ExpHistogram(value),
+            StreamValue::Summary(value) => ValueRef::Summary(value),
+        }
+    }
+
     /// Adds another value of the same shape: numbers add, histograms merge. Values of
     /// different shapes, or explicit histograms with different bounds, are left as they are
     /// and `false` is returned.

@@ -8,6 +8,7 @@
 //! key/value pairs, doubles compare by their bits, and nothing is ever merged because two
 //! hashes agree.
 
+use std::cmp::Ordering;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -15,7 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 mod histogram;
 mod number;
 
-pub use histogram::{BoundsMismatch, StreamValue};
+pub use histogram::{BoundsMismatch, StreamValue, ValueRef};
 pub use number::{Number, Total};
 
 /// Nanoseconds since the Unix epoch, the unit OTLP uses for every timestamp (0 before it,
@@ -150,6 +151,42 @@ impl Hash for AttrRef<'_> {
     }
 }
 
+/// The order groups are listed in: by type (empty, string, bool, int, double, bytes, array,
+/// map), then by value; doubles by [`f64::total_cmp`], which is equal exactly when the bits
+/// are, as `==` is.
+impl Ord for AttrRef<'_> {
+    fn cmp(&self, other: &Self) -> Ordering {
+        match (*self, *other) {
+            (AttrRef::Str(a), AttrRef::Str(b)) => a.cmp(b),
+            (AttrRef::Bool(a), AttrRef::Bool(b)) => a.cmp(&b),
+            (AttrRef::Int(a), AttrRef::Int(b)) => a.cmp(&b),
+            (AttrRef::Double(a), AttrRef::Double(b)) => a.total_cmp(&b),
+            (AttrRef::Bytes(a), AttrRef::Bytes(b)) => a.cmp(b),
+            (AttrRef::Array(a), AttrRef::Array(b)) => a.cmp(b),
+            (AttrRef::Map(a), AttrRef::Map(b)) => a.cmp(b),
+            (a, b) => a.tag().cmp(&b.tag()),
+        }
+    }
+}
+
+impl PartialOrd for AttrRef<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for AttrValue {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.as_ref().cmp(&other.as_ref())
+    }
+}
+
+impl PartialOrd for AttrValue {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 /// Sorts attribute pairs by key and keeps the last of each repeated key: the one rule by
 /// which both [`Attributes::new`] and borrowed attribute lists become a set.
 pub fn sort_unique<K: AsRef<str>, V>(pairs: &mut Vec<(K, V)>) {
@@ -181,7 +218,10 @@ pub fn hash_pairs<'a, H: Hasher>(
 ///
 /// Keys are unique: OTLP forbids duplicates, and when a sender repeats a key anyway the last
 /// occurrence wins, as it would in a map.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+///
+/// Sets are ordered pair by pair (key, then value), a shorter set before a longer one it
+/// begins.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Attributes(Vec<(String, AttrValue)>);
 
 impl Hash for Attributes {

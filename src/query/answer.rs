@@ -1,14 +1,21 @@
 //! `/api/v1/query` and `/metrics`: one metric's streams and retired totals, filtered with
-//! `match`, handed to `aggregate::space`. [`answer`] gathers them from the store for one
-//! query; [`build`] works on a snapshot, so `/metrics` can take one for every metric.
+//! `match`, folded by an `aggregate::Space`. A [`Builder`] takes each stream where a read of
+//! the store meets it (`Store::read_streams`), so no stream is copied first; [`answer`]
+//! reads the store for one query, `answers` once for many metrics.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::aggregate::{self, Agg, AggregateError, Aggregated, Contribution, Group, Shape, Source};
+use crate::aggregate::{
+    Agg, AggregateError, Aggregated, Contribution, Group, Place, Shape, Source, Space,
+};
 use crate::config::AggregationRule;
-use crate::model::{Attributes, InstanceAttributes, MetricId, StreamValue};
-use crate::store::{RetiredView, Store, StreamView};
+use crate::model::{
+    Attributes, InstanceAttributes, InstanceKey, MetricId, Scope, StreamKey, ValueRef,
+};
+use crate::store::{Evidence, RetiredView, RunState, Store, Stream};
+#[cfg(test)]
+use crate::{model::StreamValue, store::StreamView};
 
 use super::QueryError;
 use super::json::attr_text;
@@ -48,20 +55,29 @@ pub fn answer(
     let agg = params
         .agg
         .unwrap_or_else(|| default_agg(rules, &metric.name));
-    let streams = store.streams(&params.metric);
-    let retired = store.retired_totals(&params.metric);
     let selection = Selection {
         by: params.by.as_deref(),
         matches: &params.matches,
     };
-    Ok(build(
-        metric,
-        agg,
-        &streams,
-        &retired,
-        store.instance_attributes(),
-        selection,
-    )?)
+    let mut builder = Builder::new(metric, agg, selection)?;
+    let mut resources = Resources::new(store.instance_attributes());
+    store.read_streams(|instance| {
+        let mut seen = None;
+        for (key, stream) in instance.iter() {
+            if key.metric.name == params.metric {
+                let seen = *seen.get_or_insert_with(|| resources.enter(instance.key));
+                builder.stream(
+                    &resources.seen(seen, instance.key, instance.live),
+                    key,
+                    stream,
+                );
+            }
+        }
+    });
+    for total in store.retired_totals(&params.metric) {
+        builder.retired(&total);
+    }
+    Ok(builder.finish())
 }
 
 /// How the streams of one answer are chosen and grouped.
@@ -71,96 +87,179 @@ pub struct Selection<'a> {
     pub matches: &'a [(String, String)],
 }
 
-/// Aggregates one metric from a snapshot of its streams and retired totals.
-///
-/// # Errors
-/// [`AggregateError`] for an aggregation the metric's kind does not have.
-pub fn build<'s>(
+/// The instances one read of the store meets, numbered in the order met, and their
+/// resources without the instance attributes: each distinct one is kept once (workers of
+/// one service usually share theirs), so contributions find their group by its number.
+pub struct Resources<'a> {
+    instance_attributes: &'a InstanceAttributes,
+    distinct: HashMap<Attributes, usize, foldhash::fast::RandomState>,
+    resources: Vec<Attributes>,
+    instances: usize,
+}
+
+/// An instance as [`Resources::enter`] numbered it: itself, and its resource.
+#[derive(Clone, Copy, Debug)]
+pub struct Entered {
+    instance: usize,
+    resource: usize,
+}
+
+/// An instance as a [`Builder`] takes its streams.
+pub struct Seen<'r> {
+    entered: Entered,
+    resource: &'r Attributes,
+    key: &'r InstanceKey,
+    live: bool,
+}
+
+impl<'a> Resources<'a> {
+    pub fn new(instance_attributes: &'a InstanceAttributes) -> Resources<'a> {
+        Resources {
+            instance_attributes,
+            distinct: HashMap::default(),
+            resources: Vec::new(),
+            instances: 0,
+        }
+    }
+
+    /// Numbers the next instance met, and its resource.
+    pub fn enter(&mut self, instance: &Attributes) -> Entered {
+        let resource = self.instance_attributes.strip(instance);
+        let next = self.resources.len();
+        let resource = *self
+            .distinct
+            .entry(resource)
+            .or_insert_with_key(|resource| {
+                self.resources.push(resource.clone());
+                next
+            });
+        self.instances += 1;
+        Entered {
+            instance: self.instances - 1,
+            resource,
+        }
+    }
+
+    /// The instance `entered` names, for a builder.
+    pub fn seen<'r>(&'r self, entered: Entered, key: &'r InstanceKey, live: bool) -> Seen<'r> {
+        Seen {
+            entered,
+            resource: &self.resources[entered.resource],
+            key,
+            live,
+        }
+    }
+}
+
+/// A stream whose writers cannot be told apart, for the answer's note.
+struct Unreliable {
+    instance: InstanceKey,
+    attributes: Arc<Attributes>,
+    scope: Arc<Scope>,
+    evidence: Evidence,
+}
+
+/// One metric's answer, built as its streams are met.
+pub struct Builder<'q> {
     metric: Arc<MetricId>,
     agg: Agg,
-    streams: impl IntoIterator<Item = &'s StreamView>,
-    retired: &'s [RetiredView],
-    instance_attributes: &InstanceAttributes,
-    selection: Selection,
-) -> Result<Answer, AggregateError> {
-    let shape = Shape::of(&metric);
-    // Only the identity first seen for the name is aggregated; others are type conflicts.
-    let mut other_types: Vec<String> = Vec::new();
-    let mut keep = |candidate: &MetricId| {
-        let same = candidate.same_type(&metric);
-        if !same {
-            let description = candidate.describe();
-            if !other_types.contains(&description) {
-                other_types.push(description);
-            }
-        }
-        same
-    };
+    shape: Shape,
+    matches: &'q [(String, String)],
+    /// max, min, avg and count look at each writer's current value: a stream several
+    /// processes write (one run each) contributes each live run.
+    by_run: bool,
+    space: Space<'q>,
+    /// Only the identity first seen for the name is aggregated; others are type conflicts.
+    other_types: Vec<String>,
+    unreliable: Vec<Unreliable>,
+}
 
-    // Each instance's resource without its instance attributes, computed once, and kept
-    // once however many instances share it (workers of one service usually do): streams
-    // refer to their instance by index, and contributions borrow the shared resource, which
-    // lets `aggregate::space` find most groups by where their parts are.
-    let mut index_of: HashMap<*const Attributes, usize, foldhash::fast::RandomState> =
-        HashMap::default();
-    let mut distinct: HashMap<Attributes, usize, foldhash::fast::RandomState> = HashMap::default();
-    let mut resource_of: Vec<usize> = Vec::new();
-    let mut kept: Vec<(usize, &StreamView, &StreamValue)> = Vec::new();
-    for view in streams {
-        let Some(value) = &view.state.value else {
-            continue;
+impl<'q> Builder<'q> {
+    /// An empty answer for `metric`, aggregated with `agg` as `selection` says.
+    ///
+    /// # Errors
+    /// [`AggregateError`] for an aggregation the metric's kind does not have.
+    pub fn new(
+        metric: Arc<MetricId>,
+        agg: Agg,
+        selection: Selection<'q>,
+    ) -> Result<Builder<'q>, AggregateError> {
+        let shape = Shape::of(&metric);
+        Ok(Builder {
+            space: Space::new(shape, agg, selection.by)?,
+            by_run: agg != Agg::Sum && shape.is_numeric(),
+            metric,
+            agg,
+            shape,
+            matches: selection.matches,
+            other_types: Vec::new(),
+            unreliable: Vec::new(),
+        })
+    }
+
+    /// Adds a stream of `instance` read in place.
+    pub fn stream(&mut self, instance: &Seen<'_>, key: &StreamKey, stream: &Stream) {
+        let current = stream.current();
+        let (value, runs) = current.parts();
+        self.add(instance, key, value, runs, stream.unreliable());
+    }
+
+    /// Adds a stream: its value (none yet: left out), each writer's part when there are
+    /// several, and whether they can be told apart.
+    fn add(
+        &mut self,
+        instance: &Seen<'_>,
+        key: &StreamKey,
+        value: Option<ValueRef<'_>>,
+        runs: &[RunState],
+        unreliable: Option<Evidence>,
+    ) {
+        let Some(value) = value else {
+            return;
         };
-        if !keep(&view.key.metric) {
-            continue;
+        if !self.keep(&key.metric) {
+            return;
         }
-        let index = *index_of
-            .entry(Arc::as_ptr(&view.instance))
-            .or_insert_with(|| {
-                let resource = instance_attributes.strip(&view.instance);
-                let next = distinct.len();
-                resource_of.push(*distinct.entry(resource).or_insert(next));
-                resource_of.len() - 1
-            });
-        kept.push((index, view, value));
-    }
-    let mut resources: Vec<Attributes> = vec![Attributes::default(); distinct.len()];
-    for (resource, at) in distinct {
-        resources[at] = resource;
-    }
-    let mut contributions = Vec::with_capacity(kept.len() + retired.len());
-    let mut unreliable: Vec<&StreamView> = Vec::new();
-    // max, min, avg and count look at each writer's current value: a stream several
-    // processes write (one run each) contributes each live run.
-    let by_run = agg != Agg::Sum && shape.is_numeric();
-    for (index, view, value) in kept {
         let contribution = Contribution {
-            resource: &resources[resource_of[index]],
-            attributes: &view.key.attributes,
-            source: Source::Instance(index),
-            live: view.live,
+            resource: instance.resource,
+            attributes: &key.attributes,
+            source: Source::Instance(instance.entered.instance),
+            live: instance.live,
             value,
         };
-        if !selected(&contribution, selection.matches) {
-            continue;
+        if !selected(&contribution, self.matches) {
+            return;
         }
-        if view.state.unreliable.is_some() {
-            unreliable.push(view);
+        if let Some(evidence) = unreliable {
+            self.unreliable.push(Unreliable {
+                instance: Arc::clone(instance.key),
+                attributes: Arc::clone(&key.attributes),
+                scope: Arc::clone(&key.scope),
+                evidence,
+            });
         }
-        if by_run && !view.state.runs.is_empty() {
-            let runs = view.state.runs.iter().filter(|run| run.live);
+        let place = Some(Place {
+            resource: instance.entered.resource,
+            attributes: &key.attributes,
+        });
+        if self.by_run && !runs.is_empty() {
+            let runs = runs.iter().filter(|run| run.live);
             for value in runs.filter_map(|run| run.value.as_ref()) {
-                contributions.push(Contribution {
-                    value,
-                    ..contribution.clone()
-                });
+                let contribution = Contribution {
+                    value: value.as_value_ref(),
+                    ..contribution
+                };
+                self.space.add(&contribution, place);
             }
         } else {
-            contributions.push(contribution);
+            self.space.add(&contribution, place);
         }
     }
-    for total in retired {
-        if !keep(&total.metric) {
-            continue;
+
+    /// Adds the retired totals of one key.
+    pub fn retired(&mut self, total: &RetiredView) {
+        if !self.keep(&total.metric) {
+            return;
         }
         let contribution = Contribution {
             resource: &total.resource,
@@ -169,86 +268,133 @@ pub fn build<'s>(
                 instances: total.instances,
             },
             live: false,
-            value: &total.value,
+            value: total.value.as_value_ref(),
         };
-        if selected(&contribution, selection.matches) {
-            contributions.push(contribution);
+        if selected(&contribution, self.matches) {
+            self.space.add(&contribution, None);
         }
     }
-    let groups = aggregate::space(contributions, shape, agg, selection.by)?;
 
-    let mut notes = Vec::new();
-    if !unreliable.is_empty() {
-        // The same streams named on every read while they are stored, whatever the order
-        // of the tables they were copied from (which changes as a table grows): by where
-        // their instance, attributes and scope are kept, which stays put, and costs no copy.
-        unreliable.sort_unstable_by_key(|view| {
-            (
-                Arc::as_ptr(&view.instance),
-                Arc::as_ptr(&view.key.attributes),
-                Arc::as_ptr(&view.key.scope),
-            )
-        });
-        notes.push(unreliable_note(&unreliable));
-    }
-    let too_large = |group: &Group| matches!(group.value, Aggregated::Number(total) if total.to_number().is_none());
-    if groups.iter().any(too_large) {
-        notes.push(
-            "an integer total is outside the 64-bit range and is given as the nearest double"
-                .to_string(),
-        );
-    }
-    if shape == Shape::Summary {
-        notes.push(format!(
-            "summary quantiles cannot be merged across instances: each instance's are at /api/v1/series?metric={}",
-            metric.name
-        ));
-    }
-    if groups.iter().any(|group| {
-        matches!(
-            group.value,
-            Aggregated::Histogram {
-                bounds_differ: true,
-                ..
+    /// Whether a stream of `candidate` is aggregated: of the metric's type, else noted.
+    fn keep(&mut self, candidate: &MetricId) -> bool {
+        let same = std::ptr::eq(candidate, &*self.metric) || candidate.same_type(&self.metric);
+        if !same {
+            let description = candidate.describe();
+            if !self.other_types.contains(&description) {
+                self.other_types.push(description);
             }
-        )
-    }) {
-        notes.push(
-            "instances disagree on this histogram's bucket bounds: count, sum, min and max are merged, buckets are not"
-                .to_string(),
+        }
+        same
+    }
+
+    /// The answer, with the notes its groups need.
+    pub fn finish(mut self) -> Answer {
+        let groups = self.space.finish();
+        let mut notes = Vec::new();
+        if !self.unreliable.is_empty() {
+            // The same streams named on every read while they are stored, whatever the
+            // order of the tables they were read from (which changes as a table grows): by
+            // where their instance, attributes and scope are kept, which stays put.
+            self.unreliable.sort_unstable_by_key(|stream| {
+                (
+                    Arc::as_ptr(&stream.instance),
+                    Arc::as_ptr(&stream.attributes),
+                    Arc::as_ptr(&stream.scope),
+                )
+            });
+            notes.push(unreliable_note(&self.unreliable));
+        }
+        let too_large = |group: &Group| matches!(group.value, Aggregated::Number(total) if total.to_number().is_none());
+        if groups.iter().any(too_large) {
+            notes.push(
+                "an integer total is outside the 64-bit range and is given as the nearest double"
+                    .to_string(),
+            );
+        }
+        if self.shape == Shape::Summary {
+            notes.push(format!(
+                "summary quantiles cannot be merged across instances: each instance's are at /api/v1/series?metric={}",
+                self.metric.name
+            ));
+        }
+        if groups.iter().any(|group| {
+            matches!(
+                group.value,
+                Aggregated::Histogram {
+                    bounds_differ: true,
+                    ..
+                }
+            )
+        }) {
+            notes.push(
+                "instances disagree on this histogram's bucket bounds: count, sum, min and max are merged, buckets are not"
+                    .to_string(),
+            );
+        }
+        if !self.other_types.is_empty() {
+            notes.push(format!(
+                "streams of this name with another type ({}) are left out; see type_conflicts at /api/v1/stats",
+                self.other_types.join("; ")
+            ));
+        }
+        Answer {
+            metric: self.metric,
+            agg: self.agg,
+            groups,
+            notes,
+        }
+    }
+}
+
+/// Aggregates one metric from owned copies of its streams (each instance's together), as
+/// the store's `state` works them out: what reading in place must give.
+#[cfg(test)]
+pub fn build<'s>(
+    metric: Arc<MetricId>,
+    agg: Agg,
+    streams: impl IntoIterator<Item = &'s StreamView>,
+    retired: &[RetiredView],
+    instance_attributes: &InstanceAttributes,
+    selection: Selection,
+) -> Result<Answer, AggregateError> {
+    let mut builder = Builder::new(metric, agg, selection)?;
+    let mut resources = Resources::new(instance_attributes);
+    let mut last: Option<(&InstanceKey, Entered)> = None;
+    for view in streams {
+        let entered = match last {
+            Some((instance, entered)) if Arc::ptr_eq(instance, &view.instance) => entered,
+            _ => resources.enter(&view.instance),
+        };
+        last = Some((&view.instance, entered));
+        let value = view.state.value.as_ref().map(StreamValue::as_value_ref);
+        builder.add(
+            &resources.seen(entered, &view.instance, view.live),
+            &view.key,
+            value,
+            &view.state.runs,
+            view.state.unreliable,
         );
     }
-    if !other_types.is_empty() {
-        notes.push(format!(
-            "streams of this name with another type ({}) are left out; see type_conflicts at /api/v1/stats",
-            other_types.join("; ")
-        ));
+    for total in retired {
+        builder.retired(total);
     }
-    Ok(Answer {
-        metric,
-        agg,
-        groups,
-        notes,
-    })
+    Ok(builder.finish())
 }
 
 /// Most unreliable streams a note names; the rest are counted.
 const NAMED_STREAMS: usize = 3;
 
 /// The note for streams whose writers cannot be told apart: which, why, and the fix.
-fn unreliable_note(streams: &[&StreamView]) -> String {
+fn unreliable_note(streams: &[Unreliable]) -> String {
     let named: Vec<String> = streams
         .iter()
         .take(NAMED_STREAMS)
-        .map(|view| {
-            let evidence = view
-                .state
-                .unreliable
-                .map_or("", |evidence| evidence.describe());
+        .map(|stream| {
             format!(
-                "{} of instance {} ({evidence})",
-                pairs(&view.key.attributes),
-                instance_name(&view.instance)
+                "{} of instance {} ({})",
+                pairs(&stream.attributes),
+                instance_name(&stream.instance),
+                stream.evidence.describe()
             )
         })
         .collect();

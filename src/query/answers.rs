@@ -16,11 +16,13 @@ use std::sync::{Arc, Mutex, PoisonError};
 use foldhash::fast::RandomState;
 
 use crate::config::AggregationRule;
-use crate::store::{MetricIdentity, RetiredView, Store, StreamView};
+use crate::model::MetricId;
+use crate::store::{MetricIdentity, Store};
 
-use super::answer::{Answer, Selection, build, default_agg};
+use super::answer::{Answer, Builder, Resources, Selection, default_agg};
 
-/// About how many streams are copied out of the store at a time.
+/// About how many streams one read of the store aggregates: the answers it builds at once
+/// stay about that many groups.
 pub const BATCH_STREAMS: usize = 50_000;
 
 /// The most groups the kept answers hold in all (a group costs about its attributes).
@@ -117,10 +119,10 @@ impl Answers {
 
     /// Hands each metric's default answer to `each`, in name order, until it answers
     /// `false`. Changed metrics are aggregated a batch of names at a time (about
-    /// [`BATCH_STREAMS`] streams, or one metric if it alone has more), so the streams copied
+    /// [`BATCH_STREAMS`] streams, or one metric if it alone has more), so the answers built
     /// at once stay bounded. Metrics without a default aggregation are left out.
     pub fn each(&self, store: &Store, each: &mut dyn FnMut(&MetricIdentity, &Arc<Answer>) -> bool) {
-        // Versions are read before any stream is copied.
+        // Versions are read before any stream is read.
         let mut identities = store.metric_identities();
         identities.sort_by(|a, b| a.metric.name.cmp(&b.metric.name));
         let mut ready: Vec<Option<Option<Arc<Answer>>>> = {
@@ -171,49 +173,58 @@ impl Answers {
         }
     }
 
-    /// Aggregates the metrics at `batch` (indices into `identities`) from one copy of their
-    /// streams, keeps the answers, and returns them with their indices.
+    /// Aggregates the metrics at `batch` (indices into `identities`) in one read of the
+    /// store, keeps the answers, and returns them with their indices.
     fn aggregate(
         &self,
         store: &Store,
         identities: &[MetricIdentity],
         batch: &[usize],
     ) -> Vec<(usize, Option<Arc<Answer>>)> {
-        let names: HashSet<&str, RandomState> = batch
+        // A metric whose default aggregation its kind does not have gets no builder.
+        let mut builders: Vec<Option<Builder<'_>>> = batch
             .iter()
-            .map(|&index| identities[index].metric.name.as_str())
+            .map(|&index| {
+                let metric = &identities[index].metric;
+                let agg = default_agg(&self.rules, &metric.name);
+                Builder::new(Arc::clone(metric), agg, Selection::default()).ok()
+            })
             .collect();
-        let copied = store.streams_where(|name| names.contains(name));
-        let mut streams: HashMap<&str, Vec<&StreamView>, RandomState> = HashMap::default();
-        // Each instance's streams stay together, as `build` needs.
-        for view in &copied {
-            streams
-                .entry(view.key.metric.name.as_str())
-                .or_default()
-                .push(view);
-        }
-        let mut retired: HashMap<String, Vec<RetiredView>, RandomState> = HashMap::default();
-        for total in store.retired_where(|name| names.contains(name)) {
-            retired
-                .entry(total.metric.name.clone())
-                .or_default()
-                .push(total);
+        let slots: HashMap<&str, usize, RandomState> = batch
+            .iter()
+            .enumerate()
+            .map(|(slot, &index)| (identities[index].metric.name.as_str(), slot))
+            .collect();
+        let mut resources = Resources::new(store.instance_attributes());
+        // An instance's streams share a few metric identities: each is looked up by name
+        // once per instance, then by address (which stays put while the instance is locked).
+        let mut by_address: HashMap<*const MetricId, Option<usize>, RandomState> =
+            HashMap::default();
+        store.read_streams(|instance| {
+            let entered = resources.enter(instance.key);
+            let seen = resources.seen(entered, instance.key, instance.live);
+            by_address.clear();
+            for (key, stream) in instance.iter() {
+                let slot = *by_address
+                    .entry(Arc::as_ptr(&key.metric))
+                    .or_insert_with(|| slots.get(key.metric.name.as_str()).copied());
+                if let Some(Some(builder)) = slot.map(|slot| &mut builders[slot]) {
+                    builder.stream(&seen, key, stream);
+                }
+            }
+        });
+        for total in store.retired_where(|name| slots.contains_key(name)) {
+            if let Some(Some(builder)) = slots
+                .get(total.metric.name.as_str())
+                .map(|&slot| &mut builders[slot])
+            {
+                builder.retired(&total);
+            }
         }
         let answers: Vec<(usize, Option<Arc<Answer>>)> = batch
             .iter()
-            .map(|&index| {
-                let identity = &identities[index];
-                let name = &identity.metric.name;
-                let answer = build(
-                    Arc::clone(&identity.metric),
-                    default_agg(&self.rules, name),
-                    streams.get(name.as_str()).into_iter().flatten().copied(),
-                    retired.get(name).map_or(&[][..], Vec::as_slice),
-                    store.instance_attributes(),
-                    Selection::default(),
-                );
-                (index, answer.ok().map(Arc::new))
-            })
+            .zip(builders)
+            .map(|(&index, builder)| (index, builder.map(|builder| Arc::new(builder.finish()))))
             .collect();
         let mut shelf = self.lock();
         for (index, answer) in &answers {
@@ -406,6 +417,29 @@ mod tests {
         read
     }
 
+    /// Every default answer aggregated from owned copies of the streams, as
+    /// [`Stream::state`](crate::store::Stream::state) works them out: what reading the
+    /// streams in place must give.
+    fn copied(store: &Store) -> Vec<Arc<Answer>> {
+        let mut identities = store.metric_identities();
+        identities.sort_by(|a, b| a.metric.name.cmp(&b.metric.name));
+        identities
+            .iter()
+            .map(|identity| {
+                let name = &identity.metric.name;
+                let answer = crate::query::answer::build(
+                    Arc::clone(&identity.metric),
+                    default_agg(&[], name),
+                    &store.streams(name),
+                    &store.retired_totals(name),
+                    store.instance_attributes(),
+                    Selection::default(),
+                );
+                Arc::new(answer.expect("sum is defined for every kind"))
+            })
+            .collect()
+    }
+
     fn same(kept: &[Arc<Answer>], fresh: &[Arc<Answer>]) -> bool {
         kept.len() == fresh.len()
             && kept.iter().zip(fresh).all(|(kept, fresh)| {
@@ -455,6 +489,8 @@ mod tests {
                         let first = read(&store, &kept);
                         let fresh = read(&store, &Answers::new(Arc::from([])));
                         prop_assert!(same(&first, &fresh), "kept {first:?}\nfresh {fresh:?}");
+                        let copied = copied(&store);
+                        prop_assert!(same(&fresh, &copied), "in place {fresh:?}\ncopied {copied:?}");
                         // The store keeps its count of unreliable streams the same way.
                         let unreliable = store
                             .all_streams()
@@ -474,6 +510,8 @@ mod tests {
             let last = read(&store, &kept);
             let fresh = read(&store, &Answers::new(Arc::from([])));
             prop_assert!(same(&last, &fresh), "kept {last:?}\nfresh {fresh:?}");
+            let copied = copied(&store);
+            prop_assert!(same(&fresh, &copied), "in place {fresh:?}\ncopied {copied:?}");
         }
     }
 

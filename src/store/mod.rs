@@ -58,7 +58,7 @@ pub use stats::{
     ExporterFigures, ExporterKind, ExporterSnapshot, Listener, RequestError, Stats, StatsSnapshot,
     StorageFigures, StorageSnapshot,
 };
-pub use stream::{CollisionPolicy, Evidence, RunState, StreamState};
+pub use stream::{CollisionPolicy, Current, Evidence, RunState, Stream, StreamState};
 
 use ingest::Streams;
 use stream::Refusal;
@@ -310,6 +310,21 @@ pub struct StreamView {
     pub key: StreamKey,
     pub description: Arc<str>,
     pub state: StreamState,
+}
+
+/// One instance's streams, read where they are kept ([`Store::read_streams`]).
+pub struct InstanceStreams<'s> {
+    pub key: &'s InstanceKey,
+    /// Whether the instance is live (not retired).
+    pub live: bool,
+    streams: &'s Streams,
+}
+
+impl<'s> InstanceStreams<'s> {
+    /// Each stream with its key, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&'s StreamKey, &'s Stream)> + use<'s> {
+        self.streams.iter()
+    }
 }
 
 /// How a store is set up.
@@ -636,6 +651,24 @@ impl Store {
             }
         }
         views
+    }
+
+    /// Hands each instance's streams to `each`, one instance at a time, under its lock:
+    /// nothing is copied, so `each` should be quick (the instance's writers wait for it).
+    /// An instance evicted since the map was read is passed over: its streams are in the
+    /// retired totals now.
+    pub fn read_streams(&self, mut each: impl FnMut(InstanceStreams<'_>)) {
+        for instance in self.all_instances() {
+            let state = lock(&instance.state);
+            if state.evicted {
+                continue;
+            }
+            each(InstanceStreams {
+                key: &instance.key,
+                live: state.retired.is_none(),
+                streams: &state.streams,
+            });
+        }
     }
 
     /// Clones every instance handle out of the map, so no map guard is held afterwards.

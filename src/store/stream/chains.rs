@@ -308,6 +308,15 @@ impl<T: Additive> Chains<T> {
         check_stored(value, &self.base, stored)
     }
 
+    /// The one chain's total when there is one chain and nothing folded: what
+    /// [`Chains::state`] gives as the value then, borrowed.
+    pub(super) fn single(&self) -> Option<Option<&T>> {
+        match (&self.chains[..], &self.base) {
+            ([chain], None) => Some(chain.total.as_ref()),
+            _ => None,
+        }
+    }
+
     /// The sum of every interval applied, and the chains when there is more than one.
     pub(super) fn state(&self) -> PartsSummary {
         let mut total = self.base.clone();

@@ -27,7 +27,7 @@ use std::sync::Arc;
 
 use crate::model::{
     BoundsMismatch, ExpHistogram, Histogram, Kind, MetricId, Number, Point, StreamValue, Summary,
-    Temporality, Value,
+    Temporality, Value, ValueRef,
 };
 use crate::outcome::DropReason;
 
@@ -144,6 +144,8 @@ trait Additive: Clone {
     /// Whether a resent point carries this very value.
     fn same_as(&self, other: &Self) -> bool;
     fn into_stream_value(self) -> StreamValue;
+    /// The value borrowed, as [`Additive::into_stream_value`] would give it.
+    fn as_value_ref(&self) -> ValueRef<'_>;
 }
 
 impl Additive for Number {
@@ -164,6 +166,9 @@ impl Additive for Number {
     }
     fn into_stream_value(self) -> StreamValue {
         StreamValue::Number(self)
+    }
+    fn as_value_ref(&self) -> ValueRef<'_> {
+        ValueRef::Number(*self)
     }
 }
 
@@ -188,6 +193,9 @@ impl Additive for Histogram {
     fn into_stream_value(self) -> StreamValue {
         StreamValue::Histogram(self)
     }
+    fn as_value_ref(&self) -> ValueRef<'_> {
+        ValueRef::Histogram(self)
+    }
 }
 
 impl Additive for ExpHistogram {
@@ -209,6 +217,9 @@ impl Additive for ExpHistogram {
     fn into_stream_value(self) -> StreamValue {
         StreamValue::ExpHistogram(self)
     }
+    fn as_value_ref(&self) -> ValueRef<'_> {
+        ValueRef::ExpHistogram(self)
+    }
 }
 
 impl Additive for Summary {
@@ -229,6 +240,9 @@ impl Additive for Summary {
     }
     fn into_stream_value(self) -> StreamValue {
         StreamValue::Summary(self)
+    }
+    fn as_value_ref(&self) -> ValueRef<'_> {
+        ValueRef::Summary(self)
     }
 }
 
@@ -421,7 +435,7 @@ impl Stream {
     /// of a second writer.
     ///
     /// # Errors
-    /// [`Refusal`] when the point is a duplicate, out of order, an overlapping delta from
+    /// `Refusal` when the point is a duplicate, out of order, an overlapping delta from
     /// its own writer, a histogram with other bounds, or (with [`CollisionPolicy::Reject`])
     /// evidence of a collision; the stream is unchanged then.
     pub fn apply(
@@ -504,6 +518,32 @@ impl Stream {
         self.unreliable.is_some()
     }
 
+    /// What the stream adds to an answer: its value borrowed where one run or chain holds
+    /// it all, else the state [`Stream::state`] works out.
+    pub fn current(&self) -> Current<'_> {
+        fn borrowed<T: Additive>(one: Option<Option<&T>>) -> Option<Option<ValueRef<'_>>> {
+            one.map(|value| value.map(Additive::as_value_ref))
+        }
+        let one = match &self.accumulator {
+            Accumulator::Numbers(runs) => borrowed(runs.single()),
+            Accumulator::DeltaNumbers(chains) => borrowed(chains.single()),
+            Accumulator::Histograms(runs) => borrowed(runs.single()),
+            Accumulator::DeltaHistograms(chains) => borrowed(chains.single()),
+            Accumulator::ExpHistograms(runs) => borrowed(runs.single()),
+            Accumulator::DeltaExpHistograms(chains) => borrowed(chains.single()),
+            Accumulator::Summaries(runs) => borrowed(runs.single()),
+        };
+        match one {
+            Some(value) => Current::One(value),
+            None => Current::Worked(self.state()),
+        }
+    }
+
+    /// The evidence that its writers cannot be told apart, if any.
+    pub fn unreliable(&self) -> Option<Evidence> {
+        self.unreliable
+    }
+
     /// An owned copy of the stream's state.
     pub fn state(&self) -> StreamState {
         let rule = self.rule;
@@ -524,6 +564,28 @@ impl Stream {
             value: summary.value,
             runs: summary.parts,
             unreliable: self.unreliable,
+        }
+    }
+}
+
+/// What a stream adds to an answer ([`Stream::current`]).
+#[derive(Debug)]
+pub enum Current<'s> {
+    /// One run or chain, nothing folded: its value as kept (`None` before a number).
+    One(Option<ValueRef<'s>>),
+    /// Several, or folded ones: the value and the parts worked out.
+    Worked(StreamState),
+}
+
+impl Current<'_> {
+    /// The value, and each writer's part when there is more than one.
+    pub fn parts(&self) -> (Option<ValueRef<'_>>, &[RunState]) {
+        match self {
+            Current::One(value) => (*value, &[]),
+            Current::Worked(state) => (
+                state.value.as_ref().map(StreamValue::as_value_ref),
+                &state.runs,
+            ),
         }
     }
 }

@@ -390,6 +390,15 @@ impl<T: Additive> Runs<T> {
         check_stored(value, &self.base, stored)
     }
 
+    /// The one run's value when there is one run and nothing folded: what [`Runs::state`]
+    /// gives as the value then, borrowed.
+    pub(super) fn single(&self) -> Option<Option<&T>> {
+        match (&self.runs[..], &self.base) {
+            ([run], None) => Some(run.value.as_ref()),
+            _ => None,
+        }
+    }
+
     /// The value (counting kinds: base and every run; otherwise the runs still writing),
     /// and the runs when there is more than one.
     pub(super) fn state(&self, rule: Rule) -> PartsSummary {

@@ -147,7 +147,13 @@ fn play(
         let (_, finding) = stream.apply(point, delivery.writer, CollisionPolicy::Report);
         findings.extend(finding.map(|finding| finding.evidence));
     }
-    let total = match stream.state().value {
+    let state = stream.state();
+    // What a query reads in place is what the state works out.
+    let current = stream.current();
+    let (value, runs) = current.parts();
+    assert_eq!(value, state.value.as_ref().map(StreamValue::as_value_ref));
+    assert_eq!(runs, &state.runs[..]);
+    let total = match state.value {
         Some(StreamValue::Number(number)) => Some(number),
         None => None,
         other => panic!("not a number: {other:?}"),
