@@ -250,7 +250,11 @@ impl InstanceWriter<'_> {
                 && key.scope == *metric.scope
         });
         if let Some((key, stream)) = found {
+            let was_unreliable = stream.is_unreliable();
             let (result, finding) = stream.apply(point, self.writer_id, policy);
+            if !was_unreliable && stream.is_unreliable() {
+                self.store.shared.unreliable.fetch_add(1, Ordering::Relaxed);
+            }
             if let Some(finding) = finding {
                 let writers = [finding.other_writer, self.writer_id];
                 self.store.record_collision(

@@ -148,6 +148,9 @@ impl Store {
         {
             let mut retired = lock_any(&self.shared.retired);
             for (key, stream) in state.streams.drain() {
+                if stream.is_unreliable() {
+                    self.shared.unreliable.fetch_sub(1, Ordering::Relaxed);
+                }
                 let tally = names.entry(key.metric.name.clone()).or_default();
                 tally.0 += 1;
                 if !key.metric.counts_events() {

@@ -134,8 +134,10 @@ struct Shared {
     snapshot_gate: Mutex<()>,
     /// The latest version any metric was raised to ([`tick`]).
     changed: AtomicU64,
-    /// [`Store::unreliable_stream_count`] as of a `changed` value.
-    unreliable: Mutex<Option<(u64, usize)>>,
+    /// Streams marked unreliable ([`Store::unreliable_stream_count`]): raised when a stream
+    /// is marked (which happens once to a stream) or restored marked, lowered when its
+    /// instance is evicted.
+    unreliable: AtomicUsize,
 }
 
 /// How many evicted instances `/api/v1/instances` still lists.
@@ -394,7 +396,7 @@ impl Store {
                 attribute_sets: Mutex::new(hashbrown::HashTable::new()),
                 snapshot_gate: Mutex::new(()),
                 changed: AtomicU64::new(tick()),
-                unreliable: Mutex::new(None),
+                unreliable: AtomicUsize::new(0),
             }),
         }
     }
@@ -606,30 +608,10 @@ impl Store {
         self.streams_where(|_| true)
     }
 
-    /// How many streams are marked unreliable: counted in one pass that copies nothing, and
-    /// kept until a metric changes (see `MetricIdentity::version`), so a scrape of an
-    /// unchanged store does not walk every stream for it.
+    /// How many streams are marked unreliable: kept as streams are marked, restored and
+    /// evicted, so no read walks the streams for it.
     pub fn unreliable_stream_count(&self) -> usize {
-        let version = self.shared.changed.load(Ordering::SeqCst);
-        if let Some((counted, count)) = *lock_any(&self.shared.unreliable)
-            && counted == version
-        {
-            return count;
-        }
-        let count = self
-            .all_instances()
-            .iter()
-            .map(|instance| {
-                let state = lock(&instance.state);
-                state
-                    .streams
-                    .iter()
-                    .filter(|(_, stream)| stream.is_unreliable())
-                    .count()
-            })
-            .sum();
-        *lock_any(&self.shared.unreliable) = Some((version, count));
-        count
+        self.shared.unreliable.load(Ordering::Relaxed)
     }
 
     /// The streams of the metrics whose names are `wanted`, across all instances, each

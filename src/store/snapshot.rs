@@ -618,6 +618,7 @@ impl Store {
         let retired = retirement_from_proto(message.retired.as_ref(), (wall_now, now))?;
         let build = &self.shared.stream_hasher;
         let mut streams = Streams::default();
+        let mut unreliable = 0;
         for stream in &message.streams {
             let stream_key = StreamKey {
                 scope: Arc::clone(tables.scope(stream.scope)?),
@@ -633,6 +634,7 @@ impl Store {
                 continue;
             }
             let metric = Arc::clone(&stream_key.metric);
+            unreliable += usize::from(restored_stream.is_unreliable());
             if !streams.restore(build, stream_key, restored_stream) {
                 return Err(format!(
                     "metric {:?}: an instance lists one stream twice",
@@ -657,6 +659,9 @@ impl Store {
         });
         self.shared.instances.insert(Arc::clone(&key), instance);
         self.shared.n_instances.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .unreliable
+            .fetch_add(unreliable, Ordering::Relaxed);
         restored.instances += 1;
         Ok(Some(key))
     }
@@ -1147,6 +1152,26 @@ mod tests {
             export(target, "w9", (None, 4009), 130, 1);
         }
         assert_eq!(accounting(&after_eviction), accounting(&store));
+    }
+
+    #[test]
+    fn streams_marked_unreliable_are_counted_after_a_restore() {
+        let settings = StoreSettings::for_tests(1000);
+        let store = Store::new(settings.clone());
+        // One timestamp with two values from two connections: writers fanin cannot tell
+        // apart.
+        export(&store, "dup", (None, 4005), 110, 3);
+        export(&store, "dup", (None, 4006), 110, 4);
+        let marked = store.unreliable_stream_count();
+        assert!(marked > 0);
+        let (restored, _) = reread(&store, settings);
+        assert_eq!(restored.unreliable_stream_count(), marked);
+        let counted = restored
+            .all_streams()
+            .iter()
+            .filter(|view| view.state.unreliable.is_some())
+            .count();
+        assert_eq!(counted, marked);
     }
 
     #[test]
