@@ -216,12 +216,12 @@ async fn le_takes_its_place_among_the_labels() {
     fanin.stop().await;
 }
 
-/// More streams than one batch of the renderer holds (`prometheus::BATCH_STREAMS`), and a
+/// More groups than one batch of the renderer builds (`prometheus::BATCH_GROUPS`), and a
 /// page many chunks long: every family is there once, with every group's total.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_page_larger_than_a_batch_is_whole() {
     let fanin = start().await;
-    let per_metric = fanin::query::prometheus::BATCH_STREAMS * 3 / 5;
+    let per_metric = fanin::query::prometheus::BATCH_GROUPS * 3 / 5;
     for (worker, value) in [("w1", 2), ("w2", 3)] {
         for name in ["wide.a", "wide.b"] {
             send(

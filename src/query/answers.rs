@@ -21,9 +21,11 @@ use crate::store::{MetricIdentity, Store};
 
 use super::answer::{Answer, Builder, Resources, Selection, default_agg};
 
-/// About how many streams one read of the store aggregates: the answers it builds at once
-/// stay about that many groups.
-pub const BATCH_STREAMS: usize = 50_000;
+/// About how many groups one read of the store builds at a time. A metric counts as many as
+/// its last answer had, plus the streams it gained since, or as many as it holds streams
+/// when it has no answer kept; each read walks every stream, so fewer, larger batches are
+/// cheaper, while the groups bound what they hold at once.
+pub const BATCH_GROUPS: usize = 50_000;
 
 /// The most groups the kept answers hold in all (a group costs about its attributes).
 pub const KEPT_GROUPS: usize = 250_000;
@@ -51,7 +53,8 @@ impl Shelf {
 
     /// Keeps `answer` for `name` as of `version` if there is room; a newer one another
     /// reader kept meanwhile stays.
-    fn keep(&mut self, name: &str, version: u64, answer: &Option<Arc<Answer>>) {
+    fn keep(&mut self, name: &str, identity: (u64, usize), answer: &Option<Arc<Answer>>) {
+        let (version, held) = identity;
         if self
             .kept
             .get(name)
@@ -62,6 +65,7 @@ impl Shelf {
         self.forget(name);
         let kept = Kept {
             version,
+            held,
             answer: answer.clone(),
         };
         if self.groups + kept.groups() <= self.room {
@@ -86,6 +90,8 @@ impl std::fmt::Debug for Answers {
 /// (a rule asking for `max` of a histogram).
 struct Kept {
     version: u64,
+    /// The streams the metric held when it was built.
+    held: usize,
     answer: Option<Arc<Answer>>,
 }
 
@@ -119,13 +125,13 @@ impl Answers {
 
     /// Hands each metric's default answer to `each`, in name order, until it answers
     /// `false`. Changed metrics are aggregated a batch of names at a time (about
-    /// [`BATCH_STREAMS`] streams, or one metric if it alone has more), so the answers built
-    /// at once stay bounded. Metrics without a default aggregation are left out.
+    /// [`BATCH_GROUPS`] groups, or one metric if it alone has more), so the answers built at
+    /// once stay bounded. Metrics without a default aggregation are left out.
     pub fn each(&self, store: &Store, each: &mut dyn FnMut(&MetricIdentity, &Arc<Answer>) -> bool) {
         // Versions are read before any stream is read.
         let mut identities = store.metric_identities();
         identities.sort_by(|a, b| a.metric.name.cmp(&b.metric.name));
-        let mut ready: Vec<Option<Option<Arc<Answer>>>> = {
+        let (mut ready, sizes): (Vec<Option<Option<Arc<Answer>>>>, Vec<usize>) = {
             let mut shelf = self.lock();
             // Names the store forgot are forgotten here too.
             let names: HashSet<&str, RandomState> = identities
@@ -142,19 +148,18 @@ impl Answers {
             });
             identities
                 .iter()
-                .map(|identity| {
-                    shelf
-                        .kept
-                        .get(&identity.metric.name)
-                        .filter(|kept| kept.version == identity.version)
-                        .map(|kept| kept.answer.clone())
+                .map(|identity| match shelf.kept.get(&identity.metric.name) {
+                    Some(kept) if kept.version == identity.version => {
+                        (Some(kept.answer.clone()), 0)
+                    }
+                    kept => (None, groups_to_build(kept, identity)),
                 })
-                .collect()
+                .unzip()
         };
         let stale: Vec<usize> = (0..identities.len())
             .filter(|&index| ready[index].is_none())
             .collect();
-        let mut batches = batches(&identities, &stale, BATCH_STREAMS).into_iter();
+        let mut batches = batches(&sizes, &stale, BATCH_GROUPS).into_iter();
         for (index, identity) in identities.iter().enumerate() {
             if ready[index].is_none() {
                 // The batch holding this metric is the next one: batches follow name order.
@@ -229,7 +234,11 @@ impl Answers {
         let mut shelf = self.lock();
         for (index, answer) in &answers {
             let identity = &identities[*index];
-            shelf.keep(&identity.metric.name, identity.version, answer);
+            shelf.keep(
+                &identity.metric.name,
+                (identity.version, identity.held),
+                answer,
+            );
         }
         answers
     }
@@ -241,17 +250,21 @@ impl Answers {
     }
 }
 
-/// The indices in `chosen` (ascending) as consecutive runs holding about `size` streams and
-/// retired totals in all; a metric with more has a batch of its own.
-fn batches<'c>(
-    identities: &[MetricIdentity],
-    chosen: &'c [usize],
-    size: usize,
-) -> Vec<&'c [usize]> {
+/// How many groups building `identity`'s answer again will make, about: as many as its last
+/// answer had, plus one for each stream gained since; as many as it has streams without one.
+fn groups_to_build(kept: Option<&Kept>, identity: &MetricIdentity) -> usize {
+    kept.map_or(identity.held, |kept| {
+        kept.groups() + identity.held.saturating_sub(kept.held)
+    })
+}
+
+/// The indices in `chosen` (ascending) as consecutive runs of about `size` in all, each
+/// index counting `sizes[index]`; one larger alone has a batch of its own.
+fn batches<'c>(sizes: &[usize], chosen: &'c [usize], size: usize) -> Vec<&'c [usize]> {
     let mut batches = Vec::new();
     let (mut start, mut held) = (0, 0usize);
     for (at, &index) in chosen.iter().enumerate() {
-        let more = identities[index].held;
+        let more = sizes[index];
         if at > start && held.saturating_add(more) > size {
             batches.push(&chosen[start..at]);
             (start, held) = (at, 0);
@@ -516,7 +529,7 @@ mod tests {
     }
 
     #[test]
-    fn batches_hold_about_a_batch_and_big_metrics_alone() {
+    fn batches_hold_about_a_batch_of_groups_and_big_metrics_alone() {
         let identity = |name: &str, held| MetricIdentity {
             metric: Arc::new(MetricId {
                 name: name.into(),
@@ -529,26 +542,48 @@ mod tests {
             held,
             version: 0,
         };
-        let identities = [
-            identity("a", 3),
-            identity("b", 4),
-            identity("x", 100),
-            identity("c", 20),
-            identity("d", 1),
-            identity("e", 9),
-        ];
+        let names = ["a", "b", "x", "c", "d", "e"];
+        let sizes = [3, 4, 100, 20, 1, 9];
         // "x" is not chosen (its answer is kept): batches skip it.
         let chosen = [0, 1, 3, 4, 5];
-        let names: Vec<Vec<&str>> = batches(&identities, &chosen, 10)
+        let batched: Vec<Vec<&str>> = batches(&sizes, &chosen, 10)
             .iter()
-            .map(|batch| {
-                batch
-                    .iter()
-                    .map(|&index| identities[index].metric.name.as_str())
-                    .collect()
-            })
+            .map(|batch| batch.iter().map(|&index| names[index]).collect())
             .collect();
-        assert_eq!(names, [vec!["a", "b"], vec!["c"], vec!["d", "e"]]);
-        assert!(batches(&identities, &[], 10).is_empty());
+        assert_eq!(batched, [vec!["a", "b"], vec!["c"], vec!["d", "e"]]);
+        assert!(batches(&sizes, &[], 10).is_empty());
+
+        // A metric of 1,000 streams whose last answer had 4 groups counts 4, and one more
+        // for each stream it gained since; one never built counts its streams.
+        let identity = MetricIdentity {
+            metric: Arc::new(MetricId {
+                name: "requests".into(),
+                kind: Kind::Gauge,
+                unit: String::new(),
+                monotonic: false,
+                temporality: None,
+            }),
+            description: Arc::from(""),
+            held: 1_003,
+            version: 0,
+        };
+        let store = Store::new(StoreSettings::for_tests(100));
+        for route in 0..3 {
+            let point = Point {
+                start: 0,
+                time: 10,
+                value: value_of(&identity.metric, 5),
+            };
+            write(&store, 0, &identity.metric, route, point);
+        }
+        let answers = read(&store, &Answers::new(Arc::from([])));
+        let kept = Kept {
+            version: 0,
+            held: 1_000,
+            answer: Some(Arc::clone(&answers[0])),
+        };
+        assert_eq!(kept.groups(), 3);
+        assert_eq!(groups_to_build(Some(&kept), &identity), 6);
+        assert_eq!(groups_to_build(None, &identity), 1_003);
     }
 }

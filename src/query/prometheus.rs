@@ -23,7 +23,7 @@
 //! The page is written in chunks of about [`CHUNK`] bytes as it is rendered, never whole:
 //! the answers come from [`Answers`], which keeps each metric's between scrapes and
 //! aggregates again only the metrics that changed, a batch of names at a time (about
-//! [`BATCH_STREAMS`] streams, or one metric if it alone has more); a group's labels are
+//! [`BATCH_GROUPS`] groups, or one metric if it alone has more); a group's labels are
 //! written once however many bucket lines share them.
 
 use std::collections::HashSet;
@@ -35,7 +35,7 @@ use crate::model::{Attributes, ExpHistogram, Histogram, MetricId, Total};
 use crate::store::{ExporterSnapshot, MetricIdentity, Store};
 
 use super::answer::Answer;
-pub use super::answers::{Answers, BATCH_STREAMS};
+pub use super::answers::{Answers, BATCH_GROUPS};
 use super::json::attr_text;
 
 /// The content type Prometheus expects for format 0.0.4.
