@@ -12,7 +12,7 @@
 //!                                                                               |
 //!                                              store::Store (instances, streams, runs, chains)
 //!                                                                               |
-//!                            query (HTTP JSON, /metrics, gRPC) <- aggregate::space
+//!                            query (HTTP JSON, /metrics, gRPC) <- aggregate::Space
 //! ```
 //!
 //! - [`model`]: the vocabulary: attributes, instances, streams, points, numbers.

@@ -148,7 +148,7 @@ struct Accumulator {
     exp_histogram: Option<ExpHistogram>,
     summary: (u64, f64),
     /// Distinct instances seen: contributions of one instance arrive together (see
-    /// [`space`]), so a new instance is a change of index.
+    /// [`Space::new`]), so a new instance is a change of index.
     instances: u64,
     last_instance: Option<usize>,
     retired_instances: u64,

@@ -169,6 +169,9 @@ pub struct Builder<'q> {
     /// processes write (one run each) contributes each live run.
     by_run: bool,
     space: Space<'q>,
+    /// Whether groups are found by [`Place`] first (always, but in the test reference,
+    /// which finds every one by its pairs).
+    by_place: bool,
     /// Only the identity first seen for the name is aggregated; others are type conflicts.
     other_types: Vec<String>,
     unreliable: Vec<Unreliable>,
@@ -188,6 +191,7 @@ impl<'q> Builder<'q> {
         Ok(Builder {
             space: Space::new(shape, agg, selection.by)?,
             by_run: agg != Agg::Sum && shape.is_numeric(),
+            by_place: true,
             metric,
             agg,
             shape,
@@ -238,7 +242,7 @@ impl<'q> Builder<'q> {
                 evidence,
             });
         }
-        let place = Some(Place {
+        let place = self.by_place.then_some(Place {
             resource: instance.entered.resource,
             attributes: &key.attributes,
         });
@@ -347,7 +351,8 @@ impl<'q> Builder<'q> {
 }
 
 /// Aggregates one metric from owned copies of its streams (each instance's together), as
-/// the store's `state` works them out: what reading in place must give.
+/// the store's `state` works them out, finding every group by its pairs: what reading in
+/// place, and finding groups by place, must give.
 #[cfg(test)]
 pub fn build<'s>(
     metric: Arc<MetricId>,
@@ -358,6 +363,7 @@ pub fn build<'s>(
     selection: Selection,
 ) -> Result<Answer, AggregateError> {
     let mut builder = Builder::new(metric, agg, selection)?;
+    builder.by_place = false;
     let mut resources = Resources::new(instance_attributes);
     let mut last: Option<(&InstanceKey, Entered)> = None;
     for view in streams {

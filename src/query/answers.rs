@@ -86,6 +86,10 @@ impl std::fmt::Debug for Answers {
     }
 }
 
+/// A metric's answer when there is one to hand out without building it: `Some(None)` when
+/// the metric has no default aggregation.
+type Ready = Option<Option<Arc<Answer>>>;
+
 /// One metric's answer as of `version`; `None` when the metric has no default aggregation
 /// (a rule asking for `max` of a histogram).
 struct Kept {
@@ -131,7 +135,9 @@ impl Answers {
         // Versions are read before any stream is read.
         let mut identities = store.metric_identities();
         identities.sort_by(|a, b| a.metric.name.cmp(&b.metric.name));
-        let (mut ready, sizes): (Vec<Option<Option<Arc<Answer>>>>, Vec<usize>) = {
+        // Per metric: its kept answer when still current, else about how many groups
+        // building it makes.
+        let (mut ready, sizes): (Vec<Ready>, Vec<usize>) = {
             let mut shelf = self.lock();
             // Names the store forgot are forgotten here too.
             let names: HashSet<&str, RandomState> = identities
@@ -312,7 +318,7 @@ mod tests {
 
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
-            6 => (0u8..4, 0u8..5, 0u8..3, 0u8..20).prop_map(|(instance, metric, route, value)| {
+            6 => (0u8..4, 0u8..6, 0u8..3, 0u8..20).prop_map(|(instance, metric, route, value)| {
                 Step::Write { instance, metric, route, value }
             }),
             1 => (0u8..4).prop_map(|instance| Step::Restart { instance }),
@@ -323,8 +329,8 @@ mod tests {
 
     const TTL: Duration = Duration::from_secs(10);
 
-    /// Counter, gauge, histogram, up-down counter, and the counter's name as a gauge (a type
-    /// conflict).
+    /// Counter, gauge, histogram, up-down counter, the counter's name as a gauge (a type
+    /// conflict), and a delta counter (chains).
     fn metrics() -> Vec<Arc<MetricId>> {
         let metric = |name: &str, kind, monotonic, temporality| {
             Arc::new(MetricId {
@@ -342,6 +348,7 @@ mod tests {
             metric("latency", Kind::Histogram, false, cumulative),
             metric("inflight", Kind::Sum, false, cumulative),
             metric("requests", Kind::Gauge, false, None),
+            metric("deltas", Kind::Sum, true, Some(Temporality::Delta)),
         ]
     }
 
@@ -530,18 +537,6 @@ mod tests {
 
     #[test]
     fn batches_hold_about_a_batch_of_groups_and_big_metrics_alone() {
-        let identity = |name: &str, held| MetricIdentity {
-            metric: Arc::new(MetricId {
-                name: name.into(),
-                kind: Kind::Gauge,
-                unit: String::new(),
-                monotonic: false,
-                temporality: None,
-            }),
-            description: Arc::from(""),
-            held,
-            version: 0,
-        };
         let names = ["a", "b", "x", "c", "d", "e"];
         let sizes = [3, 4, 100, 20, 1, 9];
         // "x" is not chosen (its answer is kept): batches skip it.

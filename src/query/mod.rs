@@ -2,7 +2,7 @@
 //! text format (the same answers are served over gRPC by `grpc.rs` on the OTLP/gRPC listener).
 //!
 //! - `GET /api/v1/query?metric=NAME[&agg=..][&by=..][&match=k=v]`: the total across
-//!   instances (`answer.rs`, then `aggregate::space`).
+//!   instances (`answer.rs`, then `aggregate::Space`).
 //! - `GET /api/v1/metrics`: every metric name with kind, unit, description, instance counts.
 //! - `GET /metrics`: the same totals in the Prometheus text format (`prometheus.rs`).
 //! - `GET /api/v1/instances`: every instance with its attributes, pid, writer, last export,
