@@ -384,23 +384,6 @@ impl<'q> Space<'q> {
     }
 }
 
-/// Aggregates `contributions` in one go (see [`Space`]).
-///
-/// # Errors
-/// As [`Space::new`].
-pub fn space(
-    contributions: &[Contribution<'_>],
-    shape: Shape,
-    agg: Agg,
-    by: Option<&[String]>,
-) -> Result<Vec<Group>, AggregateError> {
-    let mut space = Space::new(shape, agg, by)?;
-    for contribution in contributions {
-        space.add(contribution, None);
-    }
-    Ok(space.finish())
-}
-
 /// Whether two pair sequences are equal, pair by pair.
 fn same_pairs<'x, 'y>(
     mut left: impl Iterator<Item = (&'x str, &'x AttrValue)>,

@@ -3,6 +3,20 @@
 use super::*;
 use crate::model::{AttrValue, StreamValue};
 
+/// Aggregates `contributions` in one go, each found by its pairs.
+fn space(
+    contributions: &[Contribution<'_>],
+    shape: Shape,
+    agg: Agg,
+    by: Option<&[String]>,
+) -> Result<Vec<Group>, AggregateError> {
+    let mut space = Space::new(shape, agg, by)?;
+    for contribution in contributions {
+        space.add(contribution, None);
+    }
+    Ok(space.finish())
+}
+
 fn attrs(pairs: &[(&str, &str)]) -> Attributes {
     Attributes::new(
         pairs

@@ -62,12 +62,13 @@ pub fn answer(
     let mut builder = Builder::new(metric, agg, selection)?;
     let mut resources = Resources::new(store.instance_attributes());
     store.read_streams(|instance| {
-        let mut seen = None;
+        // Only an instance with streams of the metric is numbered.
+        let mut entered = None;
         for (key, stream) in instance.iter() {
             if key.metric.name == params.metric {
-                let seen = *seen.get_or_insert_with(|| resources.enter(instance.key));
+                let entered = *entered.get_or_insert_with(|| resources.enter(instance.key));
                 builder.stream(
-                    &resources.seen(seen, instance.key, instance.live),
+                    &resources.seen(entered, instance.key, instance.live),
                     key,
                     stream,
                 );
