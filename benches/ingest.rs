@@ -7,12 +7,16 @@
 //!   (the steady state of a worker exporting every few seconds): the path for requests the
 //!   in-place reader declines;
 //! - `read_in_place`: `receiver::wire::parse` alone, the in-place reader;
-//! - `read_in_place_store`: the receive path fanin takes: read in place, then store every
-//!   point into existing streams.
+//! - `read_in_place_store`: the receive path fanin takes (`receiver::receive_protobuf`):
+//!   read in place, then store every point into existing streams. After the first pass the
+//!   store knows every point's attribute block (`store::KnownBlocks`), as it does for a
+//!   worker exporting the same streams every interval;
+//! - `read_in_place_store_unknown`: the same with no block known (a request's first sight,
+//!   or a store whose known blocks were just emptied): read in place, store, learn nothing.
 //!
 //! Run with `cargo bench --bench ingest`; throughput is in points per second. For
-//! instruction counts, run one pass under callgrind and collect `prost_path` and
-//! `in_place_path` (see BENCHMARKS.md).
+//! instruction counts, run one pass under callgrind and collect `prost_path`,
+//! `in_place_path` and `unknown_path` (see BENCHMARKS.md).
 
 mod common;
 
@@ -21,7 +25,7 @@ use std::hint::black_box;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use fanin::outcome::Outcome;
 use fanin::receiver::otlp::{store_message, store_view};
-use fanin::receiver::{view, wire};
+use fanin::receiver::{receive_protobuf, view, wire};
 use fanin::store::{Store, Transport, Writer};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
@@ -176,13 +180,29 @@ fn receive_path(criterion: &mut Criterion) {
             BatchSize::SmallInput,
         )
     });
+
+    let store = ready_store(writer);
+    group.bench_function("read_in_place_store_unknown", |bench| {
+        bench.iter_batched(
+            || {
+                time += 1_000_000_000;
+                request(time).encode_to_vec()
+            },
+            |bytes| unknown_path(&store, &bytes, writer),
+            BatchSize::SmallInput,
+        )
+    });
     group.finish();
 }
 
-/// A store that already holds the request's 1000 streams.
+/// A store that already holds the request's 1000 streams, and knows their attribute blocks.
 fn ready_store(writer: Writer) -> Store {
     let store = empty_store();
-    store_message(&store, &request(1_700_000_001_000_000_000), writer);
+    let first = request(1_700_000_001_000_000_000).encode_to_vec();
+    if let Err(error) = receive_protobuf(&store, &first, writer) {
+        panic!("refused: {error}");
+    }
+    assert!(!store.known_blocks().is_empty());
     store
 }
 
@@ -195,12 +215,22 @@ fn prost_path(store: &Store, bytes: &[u8], writer: Writer) {
     assert_eq!(outcome.accepted, POINTS_PER_REQUEST as u64);
 }
 
-/// Read in place and store: fanin's receive path.
+/// Read in place and store, known blocks used and learnt: fanin's receive path.
 #[inline(never)]
 fn in_place_path(store: &Store, bytes: &[u8], writer: Writer) {
-    let request = wire::parse(bytes).unwrap_or_else(|declined| panic!("declined: {declined:?}"));
-    let outcome = store_view(store, &request, writer);
+    let outcome =
+        receive_protobuf(store, bytes, writer).unwrap_or_else(|error| panic!("refused: {error}"));
     assert_eq!(outcome.accepted, POINTS_PER_REQUEST as u64);
+}
+
+/// Read in place and store with no block known, learning none.
+#[inline(never)]
+fn unknown_path(store: &Store, bytes: &[u8], writer: Writer) {
+    let request = wire::parse(bytes).unwrap_or_else(|declined| panic!("declined: {declined:?}"));
+    let mut new_blocks = Vec::new();
+    let outcome = store_view(store, &request, writer, Some(&mut new_blocks));
+    assert_eq!(outcome.accepted, POINTS_PER_REQUEST as u64);
+    assert!(!new_blocks.is_empty(), "the request's blocks are new");
 }
 
 criterion_group!(benches, receive_path);

@@ -9,6 +9,10 @@
 //!   the reader declines (and the receiver lets prost word the error);
 //! - hand-made encodings prost accepts but SDKs rarely send: unpacked repeated fields,
 //!   fields out of order or repeated, unknown fields of every wire type, long varints.
+//!
+//! Each angle is also taken with the store's known attribute blocks
+//! (`wire::parse_known`, `store::KnownBlocks`), as the receiver reads: after the blocks of
+//! earlier requests were learnt, a request reads and stores as it does with none known.
 
 // Tests may panic on what they expect: a failed expectation is the test failing.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
@@ -618,27 +622,68 @@ fn counts_of(outcome: &Outcome) -> (u64, u64, u64, Option<i64>) {
     )
 }
 
+/// Reads `bytes` with `store`'s known blocks, checks the reading against prost's, stores it
+/// and learns its new blocks, as `receiver::receive_protobuf` does. Also returns how many of
+/// its points had a known block.
+#[track_caller]
+fn read_known_and_store(store: &Store, bytes: &[u8]) -> (Outcome, usize) {
+    let known = store.known_blocks();
+    let view =
+        wire::parse_known(bytes, &known).unwrap_or_else(|declined| panic!("declined {declined:?}"));
+    assert_same_reading(bytes, &view);
+    let hits = known_points(&view);
+    let mut new_blocks = Vec::new();
+    let outcome = store_view(store, &view, WRITER, Some(&mut new_blocks));
+    drop(view);
+    drop(known);
+    store.learn_blocks(new_blocks);
+    (outcome, hits)
+}
+
+fn known_points(view: &view::Request<'_>) -> usize {
+    view.points
+        .iter()
+        .filter(|point| matches!(point.block, view::Block::Known(_)))
+        .count()
+}
+
 #[test]
 fn generated_requests_read_and_store_as_prost_does() {
     let mut rng = Rng(0x5eed_1234_abcd_0001);
+    let (mut points, mut known) = (0, 0);
     for round in 0..400 {
-        let (by_prost, by_view) = (store(), store());
-        // Two requests into the same stores: the second finds existing streams.
-        for _ in 0..2 {
-            let request = request(&mut rng);
+        let (by_prost, by_view, by_known) = (store(), store(), store());
+        // Requests into the same stores: later ones find existing streams, and with known
+        // blocks the first one's repeat finds every block it can.
+        let first = request(&mut rng);
+        let requests = [first.clone(), first, request(&mut rng), request(&mut rng)];
+        for request in requests {
             let bytes = request.encode_to_vec();
             let view = wire::parse(&bytes)
                 .unwrap_or_else(|declined| panic!("round {round}: declined {declined:?}"));
             assert_same_reading(&bytes, &view);
 
             let expected = store_message(&by_prost, &request, WRITER);
-            let got = store_view(&by_view, &view, WRITER);
+            let got = store_view(&by_view, &view, WRITER, None);
             assert_eq!(counts_of(&got), counts_of(&expected), "round {round}");
+            let (got, hits) = read_known_and_store(&by_known, &bytes);
+            assert_eq!(
+                counts_of(&got),
+                counts_of(&expected),
+                "round {round}, known"
+            );
+            points += view.points.len();
+            known += hits;
         }
         assert_eq!(contents(&by_view), contents(&by_prost), "round {round}");
+        assert_eq!(contents(&by_known), contents(&by_prost), "round {round}");
         assert_eq!(by_view.stream_count(), by_prost.stream_count());
+        assert_eq!(by_known.stream_count(), by_prost.stream_count());
         assert_eq!(by_view.instance_count(), by_prost.instance_count());
     }
+    // Known blocks must have stood in for many points, or the second reading proves nothing.
+    // (Most generated points have no attributes or are refused, and teach nothing.)
+    assert!(known > 300, "{known} of {points} points had a known block");
 }
 
 /// Every byte value, for mutations.
@@ -656,12 +701,28 @@ const ALL_BYTES: [u8; 256] = {
 fn corrupted_requests_are_read_as_prost_reads_them_or_declined() {
     let mut rng = Rng(0x0bad_cafe_0000_0042);
     let (mut both_accept, mut both_refuse, mut declined_for_prost) = (0, 0, 0);
+    let mut known_points_read = 0;
     for _ in 0..500 {
         let bytes = request(&mut rng).encode_to_vec();
+        // The intact request's blocks are known: a corrupted copy reads its intact blocks
+        // from there, and only the bytes that changed are read again.
+        let learnt = store();
+        read_known_and_store(&learnt, &bytes);
+        let known = learnt.known_blocks();
         for _ in 0..20 {
             let corrupted = mutate(&bytes, &mut rng, &ALL_BYTES);
             let prost = ExportMetricsServiceRequest::decode(&corrupted[..]);
-            match (wire::parse(&corrupted), prost) {
+            let with_known = wire::parse_known(&corrupted, &known);
+            assert_eq!(
+                with_known.as_ref().err(),
+                wire::parse(&corrupted).as_ref().err(),
+                "known blocks change what is declined: {corrupted:?}"
+            );
+            if let Ok(view) = &with_known {
+                assert_same_reading(&corrupted, view);
+                known_points_read += known_points(view);
+            }
+            match (with_known, prost) {
                 (Ok(view), Ok(_)) => {
                     assert_same_reading(&corrupted, &view);
                     both_accept += 1;
@@ -677,6 +738,10 @@ fn corrupted_requests_are_read_as_prost_reads_them_or_declined() {
     // Both outcomes must have been exercised, or the test proves nothing.
     assert!(both_accept > 500, "both accepted only {both_accept}");
     assert!(both_refuse > 500, "both refused only {both_refuse}");
+    assert!(
+        known_points_read > 500,
+        "only {known_points_read} points read a known block"
+    );
     eprintln!("accepted {both_accept}, refused {both_refuse}, left to prost {declined_for_prost}");
 }
 
@@ -759,6 +824,70 @@ fn unpacked_repeated_fields_and_unknown_fields_read_as_prost_reads_them() {
     assert_eq!(view.counts, vec![1, 1, 1]);
     assert_eq!(view.bounds, vec![1.0, 2.0]);
     assert_eq!(view.points[0].time, 2_000);
+}
+
+/// A gauge of one point with `point` as its body.
+fn gauge_metric(point: &[u8]) -> Vec<u8> {
+    let mut gauge = Vec::new();
+    len_field(1, point, &mut gauge);
+    let mut metric = Vec::new();
+    len_field(1, b"g", &mut metric);
+    len_field(5, &gauge, &mut metric);
+    metric
+}
+
+fn string_pair(key: &[u8], value: &[u8]) -> Vec<u8> {
+    let mut any_value = Vec::new();
+    len_field(1, value, &mut any_value);
+    let mut pair = Vec::new();
+    len_field(1, key, &mut pair);
+    len_field(2, &any_value, &mut pair);
+    pair
+}
+
+#[test]
+fn attributes_in_two_runs_or_with_a_long_key_read_the_same_with_known_blocks() {
+    let (route, method) = (string_pair(b"route", b"/a"), string_pair(b"method", b"GET"));
+    // One run: its block is learnt, then found.
+    let mut one_run = Vec::new();
+    fixed_field(3, 1_000, &mut one_run);
+    len_field(7, &route, &mut one_run);
+    len_field(7, &method, &mut one_run);
+    fixed_field(4, 1.0f64.to_bits(), &mut one_run);
+    let store = store();
+    let bytes = around_metric(&gauge_metric(&one_run));
+    assert_eq!(read_known_and_store(&store, &bytes).1, 0);
+    assert_eq!(read_known_and_store(&store, &bytes).1, 1);
+
+    // The same pairs split by the time field: the first run is the known block's first
+    // half only, so nothing is found, and the point has no block to learn.
+    let mut split = Vec::new();
+    len_field(7, &route, &mut split);
+    fixed_field(3, 2_000, &mut split);
+    len_field(7, &method, &mut split);
+    fixed_field(4, 2.0f64.to_bits(), &mut split);
+    let bytes = around_metric(&gauge_metric(&split));
+    let known = store.known_blocks();
+    let view = wire::parse_known(&bytes, &known).expect("read in place");
+    assert_same_reading(&bytes, &view);
+    assert!(matches!(view.points[0].block, view::Block::None));
+    assert_eq!(view.attributes.len(), 2);
+    drop(view);
+    drop(known);
+
+    // The known run after a first key written in two bytes (field 7, wire type 2, as a
+    // longer varint than it needs): the bytes after the key are the known block's.
+    let mut long_key = Vec::new();
+    fixed_field(3, 3_000, &mut long_key);
+    long_key.extend_from_slice(&[0xba, 0x00]);
+    varint(route.len() as u64, &mut long_key);
+    long_key.extend_from_slice(&route);
+    len_field(7, &method, &mut long_key);
+    fixed_field(4, 3.0f64.to_bits(), &mut long_key);
+    let bytes = around_metric(&gauge_metric(&long_key));
+    let (outcome, hits) = read_known_and_store(&store, &bytes);
+    assert_eq!((outcome.accepted, hits), (1, 1));
+    assert_eq!(store.stream_count(), 1, "the same stream, found by its set");
 }
 
 #[test]

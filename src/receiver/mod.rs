@@ -77,9 +77,11 @@ pub fn receive(store: &Store, request: &ExportMetricsServiceRequest, writer: Wri
     logged(otlp::store_message(store, request, writer), writer)
 }
 
-/// Stores a protobuf-encoded request. It is read in place ([`wire`]); a request the
-/// in-place reader declines is decoded by `prost` instead, which also words the error when
-/// the body is not a valid request.
+/// Stores a protobuf-encoded request. It is read in place ([`wire`]), with the store's
+/// known attribute blocks (`store::KnownBlocks`) standing in for the runs of attribute bytes
+/// seen before; the new ones it stored are learnt afterwards. A request the in-place reader
+/// declines is decoded by `prost` instead, which also words the error when the body is not
+/// a valid request.
 ///
 /// # Errors
 /// [`IngestError::Decode`] when the body is not a valid `ExportMetricsServiceRequest`;
@@ -89,14 +91,23 @@ pub fn receive_protobuf(
     body: &[u8],
     writer: Writer,
 ) -> Result<Outcome, IngestError> {
-    match wire::parse(body) {
-        Ok(request) => Ok(logged(otlp::store_view(store, &request, writer), writer)),
+    let known = store.known_blocks();
+    let mut new_blocks = Vec::new();
+    let outcome = match wire::parse_known(body, &known) {
+        Ok(request) => {
+            let learn = !known.is_full();
+            otlp::store_view(store, &request, writer, learn.then_some(&mut new_blocks))
+        }
         Err(declined) => {
+            drop(known);
             tracing::trace!(reason = declined.0, "Request read by prost");
             let request = ExportMetricsServiceRequest::decode(body)?;
-            Ok(receive(store, &request, writer))
+            return Ok(receive(store, &request, writer));
         }
-    }
+    };
+    drop(known);
+    store.learn_blocks(new_blocks);
+    Ok(logged(outcome, writer))
 }
 
 fn logged(outcome: Outcome, writer: Writer) -> Outcome {

@@ -8,17 +8,20 @@
 //! the request. Invalid points are counted in the returned [`Outcome`] with a message for
 //! the sender; the store's locks are taken by `Store::begin` and `Ingest::instance`.
 
+use std::collections::HashSet;
 use std::sync::Arc;
+
+use foldhash::fast::RandomState;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 
-use super::view::{self, ExponentialView, HistogramView, MetricView, Request, ValueView};
+use super::view::{self, Block, ExponentialView, HistogramView, MetricView, Request, ValueView};
 use crate::model::{
     AttrRef, Attributes, ExpBuckets, ExpHistogram, Histogram, Kind, MetricId, Number, Point, Scope,
     Summary, Temporality, Value, sort_unique,
 };
 use crate::outcome::{Outcome, RejectReason};
-use crate::store::{InstanceWriter, Limits, Store, Writer};
+use crate::store::{InstanceWriter, Limits, NewBlock, Store, Writer};
 
 /// `DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK`: the stream was explicitly removed.
 const NO_RECORDED_VALUE: u32 = 1;
@@ -34,7 +37,8 @@ pub fn store_message(
     writer: Writer,
 ) -> Outcome {
     let nested = view::nested_values(message);
-    store_view(store, &Request::of_message(message, &nested), writer)
+    // A message's view has no blocks to learn.
+    store_view(store, &Request::of_message(message, &nested), writer, None)
 }
 
 /// A metric's identity, or `None` (its points counted as rejected) when its name is empty
@@ -107,12 +111,25 @@ fn point(
 }
 
 /// Stores a request's view: every resource under its instance's lock, every point under the
-/// rules below, each point's stream found with attributes that still point into the request.
-pub fn store_view(store: &Store, request: &Request<'_>, writer: Writer) -> Outcome {
+/// rules below, each point's stream found with attributes that still point into the request,
+/// or by the set of a known block (`view::Block::Known`). With `new_blocks`, each block new
+/// to the store whose point reached a stream is added there once, for `Store::learn_blocks`
+/// after the guard the view may borrow from (`Store::known_blocks`) is let go.
+pub fn store_view(
+    store: &Store,
+    request: &Request<'_>,
+    writer: Writer,
+    new_blocks: Option<&mut Vec<NewBlock>>,
+) -> Outcome {
     let limits = store.limits();
     let mut ingest = store.begin(writer, Outcome::default());
     // One buffer for every point's sorted attributes: no allocation per point.
     let mut sorted: Vec<(&str, AttrRef<'_>)> = Vec::new();
+    // The new blocks, each learnt once however many of the request's points carry it.
+    let mut learning = new_blocks.map(|blocks| Learning {
+        seen: HashSet::default(),
+        blocks,
+    });
     for resource in &request.resources {
         let pairs = &request.attributes[resource.attributes.clone()];
         let scopes = &request.scopes[resource.scopes.clone()];
@@ -153,7 +170,14 @@ pub fn store_view(store: &Store, request: &Request<'_>, writer: Writer) -> Outco
                     attributes: Attributes::from_pairs(pairs),
                 });
                 for metric in &request.metrics[scope.metrics.clone()] {
-                    store_metric(instance, request, &scope_key, metric, &mut sorted);
+                    store_metric(
+                        instance,
+                        request,
+                        &scope_key,
+                        metric,
+                        &mut sorted,
+                        &mut learning,
+                    );
                 }
             }
         });
@@ -187,6 +211,7 @@ fn store_metric<'a>(
     scope: &Arc<Scope>,
     metric: &MetricView<'a>,
     sorted: &mut Vec<(&'a str, AttrRef<'a>)>,
+    learning: &mut Option<Learning<'a, '_>>,
 ) {
     let Some(data) = &metric.data else {
         instance.outcome().warn(|| no_data(metric.name));
@@ -223,11 +248,27 @@ fn store_metric<'a>(
                 });
             continue;
         }
+        if let Block::Known(block) = view.block {
+            instance.point_known(&key, block, point);
+            continue;
+        }
         sorted.clear();
         sorted.extend_from_slice(pairs);
         sort_unique(sorted);
-        instance.point(&key, &sorted[..], point);
+        let set = instance.point(&key, &sorted[..], point);
+        if let (Block::New(bytes), Some(set), Some(learning)) = (view.block, set, &mut *learning)
+            && learning.seen.insert(bytes)
+        {
+            learning.blocks.extend(NewBlock::new(bytes, pairs, set));
+        }
     }
+}
+
+/// The blocks a request shows the store for the first time.
+struct Learning<'a, 'b> {
+    /// Their bytes, so that each is copied once.
+    seen: HashSet<&'a [u8], RandomState>,
+    blocks: &'b mut Vec<NewBlock>,
 }
 
 /// The value of a point, validated and within `limits`.

@@ -17,6 +17,7 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 
 use crate::model::{AttrRef, AttrValue, Attributes, Kind};
+use crate::store::KnownBlock;
 
 /// What an attribute value that is a profiling dictionary reference (`string_value_strindex`)
 /// reads as: absent. The proto asks metrics receivers to treat it as a non-fatal oddity.
@@ -28,7 +29,7 @@ pub struct Request<'a> {
     pub resources: Vec<ResourceView>,
     pub scopes: Vec<ScopeView<'a>>,
     pub metrics: Vec<MetricView<'a>>,
-    pub points: Vec<PointView>,
+    pub points: Vec<PointView<'a>>,
     /// Attribute pairs in wire order (duplicates included) for every resource, scope and
     /// point.
     pub attributes: Vec<(&'a str, AttrRef<'a>)>,
@@ -83,12 +84,29 @@ pub struct DataView {
 
 /// One data point of any kind.
 #[derive(Clone, Debug, Default)]
-pub struct PointView {
+pub struct PointView<'a> {
     pub attributes: Range<usize>,
+    /// The bytes its attributes came in, when the store may recognise them next time.
+    pub block: Block<'a>,
     pub start: u64,
     pub time: u64,
     pub flags: u32,
     pub value: ValueView,
+}
+
+/// Where a point's attributes came from, as the in-place reader saw them: the run of
+/// attribute fields in its data point (the key of the first left out), which the store can
+/// learn and the reader then recognise (`store::KnownBlocks`).
+#[derive(Clone, Copy, Debug, Default)]
+pub enum Block<'a> {
+    /// Nothing to learn: no attributes, attributes in more than one run, or a reader that
+    /// does not see bytes (`prost`, OTLP/JSON).
+    #[default]
+    None,
+    /// One run, not known before: these bytes read as the point's attributes.
+    New(&'a [u8]),
+    /// One run byte-equal to a known block, whose pairs the point's attributes are.
+    Known(&'a KnownBlock),
 }
 
 /// The kind-specific part of a point.
@@ -366,6 +384,7 @@ impl<'a> Builder<'a> {
         let (start, time, flags) = times;
         self.request.points.push(PointView {
             attributes,
+            block: Block::None,
             start,
             time,
             flags,

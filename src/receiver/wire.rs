@@ -19,10 +19,11 @@
 use std::ops::Range;
 
 use super::view::{
-    BucketsView, DataView, ExponentialView, HistogramView, MetricView, PROFILING_REFERENCE,
+    Block, BucketsView, DataView, ExponentialView, HistogramView, MetricView, PROFILING_REFERENCE,
     PointView, Request, ResourceView, ScopeView, SummaryView, ValueView,
 };
 use crate::model::{AttrRef, Kind};
+use crate::store::KnownBlocks;
 
 /// Why the reader declined a request; the caller falls back to `prost`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,13 +36,27 @@ type Read<T> = Result<T, Declined>;
 /// # Errors
 /// [`Declined`] where `prost` would fail or merge; decode the request with `prost` then.
 pub fn parse(buffer: &[u8]) -> Read<Request<'_>> {
+    read(buffer, None)
+}
+
+/// [`parse`], taking the attributes of every data point whose run of attribute bytes is
+/// in `known` from there instead of reading them again (`store::KnownBlocks`). It reads
+/// what [`parse`] reads: a known block is byte-equal to one read before.
+///
+/// # Errors
+/// As [`parse`].
+pub fn parse_known<'a>(buffer: &'a [u8], known: &'a KnownBlocks) -> Read<Request<'a>> {
+    read(buffer, Some(known))
+}
+
+fn read<'a>(buffer: &'a [u8], known: Option<&'a KnownBlocks>) -> Read<Request<'a>> {
     let mut request = Request::with_capacity_for(buffer.len());
     let mut reader = Reader::new(buffer);
     while let Some((field, wire)) = reader.key()? {
         match field {
             1 => {
                 let body = reader.message(wire)?;
-                request.resource_metrics(body)?;
+                request.resource_metrics(body, known)?;
             }
             _ => reader.skip(wire)?,
         }
@@ -245,7 +260,7 @@ impl<'a> Request<'a> {
         }
     }
 
-    fn resource_metrics(&mut self, body: &'a [u8]) -> Read<()> {
+    fn resource_metrics(&mut self, body: &'a [u8], known: Option<&'a KnownBlocks>) -> Read<()> {
         let mut view = ResourceView::default();
         let mut resource_seen = false;
         let first_scope = self.scopes.len();
@@ -258,7 +273,7 @@ impl<'a> Request<'a> {
                 }
                 2 => {
                     let body = reader.message(wire)?;
-                    self.scope_metrics(body)?;
+                    self.scope_metrics(body, known)?;
                 }
                 3 => drop(reader.string(wire)?),
                 _ => reader.skip(wire)?,
@@ -284,7 +299,7 @@ impl<'a> Request<'a> {
         Ok(start..self.attributes.len())
     }
 
-    fn scope_metrics(&mut self, body: &'a [u8]) -> Read<()> {
+    fn scope_metrics(&mut self, body: &'a [u8], known: Option<&'a KnownBlocks>) -> Read<()> {
         let mut view = ScopeView::default();
         let mut scope_seen = false;
         let first_metric = self.metrics.len();
@@ -297,7 +312,7 @@ impl<'a> Request<'a> {
                 }
                 2 => {
                     let body = reader.message(wire)?;
-                    self.metric(body)?;
+                    self.metric(body, known)?;
                 }
                 3 => drop(reader.string(wire)?),
                 _ => reader.skip(wire)?,
@@ -325,7 +340,7 @@ impl<'a> Request<'a> {
         Ok(())
     }
 
-    fn metric(&mut self, body: &'a [u8]) -> Read<()> {
+    fn metric(&mut self, body: &'a [u8], known: Option<&'a KnownBlocks>) -> Read<()> {
         let mut view = MetricView::default();
         let mut reader = Reader::new(body);
         while let Some((field, wire)) = reader.key()? {
@@ -362,14 +377,19 @@ impl<'a> Request<'a> {
             if view.data.is_some() {
                 return Err(Declined("metric data member sent twice"));
             }
-            view.data = Some(self.data(kind, reader.message(wire)?)?);
+            view.data = Some(self.data(kind, reader.message(wire)?, known)?);
         }
         self.metrics.push(view);
         Ok(())
     }
 
     /// `Gauge`, `Sum`, `Histogram`, `ExponentialHistogram` or `Summary`.
-    fn data(&mut self, kind: Kind, body: &'a [u8]) -> Read<DataView> {
+    fn data(
+        &mut self,
+        kind: Kind,
+        body: &'a [u8],
+        known: Option<&'a KnownBlocks>,
+    ) -> Read<DataView> {
         let start = self.points.len();
         let mut view = DataView {
             kind,
@@ -383,10 +403,10 @@ impl<'a> Request<'a> {
                 1 => {
                     let body = reader.message(wire)?;
                     let point = match kind {
-                        Kind::Gauge | Kind::Sum => self.number_point(body)?,
-                        Kind::Histogram => self.histogram_point(body)?,
-                        Kind::ExponentialHistogram => self.exponential_point(body)?,
-                        Kind::Summary => self.summary_point(body)?,
+                        Kind::Gauge | Kind::Sum => self.number_point(body, known)?,
+                        Kind::Histogram => self.histogram_point(body, known)?,
+                        Kind::ExponentialHistogram => self.exponential_point(body, known)?,
+                        Kind::Summary => self.summary_point(body, known)?,
                     };
                     self.points.push(point);
                 }
@@ -399,13 +419,18 @@ impl<'a> Request<'a> {
         Ok(view)
     }
 
-    fn number_point(&mut self, body: &'a [u8]) -> Read<PointView> {
+    fn number_point(
+        &mut self,
+        body: &'a [u8],
+        known: Option<&'a KnownBlocks>,
+    ) -> Read<PointView<'a>> {
         let mut point = PointView::default();
         let start = self.attributes.len();
+        let mut runs = Runs::default();
         let mut reader = Reader::new(body);
         while let Some((field, wire)) = reader.key()? {
             match field {
-                7 => self.key_value(reader.message(wire)?)?,
+                7 => self.attribute_run(&mut reader, wire, 7, known, &mut runs)?,
                 2 => point.start = reader.fixed_field(wire)?,
                 3 => point.time = reader.fixed_field(wire)?,
                 // The value oneof holds scalars: the last one sent wins, as in prost.
@@ -416,19 +441,25 @@ impl<'a> Request<'a> {
                 _ => reader.skip(wire)?,
             }
         }
+        point.block = runs.block();
         point.attributes = start..self.attributes.len();
         Ok(point)
     }
 
-    fn histogram_point(&mut self, body: &'a [u8]) -> Read<PointView> {
+    fn histogram_point(
+        &mut self,
+        body: &'a [u8],
+        known: Option<&'a KnownBlocks>,
+    ) -> Read<PointView<'a>> {
         let mut point = PointView::default();
         let mut histogram = HistogramView::default();
         let start = self.attributes.len();
         let (counts, bounds) = (self.counts.len(), self.bounds.len());
+        let mut runs = Runs::default();
         let mut reader = Reader::new(body);
         while let Some((field, wire)) = reader.key()? {
             match field {
-                9 => self.key_value(reader.message(wire)?)?,
+                9 => self.attribute_run(&mut reader, wire, 9, known, &mut runs)?,
                 2 => point.start = reader.fixed_field(wire)?,
                 3 => point.time = reader.fixed_field(wire)?,
                 4 => histogram.count = reader.fixed_field(wire)?,
@@ -444,6 +475,7 @@ impl<'a> Request<'a> {
                 _ => reader.skip(wire)?,
             }
         }
+        point.block = runs.block();
         point.attributes = start..self.attributes.len();
         histogram.bucket_counts = counts..self.counts.len();
         histogram.bounds = bounds..self.bounds.len();
@@ -451,14 +483,19 @@ impl<'a> Request<'a> {
         Ok(point)
     }
 
-    fn exponential_point(&mut self, body: &'a [u8]) -> Read<PointView> {
+    fn exponential_point(
+        &mut self,
+        body: &'a [u8],
+        known: Option<&'a KnownBlocks>,
+    ) -> Read<PointView<'a>> {
         let mut point = PointView::default();
         let mut histogram = ExponentialView::default();
         let start = self.attributes.len();
+        let mut runs = Runs::default();
         let mut reader = Reader::new(body);
         while let Some((field, wire)) = reader.key()? {
             match field {
-                1 => self.key_value(reader.message(wire)?)?,
+                1 => self.attribute_run(&mut reader, wire, 1, known, &mut runs)?,
                 2 => point.start = reader.fixed_field(wire)?,
                 3 => point.time = reader.fixed_field(wire)?,
                 4 => histogram.count = reader.fixed_field(wire)?,
@@ -484,6 +521,7 @@ impl<'a> Request<'a> {
                 _ => reader.skip(wire)?,
             }
         }
+        point.block = runs.block();
         point.attributes = start..self.attributes.len();
         point.value = ValueView::Exponential(histogram);
         Ok(point)
@@ -504,15 +542,20 @@ impl<'a> Request<'a> {
         Ok(view)
     }
 
-    fn summary_point(&mut self, body: &'a [u8]) -> Read<PointView> {
+    fn summary_point(
+        &mut self,
+        body: &'a [u8],
+        known: Option<&'a KnownBlocks>,
+    ) -> Read<PointView<'a>> {
         let mut point = PointView::default();
         let mut summary = SummaryView::default();
         let start = self.attributes.len();
         let quantiles = self.quantiles.len();
+        let mut runs = Runs::default();
         let mut reader = Reader::new(body);
         while let Some((field, wire)) = reader.key()? {
             match field {
-                7 => self.key_value(reader.message(wire)?)?,
+                7 => self.attribute_run(&mut reader, wire, 7, known, &mut runs)?,
                 2 => point.start = reader.fixed_field(wire)?,
                 3 => point.time = reader.fixed_field(wire)?,
                 4 => summary.count = reader.fixed_field(wire)?,
@@ -525,6 +568,7 @@ impl<'a> Request<'a> {
                 _ => reader.skip(wire)?,
             }
         }
+        point.block = runs.block();
         point.attributes = start..self.attributes.len();
         summary.quantiles = quantiles..self.quantiles.len();
         point.value = ValueView::Summary(summary);
@@ -547,6 +591,41 @@ impl<'a> Request<'a> {
         Ok(())
     }
 
+    /// A run of a data point's attribute fields (`field`, its first key read already): taken
+    /// from `known` as a whole when its bytes are there, read pair by pair otherwise.
+    fn attribute_run(
+        &mut self,
+        reader: &mut Reader<'a>,
+        wire: u8,
+        field: u32,
+        known: Option<&'a KnownBlocks>,
+        runs: &mut Runs<'a>,
+    ) -> Read<()> {
+        expect(wire, LEN)?;
+        let start = reader.position;
+        let end = run_end(reader.buffer, start, key_byte(field));
+        runs.count += 1;
+        if runs.count == 1 && end > start {
+            let bytes = &reader.buffer[start..end];
+            if let Some(block) = known.and_then(|known| known.find(bytes)) {
+                self.attributes.extend(block.pairs());
+                reader.position = end;
+                runs.first = Block::Known(block);
+                return Ok(());
+            }
+            runs.first = Block::New(bytes);
+        }
+        self.key_value(reader.message(wire)?)?;
+        while reader.position < end {
+            // `run_end` saw the same key before each further field of the run.
+            let Some((_, wire)) = reader.key()? else {
+                break;
+            };
+            self.key_value(reader.message(wire)?)?;
+        }
+        Ok(())
+    }
+
     /// A `KeyValue`, pushed onto [`Request::attributes`].
     fn key_value(&mut self, body: &'a [u8]) -> Read<()> {
         let mut key = "";
@@ -566,6 +645,51 @@ impl<'a> Request<'a> {
         }
         self.attributes.push((key, value));
         Ok(())
+    }
+}
+
+/// The runs of attribute fields in one data point. Only a point whose attributes came in one
+/// run has a block to learn or to find.
+#[derive(Default)]
+struct Runs<'a> {
+    first: Block<'a>,
+    count: u32,
+}
+
+impl<'a> Runs<'a> {
+    fn block(&self) -> Block<'a> {
+        if self.count == 1 {
+            self.first
+        } else {
+            Block::None
+        }
+    }
+}
+
+/// The one-byte key of a length-delimited field numbered below 16.
+const fn key_byte(field: u32) -> u8 {
+    (field << 3) as u8 | LEN
+}
+
+/// Where a run of length-delimited fields keyed `key` ends, its first key read already and
+/// its first length at `position`: after the last whole field, or at `position` when the
+/// first is not whole.
+fn run_end(buffer: &[u8], position: usize, key: u8) -> usize {
+    let mut reader = Reader { buffer, position };
+    let mut end = position;
+    loop {
+        let Ok(len) = reader.varint() else {
+            return end;
+        };
+        let whole = usize::try_from(len).is_ok_and(|len| reader.take(len).is_ok());
+        if !whole {
+            return end;
+        }
+        end = reader.position;
+        if buffer.get(end) != Some(&key) {
+            return end;
+        }
+        reader.position = end + 1;
     }
 }
 

@@ -5,8 +5,9 @@
 //! into the request buffer ([`PointAttributes`], a sorted `&[(&str, AttrRef)]`): an
 //! existing stream is found without copying them, and they are copied only when a new
 //! stream is created. The stream hash is computed in two parts, scope and metric once per
-//! metric ([`MetricKey`]), then the point attributes, so a point pays only for its own
-//! attributes.
+//! metric ([`MetricKey`]), then the hash of the point's attribute set, so a point pays only
+//! for its own attributes, and nothing for them when the receiver knows their block
+//! ([`InstanceWriter::point_known`], `blocks.rs`): the set's hash is kept with it.
 
 use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::Arc;
@@ -15,7 +16,9 @@ use std::time::{Instant, SystemTime};
 
 use foldhash::fast::{FoldHasher, RandomState};
 use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 
+use super::blocks::KnownBlock;
 use super::stream::Stream;
 use super::{
     Instance, InstanceState, Limits, MetricEntry, Store, TypeConflict, Writer, collision, count,
@@ -60,8 +63,23 @@ impl Streams {
 /// stored for them would, so an existing stream is found without copying them.
 pub type PointAttributes<'p, 'a> = &'p [(&'a str, AttrRef<'a>)];
 
-fn hash_attributes<H: Hasher>(attributes: PointAttributes<'_, '_>, state: &mut H) {
-    hash_pairs(state, attributes.len(), attributes.iter().copied());
+/// A point's attribute set as [`InstanceWriter`] finds its stream: borrowed pairs, or the
+/// store's own copy of a set a known block names.
+#[derive(Clone, Copy)]
+enum SetRef<'p, 'a> {
+    Pairs(PointAttributes<'p, 'a>),
+    Shared(&'p Arc<Attributes>),
+}
+
+impl SetRef<'_, '_> {
+    fn is(self, stored: &Arc<Attributes>) -> bool {
+        match self {
+            SetRef::Pairs(pairs) => stored.equals_pairs(pairs),
+            // Sets are shared, so the address almost always decides; equal contents under
+            // another address are the same set still.
+            SetRef::Shared(set) => Arc::ptr_eq(set, stored) || **set == **stored,
+        }
+    }
 }
 
 /// Scope, metric and description shared by the points of one metric, with the stream hash
@@ -73,11 +91,21 @@ pub struct MetricKey<'m> {
     hasher: FoldHasher<'static>,
 }
 
-/// The hash of a stored stream's key; the same as a [`MetricKey`] plus the point attributes.
+/// The hash of a stored stream's key; the same as [`MetricKey::stream_hash`] of its set's hash.
 fn stream_hash(build: &RandomState, key: &StreamKey) -> u64 {
     let mut hasher = metric_hasher(build, &key.scope, &key.metric);
-    key.attributes.hash(&mut hasher);
+    hasher.write_u64(hash_of_set(build, &key.attributes));
     hasher.finish()
+}
+
+impl MetricKey<'_> {
+    /// The hash of this metric's stream whose attribute set hashes to `set_hash`
+    /// ([`hash_of`]).
+    fn stream_hash(&self, set_hash: u64) -> u64 {
+        let mut hasher = self.hasher.clone();
+        hasher.write_u64(set_hash);
+        hasher.finish()
+    }
 }
 
 fn metric_hasher(build: &RandomState, scope: &Scope, metric: &MetricId) -> FoldHasher<'static> {
@@ -231,46 +259,70 @@ impl InstanceWriter<'_> {
         }
     }
 
-    /// Applies one point to its stream, creating the stream on first sight.
+    /// Applies one point to its stream, creating the stream on first sight. The stream's
+    /// attribute set, unless the point was refused.
     pub fn point(
         &mut self,
         metric: &MetricKey<'_>,
         attributes: PointAttributes<'_, '_>,
         point: Point,
-    ) {
-        let hash = {
-            let mut hasher = metric.hasher.clone();
-            hash_attributes(attributes, &mut hasher);
-            hasher.finish()
-        };
+    ) -> Option<&Arc<Attributes>> {
+        let set_hash = hash_of(&self.store.shared.stream_hasher, attributes);
+        self.apply(metric, SetRef::Pairs(attributes), set_hash, point)
+    }
+
+    /// [`InstanceWriter::point`] for a point whose attributes are a known block's: its set
+    /// and the set's hash come with it, so they are neither hashed nor compared again.
+    pub fn point_known(&mut self, metric: &MetricKey<'_>, block: &KnownBlock, point: Point) {
+        self.apply(metric, SetRef::Shared(&block.set), block.set_hash, point);
+    }
+
+    fn apply(
+        &mut self,
+        metric: &MetricKey<'_>,
+        attributes: SetRef<'_, '_>,
+        set_hash: u64,
+        point: Point,
+    ) -> Option<&Arc<Attributes>> {
+        let hash = metric.stream_hash(set_hash);
         let policy = self.store.shared.collision_policy;
-        let found = self.state.streams.table.find_mut(hash, |(key, _)| {
-            key.attributes.equals_pairs(attributes)
-                && key.metric == *metric.metric
-                && key.scope == *metric.scope
-        });
-        if let Some((key, stream)) = found {
-            let was_unreliable = stream.is_unreliable();
-            let (result, finding) = stream.apply(point, self.writer_id, policy);
-            if !was_unreliable && stream.is_unreliable() {
-                self.store.shared.unreliable.fetch_add(1, Ordering::Relaxed);
+        let build = &self.store.shared.stream_hasher;
+        let held = self.state.streams.len();
+        let entry = self.state.streams.table.entry(
+            hash,
+            |(key, _)| {
+                attributes.is(&key.attributes)
+                    && key.metric == *metric.metric
+                    && key.scope == *metric.scope
+            },
+            |(key, _)| stream_hash(build, key),
+        );
+        let vacant = match entry {
+            Entry::Occupied(found) => {
+                let (key, stream) = found.into_mut();
+                let was_unreliable = stream.is_unreliable();
+                let (result, finding) = stream.apply(point, self.writer_id, policy);
+                if !was_unreliable && stream.is_unreliable() {
+                    self.store.shared.unreliable.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(finding) = finding {
+                    let writers = [finding.other_writer, self.writer_id];
+                    self.store.record_collision(
+                        &self.instance.key,
+                        key,
+                        finding.evidence,
+                        self.writer,
+                        writers,
+                        self.now,
+                    );
+                }
+                count(self.outcome, result, &key.metric);
+                return Some(&key.attributes);
             }
-            if let Some(finding) = finding {
-                let writers = [finding.other_writer, self.writer_id];
-                self.store.record_collision(
-                    &self.instance.key,
-                    key,
-                    finding.evidence,
-                    self.writer,
-                    writers,
-                    self.now,
-                );
-            }
-            count(self.outcome, result, &key.metric);
-            return;
-        }
+            Entry::Vacant(vacant) => vacant,
+        };
         let limits = &self.store.shared.limits;
-        if self.state.streams.len() >= limits.max_series_per_instance.get() {
+        if held >= limits.max_series_per_instance.get() {
             let max = limits.max_series_per_instance;
             self.outcome.reject(RejectReason::InstanceSeriesLimit, 1, || {
                 format!(
@@ -278,7 +330,7 @@ impl InstanceWriter<'_> {
                     metric.metric.name
                 )
             });
-            return;
+            return None;
         }
         if !self.store.reserve_stream() {
             let max = limits.max_series;
@@ -288,7 +340,7 @@ impl InstanceWriter<'_> {
                     metric.metric.name
                 )
             });
-            return;
+            return None;
         }
         if !self
             .store
@@ -302,7 +354,7 @@ impl InstanceWriter<'_> {
                     metric.metric.name
                 )
             });
-            return;
+            return None;
         }
         let mut stream = Stream::new(metric.metric, Arc::clone(metric.description));
         // A stream's first point has nothing to contradict: no evidence to record.
@@ -311,16 +363,12 @@ impl InstanceWriter<'_> {
         let key = StreamKey {
             scope: Arc::clone(metric.scope),
             metric: Arc::clone(metric.metric),
-            attributes: self.store.shared_attributes(
-                hash_of(&self.store.shared.stream_hasher, attributes),
-                attributes,
-            ),
+            attributes: match attributes {
+                SetRef::Pairs(pairs) => self.store.shared_attributes(set_hash, pairs),
+                SetRef::Shared(set) => Arc::clone(set),
+            },
         };
-        let build = &self.store.shared.stream_hasher;
-        self.state
-            .streams
-            .table
-            .insert_unique(hash, (key, stream), |(key, _)| stream_hash(build, key));
+        Some(&vacant.insert((key, stream)).into_mut().0.attributes)
     }
 }
 
@@ -328,11 +376,11 @@ impl InstanceWriter<'_> {
 /// stored set and for the borrowed pairs it was made from.
 fn hash_of(build: &RandomState, attributes: PointAttributes<'_, '_>) -> u64 {
     let mut hasher = build.build_hasher();
-    hash_attributes(attributes, &mut hasher);
+    hash_pairs(&mut hasher, attributes.len(), attributes.iter().copied());
     hasher.finish()
 }
 
-fn hash_of_set(build: &RandomState, set: &Attributes) -> u64 {
+pub(super) fn hash_of_set(build: &RandomState, set: &Attributes) -> u64 {
     build.hash_one(set)
 }
 
@@ -370,6 +418,8 @@ impl Store {
 
     /// Forgets the shared attribute sets no stream uses any more (after evictions).
     pub(super) fn forget_unused_attribute_sets(&self) {
+        // The known blocks hold sets too; they are learnt again from the next requests.
+        self.forget_known_blocks();
         lock_any(&self.shared.attribute_sets).retain(|set| Arc::strong_count(set) > 1);
     }
 
@@ -520,7 +570,7 @@ mod tests {
 
     use super::*;
     use crate::model::{AttrValue, Kind, Number, Temporality, Value};
-    use crate::store::{Liveness, StoreSettings, Transport};
+    use crate::store::{Liveness, NewBlock, StoreSettings, Transport};
 
     fn store() -> Store {
         Store::new(StoreSettings::for_tests(100))
@@ -607,6 +657,12 @@ mod tests {
         let store = store();
         write(&store, "w1", &[metric("inflight", Kind::Gauge, false)]);
         assert_eq!(store.attribute_set_count(), 1);
+        // A known block names the set too; it must not keep the set alive.
+        let set = Arc::clone(&store.all_streams()[0].key.attributes);
+        let pairs = [("route", AttrRef::Str("/a"))];
+        store.learn_blocks(NewBlock::new(b"block", &pairs, &set).into_iter().collect());
+        drop(set);
+        assert_eq!(store.known_blocks().len(), 1);
         let liveness = Liveness {
             ttl: Duration::from_secs(1),
         };
@@ -614,5 +670,6 @@ mod tests {
         store.sweep_at(later, &liveness);
         store.sweep_at(later + Duration::from_secs(10), &liveness);
         assert_eq!(store.attribute_set_count(), 0);
+        assert!(store.known_blocks().is_empty());
     }
 }

@@ -133,6 +133,8 @@ impl Store {
         if report.evicted > 0 {
             self.forget_unused_attribute_sets();
             self.forget_unused_metrics();
+        } else {
+            self.forget_known_blocks_if_full();
         }
         report
     }

@@ -21,8 +21,12 @@
 //! briefly: a `metrics` registry entry and the `attribute_sets` mutex (stream creation), the
 //! `collisions` mutex (evidence), and during eviction the `retired` mutex, the `evicted` list
 //! and the `instances` shard (removal). None of these is ever held while waiting for an
-//! instance lock.
+//! instance lock. The `known_blocks` read guard is the exception the other way round: a
+//! receiver takes it before any instance lock and holds it across them for one request, so
+//! its write lock is only ever taken with no instance lock held (after a request, and by the
+//! sweep once it has let go of every instance).
 
+mod blocks;
 mod clock;
 mod collision;
 mod ingest;
@@ -37,7 +41,7 @@ mod stream;
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Instant, SystemTime};
 
 use dashmap::DashMap;
@@ -47,6 +51,7 @@ use crate::model::{AttrRef, Attributes, InstanceAttributes, InstanceKey, MetricI
 use crate::outcome::{Outcome, RejectReason};
 
 pub use crate::model::StreamValue;
+pub use blocks::{KnownBlock, KnownBlocks, MAX_BLOCK_BYTES, MAX_BLOCKS, NewBlock};
 pub use clock::Clock;
 pub use collision::{CollisionView, FIX, InheritedState};
 pub use ingest::{Ingest, InstanceWriter, MetricKey, PointAttributes};
@@ -129,6 +134,9 @@ struct Shared {
     /// One copy of each distinct point attribute set, shared by every stream that has it.
     /// Touched only when a stream is created, and by the sweep after evictions.
     attribute_sets: Mutex<hashbrown::HashTable<Arc<Attributes>>>,
+    /// Point attribute blocks read before, by their bytes (`blocks`): read-locked by a
+    /// receiver for a whole request, write-locked to learn new ones after it.
+    known_blocks: RwLock<KnownBlocks>,
     /// Held while a snapshot walks the store: no instance is evicted meanwhile, so the
     /// snapshot never holds an instance's streams and, in the retired totals, their fold.
     snapshot_gate: Mutex<()>,
@@ -394,6 +402,7 @@ impl Store {
                 clock,
                 stream_hasher: RandomState::default(),
                 attribute_sets: Mutex::new(hashbrown::HashTable::new()),
+                known_blocks: RwLock::default(),
                 snapshot_gate: Mutex::new(()),
                 changed: AtomicU64::new(tick()),
                 unreliable: AtomicUsize::new(0),
