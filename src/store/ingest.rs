@@ -31,6 +31,12 @@ use crate::outcome::{Outcome, RejectReason};
 #[derive(Default)]
 pub(super) struct Streams {
     table: HashTable<(StreamKey, Stream)>,
+    /// One `Arc` of each scope and metric identity the streams' keys hold. A request's own
+    /// copies are swapped for these ([`InstanceWriter::metric`]), so that finding a stream
+    /// compares addresses instead of reading the stored names (a cache miss each, at many
+    /// streams). They grow only with new streams, and go with the instance.
+    scopes: HashTable<Arc<Scope>>,
+    metrics: HashTable<Arc<MetricId>>,
 }
 
 impl Streams {
@@ -52,10 +58,35 @@ impl Streams {
         if self.table.find(hash, |(known, _)| *known == key).is_some() {
             return false;
         }
+        keep_part(&mut self.scopes, build, &key.scope);
+        keep_part(&mut self.metrics, build, &key.metric);
         self.table
             .insert_unique(hash, (key, stream), |(key, _)| stream_hash(build, key));
         true
     }
+}
+
+/// The `Arc` of `part` that `table` holds, or `part` itself when there is none.
+fn shared_part<T: Hash + Eq>(
+    table: &HashTable<Arc<T>>,
+    build: &RandomState,
+    part: &Arc<T>,
+) -> Arc<T> {
+    let found = table.find(build.hash_one(&**part), |known| **known == **part);
+    Arc::clone(found.unwrap_or(part))
+}
+
+/// Makes `part` the `Arc` `table` holds for its value, unless it holds one already.
+fn keep_part<T: Hash + Eq>(table: &mut HashTable<Arc<T>>, build: &RandomState, part: &Arc<T>) {
+    let hash = build.hash_one(&**part);
+    if table.find(hash, |known| **known == **part).is_none() {
+        table.insert_unique(hash, Arc::clone(part), |known| build.hash_one(&**known));
+    }
+}
+
+/// Whether a stored key's part is `wanted`: by address first, as they are shared.
+fn same<T: PartialEq>(stored: &Arc<T>, wanted: &Arc<T>) -> bool {
+    Arc::ptr_eq(stored, wanted) || **stored == **wanted
 }
 
 /// A point's attributes as the store looks them up: borrowed from the request, sorted by key
@@ -77,16 +108,17 @@ impl SetRef<'_, '_> {
             SetRef::Pairs(pairs) => stored.equals_pairs(pairs),
             // Sets are shared, so the address almost always decides; equal contents under
             // another address are the same set still.
-            SetRef::Shared(set) => Arc::ptr_eq(set, stored) || **set == **stored,
+            SetRef::Shared(set) => same(stored, set),
         }
     }
 }
 
 /// Scope, metric and description shared by the points of one metric, with the stream hash
-/// already fed with scope and metric.
+/// already fed with scope and metric. Scope and metric are the instance's own `Arc`s of them
+/// when it has streams of them.
 pub struct MetricKey<'m> {
-    scope: &'m Arc<Scope>,
-    metric: &'m Arc<MetricId>,
+    scope: Arc<Scope>,
+    metric: Arc<MetricId>,
     description: &'m Arc<str>,
     hasher: FoldHasher<'static>,
 }
@@ -251,11 +283,13 @@ impl InstanceWriter<'_> {
         {
             self.touched.push(Arc::clone(metric));
         }
+        let build = &self.store.shared.stream_hasher;
+        let streams = &self.state.streams;
         MetricKey {
-            scope,
-            metric,
+            scope: shared_part(&streams.scopes, build, scope),
+            metric: shared_part(&streams.metrics, build, metric),
             description,
-            hasher: metric_hasher(&self.store.shared.stream_hasher, scope, metric),
+            hasher: metric_hasher(build, scope, metric),
         }
     }
 
@@ -292,8 +326,8 @@ impl InstanceWriter<'_> {
             hash,
             |(key, _)| {
                 attributes.is(&key.attributes)
-                    && key.metric == *metric.metric
-                    && key.scope == *metric.scope
+                    && same(&key.metric, &metric.metric)
+                    && same(&key.scope, &metric.scope)
             },
             |(key, _)| stream_hash(build, key),
         );
@@ -344,7 +378,7 @@ impl InstanceWriter<'_> {
         }
         if !self
             .store
-            .register_metric(metric.metric, metric.description, self.now)
+            .register_metric(&metric.metric, metric.description, self.now)
         {
             self.store.shared.n_streams.fetch_sub(1, Ordering::Relaxed);
             let max = limits.max_type_conflicts;
@@ -356,13 +390,15 @@ impl InstanceWriter<'_> {
             });
             return None;
         }
-        let mut stream = Stream::new(metric.metric, Arc::clone(metric.description));
+        let mut stream = Stream::new(&metric.metric, Arc::clone(metric.description));
         // A stream's first point has nothing to contradict: no evidence to record.
         let (result, _) = stream.apply(point, self.writer_id, policy);
-        count(self.outcome, result, metric.metric);
+        count(self.outcome, result, &metric.metric);
+        keep_part(&mut self.state.streams.scopes, build, &metric.scope);
+        keep_part(&mut self.state.streams.metrics, build, &metric.metric);
         let key = StreamKey {
-            scope: Arc::clone(metric.scope),
-            metric: Arc::clone(metric.metric),
+            scope: Arc::clone(&metric.scope),
+            metric: Arc::clone(&metric.metric),
             attributes: match attributes {
                 SetRef::Pairs(pairs) => self.store.shared_attributes(set_hash, pairs),
                 SetRef::Shared(set) => Arc::clone(set),
@@ -650,6 +686,47 @@ mod tests {
 
         write(&store, "w3", &[Arc::clone(&gauge)]);
         assert_eq!(store.attribute_set_count(), 1, "found again, not copied");
+    }
+
+    #[test]
+    fn a_request_s_scope_and_metric_are_swapped_for_the_instance_s_own() {
+        let store = store();
+        let first = metric("inflight", Kind::Gauge, false);
+        write(&store, "w1", &[Arc::clone(&first)]);
+        let streams = store.all_streams();
+        assert_eq!(streams.len(), 1);
+        assert!(Arc::ptr_eq(&streams[0].key.metric, &first));
+
+        let resource = Attributes::new(vec![(
+            "service.instance.id".into(),
+            AttrValue::Str("w1".into()),
+        )]);
+        let (copy, scope) = (
+            metric("inflight", Kind::Gauge, false),
+            Arc::new(Scope::default()),
+        );
+        let description: Arc<str> = "".into();
+        let writer = Writer {
+            transport: Transport::Http,
+            peer: None,
+            pid: None,
+        };
+        // A later request brings its own copies.
+        let mut ingest = store.begin(writer, Outcome::default());
+        ingest.instance(&resource, |instance| {
+            let key = instance.metric(&scope, &copy, &description);
+            assert!(
+                Arc::ptr_eq(&key.metric, &first),
+                "the instance's own metric"
+            );
+            assert!(Arc::ptr_eq(&key.scope, &streams[0].key.scope), "and scope");
+            // A metric the instance has no stream of keeps the request's copy.
+            let other = metric("requests", Kind::Sum, true);
+            assert!(Arc::ptr_eq(
+                &instance.metric(&scope, &other, &description).metric,
+                &other
+            ));
+        });
     }
 
     #[test]
