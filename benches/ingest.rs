@@ -26,7 +26,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use fanin::outcome::Outcome;
 use fanin::receiver::otlp::{store_message, store_view};
 use fanin::receiver::{receive_protobuf, view, wire};
-use fanin::store::{Store, Transport, Writer};
+use fanin::store::{NewBlocks, Store, Transport, Writer};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::metrics::v1::{
@@ -227,7 +227,7 @@ fn in_place_path(store: &Store, bytes: &[u8], writer: Writer) {
 #[inline(never)]
 fn unknown_path(store: &Store, bytes: &[u8], writer: Writer) {
     let request = wire::parse(bytes).unwrap_or_else(|declined| panic!("declined: {declined:?}"));
-    let mut new_blocks = Vec::new();
+    let mut new_blocks = NewBlocks::for_table(&store.known_blocks());
     let outcome = store_view(store, &request, writer, Some(&mut new_blocks));
     assert_eq!(outcome.accepted, POINTS_PER_REQUEST as u64);
     assert!(!new_blocks.is_empty(), "the request's blocks are new");

@@ -27,7 +27,7 @@ use fanin::outcome::Outcome;
 use fanin::receiver::otlp::{store_message, store_view};
 use fanin::receiver::view::{self, ValueView};
 use fanin::receiver::wire::{self, Declined};
-use fanin::store::{CollisionPolicy, Store, StoreSettings, Transport, Writer};
+use fanin::store::{CollisionPolicy, NewBlocks, Store, StoreSettings, Transport, Writer};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{
     AnyValue, EntityRef, InstrumentationScope, KeyValue, any_value,
@@ -632,7 +632,7 @@ fn read_known_and_store(store: &Store, bytes: &[u8]) -> (Outcome, usize) {
         wire::parse_known(bytes, &known).unwrap_or_else(|declined| panic!("declined {declined:?}"));
     assert_same_reading(bytes, &view);
     let hits = known_points(&view);
-    let mut new_blocks = Vec::new();
+    let mut new_blocks = NewBlocks::for_table(&known);
     let outcome = store_view(store, &view, WRITER, Some(&mut new_blocks));
     drop(view);
     drop(known);

@@ -25,7 +25,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{
 use prost::Message;
 
 use crate::outcome::Outcome;
-use crate::store::{RequestError, Store, Writer};
+use crate::store::{NewBlocks, RequestError, Store, Writer};
 
 /// Why a whole request was refused. Each maps to one HTTP status and one gRPC code.
 #[derive(Debug, thiserror::Error)]
@@ -92,12 +92,9 @@ pub fn receive_protobuf(
     writer: Writer,
 ) -> Result<Outcome, IngestError> {
     let known = store.known_blocks();
-    let mut new_blocks = Vec::new();
+    let mut new_blocks = NewBlocks::for_table(&known);
     let outcome = match wire::parse_known(body, &known) {
-        Ok(request) => {
-            let learn = !known.is_full();
-            otlp::store_view(store, &request, writer, learn.then_some(&mut new_blocks))
-        }
+        Ok(request) => otlp::store_view(store, &request, writer, Some(&mut new_blocks)),
         Err(declined) => {
             drop(known);
             tracing::trace!(reason = declined.0, "Request read by prost");

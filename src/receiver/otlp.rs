@@ -21,7 +21,7 @@ use crate::model::{
     Summary, Temporality, Value, sort_unique,
 };
 use crate::outcome::{Outcome, RejectReason};
-use crate::store::{InstanceWriter, Limits, NewBlock, Store, Writer};
+use crate::store::{InstanceWriter, Limits, NewBlock, NewBlocks, Store, Writer};
 
 /// `DATA_POINT_FLAGS_NO_RECORDED_VALUE_MASK`: the stream was explicitly removed.
 const NO_RECORDED_VALUE: u32 = 1;
@@ -113,13 +113,14 @@ fn point(
 /// Stores a request's view: every resource under its instance's lock, every point under the
 /// rules below, each point's stream found with attributes that still point into the request,
 /// or by the set of a known block (`view::Block::Known`). With `new_blocks`, each block new
-/// to the store whose point reached a stream is added there once, for `Store::learn_blocks`
-/// after the guard the view may borrow from (`Store::known_blocks`) is let go.
+/// to the store whose point reached a stream is added there once while it has room, for
+/// `Store::learn_blocks` after the guard the view may borrow from (`Store::known_blocks`) is
+/// let go.
 pub fn store_view(
     store: &Store,
     request: &Request<'_>,
     writer: Writer,
-    new_blocks: Option<&mut Vec<NewBlock>>,
+    new_blocks: Option<&mut NewBlocks>,
 ) -> Outcome {
     let limits = store.limits();
     let mut ingest = store.begin(writer, Outcome::default());
@@ -257,6 +258,7 @@ fn store_metric<'a>(
         sort_unique(sorted);
         let set = instance.point(&key, &sorted[..], point);
         if let (Block::New(bytes), Some(set), Some(learning)) = (view.block, set, &mut *learning)
+            && learning.blocks.has_room()
             && learning.seen.insert(bytes)
         {
             learning.blocks.extend(NewBlock::new(bytes, pairs, set));
@@ -268,7 +270,7 @@ fn store_metric<'a>(
 struct Learning<'a, 'b> {
     /// Their bytes, so that each is copied once.
     seen: HashSet<&'a [u8], RandomState>,
-    blocks: &'b mut Vec<NewBlock>,
+    blocks: &'b mut NewBlocks,
 }
 
 /// The value of a point, validated and within `limits`.

@@ -64,6 +64,50 @@ pub struct NewBlock {
     set: Arc<Attributes>,
 }
 
+/// The blocks one request shows the store for the first time: at most as many as the table
+/// had room for when the request was read, so a request of ever-new attributes copies out
+/// no more than can be kept.
+#[derive(Debug)]
+pub struct NewBlocks {
+    blocks: Vec<NewBlock>,
+    room: usize,
+}
+
+impl NewBlocks {
+    /// Room for what `known` can still learn.
+    pub fn for_table(known: &KnownBlocks) -> NewBlocks {
+        NewBlocks {
+            blocks: Vec::new(),
+            room: MAX_BLOCKS.saturating_sub(known.len()),
+        }
+    }
+
+    pub fn has_room(&self) -> bool {
+        self.blocks.len() < self.room
+    }
+
+    /// Adds `block` if there is room.
+    pub fn push(&mut self, block: NewBlock) {
+        if self.has_room() {
+            self.blocks.push(block);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.blocks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.blocks.is_empty()
+    }
+}
+
+impl Extend<NewBlock> for NewBlocks {
+    fn extend<I: IntoIterator<Item = NewBlock>>(&mut self, blocks: I) {
+        blocks.into_iter().for_each(|block| self.push(block));
+    }
+}
+
 impl NewBlock {
     /// `bytes` read as `pairs` (wire order), which the store keeps as `set`. `None` when
     /// the block is too long to keep.
@@ -152,7 +196,7 @@ impl Store {
 
     /// Adds blocks seen for the first time. Call it with no guard from
     /// [`Store::known_blocks`] held by this thread.
-    pub fn learn_blocks(&self, blocks: Vec<NewBlock>) {
+    pub fn learn_blocks(&self, blocks: NewBlocks) {
         if blocks.is_empty() {
             return;
         }
@@ -162,7 +206,7 @@ impl Store {
             .known_blocks
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        for block in blocks {
+        for block in blocks.blocks {
             known.learn(block, |set| hash_of_set(build, set));
         }
     }
@@ -192,6 +236,27 @@ mod tests {
     use super::*;
     use crate::store::{Liveness, StoreSettings};
 
+    fn blocks(new: impl IntoIterator<Item = NewBlock>) -> NewBlocks {
+        let mut blocks = NewBlocks::for_table(&KnownBlocks::default());
+        blocks.extend(new);
+        blocks
+    }
+
+    #[test]
+    fn a_request_copies_out_only_what_the_table_has_room_for() {
+        let store = Store::new(StoreSettings::for_tests(10));
+        let set = Arc::new(Attributes::default());
+        store.learn_blocks(blocks(
+            (0..MAX_BLOCKS as u32 - 2).map(|n| block(&n.to_le_bytes(), &set)),
+        ));
+        let mut new = NewBlocks::for_table(&store.known_blocks());
+        for n in 0..10u32 {
+            new.push(block(&(n + 1_000_000).to_le_bytes(), &set));
+        }
+        assert_eq!(new.len(), 2);
+        assert!(!new.has_room());
+    }
+
     fn block(bytes: &[u8], set: &Arc<Attributes>) -> NewBlock {
         let pairs = [("k", AttrRef::Str("v"))];
         NewBlock::new(bytes, &pairs, set).unwrap_or_else(|| panic!("{} bytes kept", bytes.len()))
@@ -204,7 +269,7 @@ mod tests {
             "k".into(),
             AttrValue::Str("v".into()),
         )]));
-        store.learn_blocks(vec![block(b"one", &set), block(b"one", &set)]);
+        store.learn_blocks(blocks([block(b"one", &set), block(b"one", &set)]));
         let known = store.known_blocks();
         assert_eq!(known.len(), 1, "learnt once");
         let found = known
@@ -223,10 +288,14 @@ mod tests {
         assert!(NewBlock::new(&long, &[], &set).is_none());
         assert!(store.known_blocks().find(&long).is_none());
 
-        let blocks = (0..MAX_BLOCKS as u32 + 1)
-            .map(|n| block(&n.to_le_bytes(), &set))
-            .collect();
-        store.learn_blocks(blocks);
+        let mut new = NewBlocks {
+            blocks: Vec::new(),
+            room: usize::MAX,
+        };
+        for n in 0..MAX_BLOCKS as u32 + 1 {
+            new.push(block(&n.to_le_bytes(), &set));
+        }
+        store.learn_blocks(new);
         {
             let known = store.known_blocks();
             // Full at MAX_BLOCKS: the last one is not learnt.
@@ -241,7 +310,7 @@ mod tests {
         };
         store.sweep_at(Instant::now(), &liveness);
         assert!(store.known_blocks().is_empty());
-        store.learn_blocks(vec![block(b"again", &set)]);
+        store.learn_blocks(blocks([block(b"again", &set)]));
         store.sweep_at(Instant::now(), &liveness);
         assert_eq!(
             store.known_blocks().len(),

@@ -606,7 +606,7 @@ mod tests {
 
     use super::*;
     use crate::model::{AttrValue, Kind, Number, Temporality, Value};
-    use crate::store::{Liveness, NewBlock, StoreSettings, Transport};
+    use crate::store::{Liveness, NewBlock, NewBlocks, StoreSettings, Transport};
 
     fn store() -> Store {
         Store::new(StoreSettings::for_tests(100))
@@ -737,7 +737,9 @@ mod tests {
         // A known block names the set too; it must not keep the set alive.
         let set = Arc::clone(&store.all_streams()[0].key.attributes);
         let pairs = [("route", AttrRef::Str("/a"))];
-        store.learn_blocks(NewBlock::new(b"block", &pairs, &set).into_iter().collect());
+        let mut new = NewBlocks::for_table(&store.known_blocks());
+        new.extend(NewBlock::new(b"block", &pairs, &set));
+        store.learn_blocks(new);
         drop(set);
         assert_eq!(store.known_blocks().len(), 1);
         let liveness = Liveness {

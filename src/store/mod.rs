@@ -51,7 +51,7 @@ use crate::model::{AttrRef, Attributes, InstanceAttributes, InstanceKey, MetricI
 use crate::outcome::{Outcome, RejectReason};
 
 pub use crate::model::StreamValue;
-pub use blocks::{KnownBlock, KnownBlocks, MAX_BLOCK_BYTES, MAX_BLOCKS, NewBlock};
+pub use blocks::{KnownBlock, KnownBlocks, MAX_BLOCK_BYTES, MAX_BLOCKS, NewBlock, NewBlocks};
 pub use clock::Clock;
 pub use collision::{CollisionView, FIX, InheritedState};
 pub use ingest::{Ingest, InstanceWriter, MetricKey, PointAttributes};
