@@ -79,6 +79,21 @@ async fn gzip_protobuf_is_accepted() {
     fanin.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn gzip_protobuf_inflating_past_the_inline_size_is_accepted() {
+    // Inflated on the async worker up to 512 KiB, then finished on the blocking pool: a
+    // schema URL (read, not kept) makes the body about 1 MiB once inflated.
+    let fanin = start().await;
+    let mut request = export("w1").counter("requests", 1, 10, 3).build();
+    request.resource_metrics[0].schema_url = "s".repeat(1 << 20);
+    let body = gzip(&request.encode_to_vec());
+    assert!(body.len() < 64 << 10, "{} bytes compressed", body.len());
+    let answer = fanin.post(PROTOBUF, Some("gzip"), body).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(fanin.values("requests").await, vec![json!(3)]);
+    fanin.stop().await;
+}
+
 /// An OTLP/JSON document with every metric kind, 64-bit integers as strings, enums both as
 /// numbers and names, and the NaN/Infinity spellings the Collector writes.
 const EVERY_KIND: &str = r#"{

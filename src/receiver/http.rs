@@ -7,9 +7,9 @@
 //! Every answer is encoded like the request: protobuf in, protobuf out; JSON in, JSON out;
 //! errors are a `google.rpc.Status` in that encoding.
 //!
-//! Large or compressed bodies are decompressed, decoded and stored on tokio's blocking pool
-//! (`BLOCKING_BODY_BYTES`); small ones inline, where a thread hand-off would cost more
-//! than the work.
+//! Large bodies, raw or once inflated, are decompressed, decoded and stored on tokio's
+//! blocking pool (`BLOCKING_BODY_BYTES`); small ones inline, where a thread hand-off would
+//! cost more than the work.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -21,7 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use http_body_util::BodyExt;
 use prost::Message;
@@ -78,9 +78,11 @@ pub fn router(store: Store, settings: HttpSettings) -> Router {
         .with_state(Receiver { store, settings })
 }
 
-/// Raw bodies above this size, and every compressed body (which may inflate to the limit),
-/// are decompressed, decoded and stored on tokio's blocking pool: on an async worker, tens
-/// of milliseconds of decoding would stall every other connection that worker serves.
+/// Raw bodies above this size, and compressed bodies that inflate past it, are decompressed,
+/// decoded and stored on tokio's blocking pool: on an async worker, tens of milliseconds of
+/// decoding would stall every other connection that worker serves. A compressed body is
+/// inflated on the async worker up to this size first: most bodies end before it, and a
+/// thread hand-off per request costs more than their work.
 const BLOCKING_BODY_BYTES: usize = 512 * 1024;
 
 async fn export(State(receiver): State<Receiver>, request: Request) -> Response {
@@ -107,11 +109,19 @@ async fn export(State(receiver): State<Receiver>, request: Request) -> Response 
         pid: None,
     };
     let limit = receiver.settings.max_request_bytes;
-    let blocking = raw.len() > BLOCKING_BODY_BYTES || compression != Compression::None;
-    let store = receiver.store.clone();
     let budget = receiver.settings.budget.clone();
+    // Up to BLOCKING_BODY_BYTES are inflated here; a body that turns out larger is finished
+    // on the blocking pool, with the rest of its work.
+    let large = raw.len() > BLOCKING_BODY_BYTES;
+    let mut inflation = Inflation::new(raw, compression, limit);
+    let blocking = large
+        || match inflation.inflate(&budget, &mut held, BLOCKING_BODY_BYTES) {
+            Ok(done) => !done,
+            Err(error) => return failure(&receiver.store, encoding, error),
+        };
+    let store = receiver.store.clone();
     let work = move || -> Result<Outcome, IngestError> {
-        let body = decompress(raw, compression, limit, &budget, &mut held)?;
+        let body = inflation.finish(&budget, &mut held)?;
         match encoding {
             Encoding::Protobuf => receive_protobuf(&store, &body, writer),
             Encoding::Json => Ok(receive(&store, &json::decode_request(&body)?, writer)),
@@ -209,6 +219,7 @@ const INFLATE_CHUNK: usize = 64 * 1024;
 /// Inflates the body, reading at most one byte past the limit so an over-limit body is
 /// detected without ever holding more than `limit + 1` bytes, and taking budget for the
 /// inflated bytes as they come.
+#[cfg(test)]
 fn decompress(
     raw: Bytes,
     compression: Compression,
@@ -216,48 +227,117 @@ fn decompress(
     budget: &Budget,
     held: &mut Held,
 ) -> Result<Bytes, IngestError> {
-    let reader: Box<dyn Read + '_> = match compression {
-        Compression::None => return Ok(raw),
-        Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(&raw[..])),
-        // HTTP's "deflate" is the zlib format, but some clients send raw deflate data; the
-        // zlib header (CMF/FLG with a checksum divisible by 31) tells them apart.
-        Compression::Deflate if is_zlib(&raw) => Box::new(flate2::read::ZlibDecoder::new(&raw[..])),
-        Compression::Deflate => Box::new(flate2::read::DeflateDecoder::new(&raw[..])),
-    };
-    let encoding = match compression {
-        Compression::Gzip => "gzip",
-        _ => "deflate",
-    };
-    let mut reader = reader.take(limit as u64 + 1);
-    // One allocation for the whole body where its size is known: growing a chunk at a time
-    // copied the body again at every doubling.
-    let expected = inflated_size_hint(&raw, compression, limit);
-    let mut inflated = Vec::with_capacity(expected.div_ceil(INFLATE_CHUNK) * INFLATE_CHUNK);
-    loop {
-        budget.take(held, INFLATE_CHUNK)?;
-        let start = inflated.len();
-        inflated.resize(start + INFLATE_CHUNK, 0);
-        let mut filled = start;
-        while filled < inflated.len() {
-            match reader.read(&mut inflated[filled..]) {
-                Ok(0) => break,
-                Ok(read) => filled += read,
-                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(source) => return Err(IngestError::Decompress { encoding, source }),
+    Inflation::new(raw, compression, limit).finish(budget, held)
+}
+
+/// A body being inflated: as [`decompress`], in steps, so that the first part can be
+/// inflated on the async worker and only a larger body moves to the blocking pool.
+struct Inflation {
+    state: InflationState,
+    limit: usize,
+}
+
+enum InflationState {
+    /// Not compressed: the body as read.
+    Plain(Bytes),
+    Inflating {
+        reader: std::io::Take<Box<dyn Read + Send>>,
+        inflated: Vec<u8>,
+        encoding: &'static str,
+        done: bool,
+    },
+}
+
+impl Inflation {
+    fn new(raw: Bytes, compression: Compression, limit: usize) -> Inflation {
+        // One allocation for the whole body where its size is known: growing a chunk at a
+        // time copied the body again at every doubling.
+        let expected = inflated_size_hint(&raw, compression, limit);
+        let (reader, encoding): (Box<dyn Read + Send>, _) = match compression {
+            Compression::None => {
+                return Inflation {
+                    state: InflationState::Plain(raw),
+                    limit,
+                };
             }
-        }
-        inflated.truncate(filled);
-        if filled < start + INFLATE_CHUNK {
-            break;
-        }
-    }
-    if inflated.len() > limit {
-        return Err(IngestError::TooLarge {
+            Compression::Gzip => (
+                Box::new(flate2::bufread::MultiGzDecoder::new(raw.reader())),
+                "gzip",
+            ),
+            // HTTP's "deflate" is the zlib format, but some clients send raw deflate data;
+            // the zlib header (CMF/FLG with a checksum divisible by 31) tells them apart.
+            Compression::Deflate if is_zlib(&raw) => (
+                Box::new(flate2::bufread::ZlibDecoder::new(raw.reader())),
+                "deflate",
+            ),
+            Compression::Deflate => (
+                Box::new(flate2::bufread::DeflateDecoder::new(raw.reader())),
+                "deflate",
+            ),
+        };
+        Inflation {
+            state: InflationState::Inflating {
+                reader: reader.take(limit as u64 + 1),
+                inflated: Vec::with_capacity(expected.div_ceil(INFLATE_CHUNK) * INFLATE_CHUNK),
+                encoding,
+                done: false,
+            },
             limit,
-            decompressed: true,
-        });
+        }
     }
-    Ok(Bytes::from(inflated))
+
+    /// Inflates until the body ends or `until` bytes are inflated; true when it has ended.
+    fn inflate(
+        &mut self,
+        budget: &Budget,
+        held: &mut Held,
+        until: usize,
+    ) -> Result<bool, IngestError> {
+        let InflationState::Inflating {
+            reader,
+            inflated,
+            encoding,
+            done,
+        } = &mut self.state
+        else {
+            return Ok(true);
+        };
+        while !*done && inflated.len() < until {
+            budget.take(held, INFLATE_CHUNK)?;
+            let start = inflated.len();
+            inflated.resize(start + INFLATE_CHUNK, 0);
+            let mut filled = start;
+            while filled < inflated.len() {
+                match reader.read(&mut inflated[filled..]) {
+                    Ok(0) => break,
+                    Ok(read) => filled += read,
+                    Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(source) => {
+                        let encoding = *encoding;
+                        return Err(IngestError::Decompress { encoding, source });
+                    }
+                }
+            }
+            inflated.truncate(filled);
+            *done = filled < start + INFLATE_CHUNK;
+        }
+        Ok(*done)
+    }
+
+    /// Inflates the rest; the whole body, within the limit.
+    fn finish(mut self, budget: &Budget, held: &mut Held) -> Result<Bytes, IngestError> {
+        self.inflate(budget, held, usize::MAX)?;
+        match self.state {
+            InflationState::Plain(raw) => Ok(raw),
+            InflationState::Inflating { inflated, .. } if inflated.len() > self.limit => {
+                Err(IngestError::TooLarge {
+                    limit: self.limit,
+                    decompressed: true,
+                })
+            }
+            InflationState::Inflating { inflated, .. } => Ok(Bytes::from(inflated)),
+        }
+    }
 }
 
 /// Most a hint may expect a body to inflate by: protobuf compresses about 5 to 10 times, and
@@ -459,6 +539,20 @@ mod tests {
         let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
         encoder.write_all(data).expect("write to memory");
         Bytes::from(encoder.finish().expect("finish in memory"))
+    }
+
+    #[test]
+    fn a_body_inflates_in_steps_to_the_same_bytes() {
+        let data: Vec<u8> = (0..3 * INFLATE_CHUNK as u32).map(|n| (n % 251) as u8).collect();
+        let (budget, mut held) = (Budget::new(1 << 30), Held::default());
+        let mut inflation = Inflation::new(gzip(&data), Compression::Gzip, 1 << 20);
+        assert!(!inflation.inflate(&budget, &mut held, INFLATE_CHUNK).expect("inflates"));
+        let body = inflation.finish(&budget, &mut held).expect("inflates");
+        assert_eq!(&body[..], &data[..]);
+
+        let mut small = Inflation::new(gzip(b"hello"), Compression::Gzip, 1 << 20);
+        assert!(small.inflate(&budget, &mut held, INFLATE_CHUNK).expect("inflates"));
+        assert_eq!(&small.finish(&budget, &mut held).expect("inflates")[..], b"hello");
     }
 
     #[test]
