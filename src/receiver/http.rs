@@ -543,16 +543,29 @@ mod tests {
 
     #[test]
     fn a_body_inflates_in_steps_to_the_same_bytes() {
-        let data: Vec<u8> = (0..3 * INFLATE_CHUNK as u32).map(|n| (n % 251) as u8).collect();
+        let data: Vec<u8> = (0..3 * INFLATE_CHUNK as u32)
+            .map(|n| (n % 251) as u8)
+            .collect();
         let (budget, mut held) = (Budget::new(1 << 30), Held::default());
         let mut inflation = Inflation::new(gzip(&data), Compression::Gzip, 1 << 20);
-        assert!(!inflation.inflate(&budget, &mut held, INFLATE_CHUNK).expect("inflates"));
+        assert!(
+            !inflation
+                .inflate(&budget, &mut held, INFLATE_CHUNK)
+                .expect("inflates")
+        );
         let body = inflation.finish(&budget, &mut held).expect("inflates");
         assert_eq!(&body[..], &data[..]);
 
         let mut small = Inflation::new(gzip(b"hello"), Compression::Gzip, 1 << 20);
-        assert!(small.inflate(&budget, &mut held, INFLATE_CHUNK).expect("inflates"));
-        assert_eq!(&small.finish(&budget, &mut held).expect("inflates")[..], b"hello");
+        assert!(
+            small
+                .inflate(&budget, &mut held, INFLATE_CHUNK)
+                .expect("inflates")
+        );
+        assert_eq!(
+            &small.finish(&budget, &mut held).expect("inflates")[..],
+            b"hello"
+        );
     }
 
     #[test]
