@@ -15,6 +15,13 @@
 //! ignores (exemplars, schema URLs, metadata, entity references) are still checked as
 //! `prost` checks them, so a request is refused by both or by neither. The tests in
 //! `tests/wire.rs` compare the two readers on generated and corrupted requests.
+//!
+//! [`parse_known`] also takes the store's known attribute blocks (`store::KnownBlocks`): a
+//! data point's run of attribute fields whose bytes are there is not read again, its pairs
+//! are the ones read the first time. The run is found by its lengths alone, and what is
+//! known was read from the same bytes, so the reading cannot differ; a run that is not
+//! known is read field by field as always, and the point carries its bytes for the store to
+//! learn (`view::Block`).
 
 use std::ops::Range;
 
