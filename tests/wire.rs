@@ -891,6 +891,30 @@ fn attributes_in_two_runs_or_with_a_long_key_read_the_same_with_known_blocks() {
 }
 
 #[test]
+fn only_bodies_up_to_a_mebibyte_are_read_with_known_blocks() {
+    let mut point = Vec::new();
+    fixed_field(3, 1_000, &mut point);
+    len_field(7, &string_pair(b"route", b"/a"), &mut point);
+    fixed_field(4, 1.0f64.to_bits(), &mut point);
+    let small = around_metric(&gauge_metric(&point));
+    // The same request with an unknown field of 1 MiB in front: prost and the reader skip it.
+    let mut large = Vec::new();
+    len_field(99, &vec![0; 1 << 20], &mut large);
+    large.extend_from_slice(&small);
+    assert!(large.len() > fanin::receiver::KNOWN_BLOCKS_BODY_BYTES);
+
+    let store = store();
+    let outcome = fanin::receiver::receive_protobuf(&store, &large, WRITER).expect("read");
+    assert_eq!(outcome.accepted, 1);
+    assert!(
+        store.known_blocks().is_empty(),
+        "a large body teaches nothing"
+    );
+    fanin::receiver::receive_protobuf(&store, &small, WRITER).expect("read");
+    assert_eq!(store.known_blocks().len(), 1);
+}
+
+#[test]
 fn number_value_sent_twice_keeps_the_last() {
     let mut point = Vec::new();
     fixed_field(3, 1_000, &mut point);

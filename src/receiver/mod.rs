@@ -77,6 +77,10 @@ pub fn receive(store: &Store, request: &ExportMetricsServiceRequest, writer: Wri
     logged(otlp::store_message(store, request, writer), writer)
 }
 
+/// The largest body read with the store's known attribute blocks; a larger one (rare:
+/// workers export a few hundred KiB at a time) is read without them.
+pub const KNOWN_BLOCKS_BODY_BYTES: usize = 1024 * 1024;
+
 /// Stores a protobuf-encoded request. It is read in place ([`wire`]), with the store's
 /// known attribute blocks (`store::KnownBlocks`) standing in for the runs of attribute bytes
 /// seen before; the new ones it stored are learnt afterwards. A request the in-place reader
@@ -91,6 +95,21 @@ pub fn receive_protobuf(
     body: &[u8],
     writer: Writer,
 ) -> Result<Outcome, IngestError> {
+    if body.len() > KNOWN_BLOCKS_BODY_BYTES {
+        // Read without the known blocks: holding their read guard across a long request
+        // would make every other receiver wait behind the next one that learns.
+        return match wire::parse(body) {
+            Ok(request) => Ok(logged(
+                otlp::store_view(store, &request, writer, None),
+                writer,
+            )),
+            Err(declined) => {
+                tracing::trace!(reason = declined.0, "Request read by prost");
+                let request = ExportMetricsServiceRequest::decode(body)?;
+                Ok(receive(store, &request, writer))
+            }
+        };
+    }
     let known = store.known_blocks();
     let mut new_blocks = NewBlocks::for_table(&known);
     let outcome = match wire::parse_known(body, &known) {

@@ -13,8 +13,11 @@
 //! reached a stream: the receiver holds a read guard on the table while it reads and stores a
 //! request, and takes the write lock only afterwards, to add what it saw for the first time.
 //!
-//! Bounds: a block longer than [`MAX_BLOCK_BYTES`] is not kept, and the table holds at most
-//! [`MAX_BLOCKS`]. A full table learns nothing more (the receiver then does not even copy
+//! Bounds: a block longer than [`MAX_BLOCK_BYTES`], or costing more than 1 KiB with its
+//! pairs, is not kept, the table holds at most [`MAX_BLOCKS`] (8 MiB at most), and one
+//! request copies out at most 1024 new blocks. Requests larger than
+//! `receiver::KNOWN_BLOCKS_BODY_BYTES` are read without the table, so that no read guard is
+//! held for long (a waiting writer makes new readers wait). A full table learns nothing more (the receiver then does not even copy
 //! new blocks out) until the next liveness sweep empties it, at most once a second, and it is
 //! learnt again from the requests that follow; so blocks no worker sends any more do not
 //! stay, and a sender of ever-new attributes costs the others some hits, not memory. It is
@@ -34,8 +37,17 @@ use crate::model::{AttrRef, AttrValue, Attributes};
 /// The longest run of attribute bytes kept: about ten ordinary attributes.
 pub const MAX_BLOCK_BYTES: usize = 512;
 
-/// How many blocks are kept: at most a few MiB with blocks of the longest kind.
+/// The most a kept block may cost in memory, its bytes and its pairs together: a block of
+/// many tiny attributes (a pair can take two bytes on the wire and 48 in memory) is not
+/// kept.
+const MAX_BLOCK_COST: usize = 1024;
+
+/// How many blocks are kept: at most 8 MiB with blocks of the costliest kind.
 pub const MAX_BLOCKS: usize = 8192;
+
+/// How many new blocks one request copies out at most, so that concurrent requests seeing
+/// an empty table do not each copy out a whole table's worth.
+const MAX_NEW_PER_REQUEST: usize = 1024;
 
 /// The blocks read before, found by their bytes.
 #[derive(Default)]
@@ -78,7 +90,9 @@ impl NewBlocks {
     pub fn for_table(known: &KnownBlocks) -> NewBlocks {
         NewBlocks {
             blocks: Vec::new(),
-            room: MAX_BLOCKS.saturating_sub(known.len()),
+            room: MAX_BLOCKS
+                .saturating_sub(known.len())
+                .min(MAX_NEW_PER_REQUEST),
         }
     }
 
@@ -110,13 +124,19 @@ impl Extend<NewBlock> for NewBlocks {
 
 impl NewBlock {
     /// `bytes` read as `pairs` (wire order), which the store keeps as `set`. `None` when
-    /// the block is too long to keep.
+    /// the block is too long or would cost too much to keep.
     pub fn new(
         bytes: &[u8],
         pairs: &[(&str, AttrRef<'_>)],
         set: &Arc<Attributes>,
     ) -> Option<NewBlock> {
-        (bytes.len() <= MAX_BLOCK_BYTES).then(|| NewBlock {
+        let cost = bytes.len()
+            + pairs.len() * std::mem::size_of::<(Box<str>, AttrValue)>()
+            + pairs
+                .iter()
+                .map(|(key, value)| key.len() + value_bytes(*value))
+                .sum::<usize>();
+        (bytes.len() <= MAX_BLOCK_BYTES && cost <= MAX_BLOCK_COST).then(|| NewBlock {
             bytes: bytes.into(),
             pairs: pairs
                 .iter()
@@ -124,6 +144,15 @@ impl NewBlock {
                 .collect(),
             set: Arc::clone(set),
         })
+    }
+}
+
+/// The heap bytes an owned copy of `value` holds (the in-place reader reads only scalars).
+fn value_bytes(value: AttrRef<'_>) -> usize {
+    match value {
+        AttrRef::Str(text) => text.len(),
+        AttrRef::Bytes(bytes) => bytes.len(),
+        _ => 0,
     }
 }
 
@@ -236,8 +265,12 @@ mod tests {
     use super::*;
     use crate::store::{Liveness, StoreSettings};
 
+    /// New blocks past the per-request cap, to fill a table quickly.
     fn blocks(new: impl IntoIterator<Item = NewBlock>) -> NewBlocks {
-        let mut blocks = NewBlocks::for_table(&KnownBlocks::default());
+        let mut blocks = NewBlocks {
+            blocks: Vec::new(),
+            room: usize::MAX,
+        };
         blocks.extend(new);
         blocks
     }
@@ -255,6 +288,13 @@ mod tests {
         }
         assert_eq!(new.len(), 2);
         assert!(!new.has_room());
+
+        // However empty the table, one request copies out at most MAX_NEW_PER_REQUEST.
+        let mut new = NewBlocks::for_table(&KnownBlocks::default());
+        for n in 0..MAX_NEW_PER_REQUEST as u32 + 1 {
+            new.push(block(&n.to_le_bytes(), &set));
+        }
+        assert_eq!(new.len(), MAX_NEW_PER_REQUEST);
     }
 
     fn block(bytes: &[u8], set: &Arc<Attributes>) -> NewBlock {
@@ -287,15 +327,13 @@ mod tests {
         let long = vec![7u8; MAX_BLOCK_BYTES + 1];
         assert!(NewBlock::new(&long, &[], &set).is_none());
         assert!(store.known_blocks().find(&long).is_none());
+        // 128 empty pairs fit in 256 bytes on the wire, and in memory take 6 KiB.
+        let tiny = vec![("", AttrRef::Empty); 128];
+        assert!(NewBlock::new(&[0x3a, 0x00].repeat(128), &tiny, &set).is_none());
 
-        let mut new = NewBlocks {
-            blocks: Vec::new(),
-            room: usize::MAX,
-        };
-        for n in 0..MAX_BLOCKS as u32 + 1 {
-            new.push(block(&n.to_le_bytes(), &set));
-        }
-        store.learn_blocks(new);
+        store.learn_blocks(blocks(
+            (0..MAX_BLOCKS as u32 + 1).map(|n| block(&n.to_le_bytes(), &set)),
+        ));
         {
             let known = store.known_blocks();
             // Full at MAX_BLOCKS: the last one is not learnt.
