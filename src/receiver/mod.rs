@@ -95,25 +95,16 @@ pub fn receive_protobuf(
     body: &[u8],
     writer: Writer,
 ) -> Result<Outcome, IngestError> {
-    if body.len() > KNOWN_BLOCKS_BODY_BYTES {
-        // Read without the known blocks: holding their read guard across a long request
-        // would make every other receiver wait behind the next one that learns.
-        return match wire::parse(body) {
-            Ok(request) => Ok(logged(
-                otlp::store_view(store, &request, writer, None),
-                writer,
-            )),
-            Err(declined) => {
-                tracing::trace!(reason = declined.0, "Request read by prost");
-                let request = ExportMetricsServiceRequest::decode(body)?;
-                Ok(receive(store, &request, writer))
-            }
-        };
-    }
-    let known = store.known_blocks();
-    let mut new_blocks = NewBlocks::for_table(&known);
-    let outcome = match wire::parse_known(body, &known) {
-        Ok(request) => otlp::store_view(store, &request, writer, Some(&mut new_blocks)),
+    // A large body is read without the known blocks: holding their read guard across a
+    // long request would make every other receiver wait behind the next one that learns.
+    let known = (body.len() <= KNOWN_BLOCKS_BODY_BYTES).then(|| store.known_blocks());
+    let mut new_blocks = known.as_deref().map(NewBlocks::for_table);
+    let read = match known.as_deref() {
+        Some(known) => wire::parse_known(body, known),
+        None => wire::parse(body),
+    };
+    let outcome = match read {
+        Ok(request) => otlp::store_view(store, &request, writer, new_blocks.as_mut()),
         Err(declined) => {
             drop(known);
             tracing::trace!(reason = declined.0, "Request read by prost");
@@ -122,7 +113,9 @@ pub fn receive_protobuf(
         }
     };
     drop(known);
-    store.learn_blocks(new_blocks);
+    if let Some(new_blocks) = new_blocks {
+        store.learn_blocks(new_blocks);
+    }
     Ok(logged(outcome, writer))
 }
 
