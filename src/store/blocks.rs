@@ -17,12 +17,12 @@
 //! pairs, is not kept, the table holds at most [`MAX_BLOCKS`] (8 MiB at most), and one
 //! request copies out at most 1024 new blocks. Requests larger than
 //! `receiver::KNOWN_BLOCKS_BODY_BYTES` are read without the table, so that no read guard is
-//! held for long (a waiting writer makes new readers wait). A full table learns nothing more (the receiver then does not even copy
-//! new blocks out) until the next liveness sweep empties it, at most once a second, and it is
-//! learnt again from the requests that follow; so blocks no worker sends any more do not
-//! stay, and a sender of ever-new attributes costs the others some hits, not memory. It is
-//! also emptied after evictions, so that it does not keep sets alive that no stream uses any
-//! more.
+//! held for long (a waiting writer makes new readers wait). A full table learns nothing
+//! more (the receiver then does not even copy new blocks out) until the next liveness sweep
+//! empties it, at most once a second, and it is learnt again from the requests that follow;
+//! so blocks no worker sends any more do not stay, and a sender of ever-new attributes costs
+//! the others some hits, not memory. It is also emptied after evictions, so that it does not
+//! keep sets alive that no stream uses any more.
 
 use std::hash::BuildHasher;
 use std::sync::{Arc, PoisonError, RwLockReadGuard};
@@ -59,12 +59,9 @@ pub struct KnownBlocks {
 /// One block and what reading it gave.
 #[derive(Debug)]
 pub struct KnownBlock {
-    bytes: Box<[u8]>,
-    /// The pairs in wire order, duplicates included, as the reader pushed them.
-    pairs: Box<[(Box<str>, AttrValue)]>,
-    /// The store's copy of the set the pairs make (sorted, each key once).
-    pub(super) set: Arc<Attributes>,
-    /// `ingest::hash_of_set` of `set`, the part of a stream's hash its attributes give.
+    block: NewBlock,
+    /// `ingest::hash_of_set` of the block's set, the part of a stream's hash its attributes
+    /// give.
     pub(super) set_hash: u64,
 }
 
@@ -72,7 +69,9 @@ pub struct KnownBlock {
 #[derive(Debug)]
 pub struct NewBlock {
     bytes: Box<[u8]>,
+    /// The pairs in wire order, duplicates included, as the reader pushed them.
     pairs: Box<[(Box<str>, AttrValue)]>,
+    /// The store's copy of the set the pairs make (sorted, each key once).
     set: Arc<Attributes>,
 }
 
@@ -159,9 +158,15 @@ fn value_bytes(value: AttrRef<'_>) -> usize {
 impl KnownBlock {
     /// The pairs read from this block, in wire order.
     pub fn pairs(&self) -> impl Iterator<Item = (&str, AttrRef<'_>)> {
-        self.pairs
+        self.block
+            .pairs
             .iter()
             .map(|(key, value)| (&**key, value.as_ref()))
+    }
+
+    /// The store's copy of the set the pairs make.
+    pub(super) fn set(&self) -> &Arc<Attributes> {
+        &self.block.set
     }
 }
 
@@ -172,7 +177,7 @@ impl KnownBlocks {
             return None;
         }
         let hash = self.hasher.hash_one(bytes);
-        self.table.find(hash, |block| *block.bytes == *bytes)
+        self.table.find(hash, |known| *known.block.bytes == *bytes)
     }
 
     /// How many blocks are kept.
@@ -194,7 +199,7 @@ impl KnownBlocks {
         let hash = self.hasher.hash_one(&*block.bytes);
         if self
             .table
-            .find(hash, |known| known.bytes == block.bytes)
+            .find(hash, |known| known.block.bytes == block.bytes)
             .is_some()
             || self.is_full()
         {
@@ -202,13 +207,11 @@ impl KnownBlocks {
         }
         let known = KnownBlock {
             set_hash: set_hash(&block.set),
-            bytes: block.bytes,
-            pairs: block.pairs,
-            set: block.set,
+            block,
         };
         let hasher = &self.hasher;
         self.table
-            .insert_unique(hash, known, |known| hasher.hash_one(&*known.bytes));
+            .insert_unique(hash, known, |known| hasher.hash_one(&*known.block.bytes));
     }
 }
 

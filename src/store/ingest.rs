@@ -308,7 +308,7 @@ impl InstanceWriter<'_> {
     /// [`InstanceWriter::point`] for a point whose attributes are a known block's: its set
     /// and the set's hash come with it, so they are neither hashed nor compared again.
     pub fn point_known(&mut self, metric: &MetricKey<'_>, block: &KnownBlock, point: Point) {
-        self.apply(metric, SetRef::Shared(&block.set), block.set_hash, point);
+        self.apply(metric, SetRef::Shared(block.set()), block.set_hash, point);
     }
 
     fn apply(
