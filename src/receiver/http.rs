@@ -216,22 +216,10 @@ async fn read_body(
 /// Bytes inflated between two takes of the budget.
 const INFLATE_CHUNK: usize = 64 * 1024;
 
-/// Inflates the body, reading at most one byte past the limit so an over-limit body is
+/// A body being inflated, reading at most one byte past the limit so an over-limit body is
 /// detected without ever holding more than `limit + 1` bytes, and taking budget for the
-/// inflated bytes as they come.
-#[cfg(test)]
-fn decompress(
-    raw: Bytes,
-    compression: Compression,
-    limit: usize,
-    budget: &Budget,
-    held: &mut Held,
-) -> Result<Bytes, IngestError> {
-    Inflation::new(raw, compression, limit).finish(budget, held)
-}
-
-/// A body being inflated: as [`decompress`], in steps, so that the first part can be
-/// inflated on the async worker and only a larger body moves to the blocking pool.
+/// inflated bytes as they come. It goes in steps, so that the first part can be inflated on
+/// the async worker and only a larger body moves to the blocking pool.
 struct Inflation {
     state: InflationState,
     limit: usize,
@@ -523,15 +511,9 @@ async fn method_not_allowed(request: Request) -> Response {
 mod tests {
     use super::*;
 
-    /// [`decompress`] with all the budget it may want.
+    /// A whole [`Inflation`] with all the budget it may want.
     fn inflate(raw: Bytes, compression: Compression, limit: usize) -> Result<Bytes, IngestError> {
-        decompress(
-            raw,
-            compression,
-            limit,
-            &Budget::new(1 << 30),
-            &mut Held::default(),
-        )
+        Inflation::new(raw, compression, limit).finish(&Budget::new(1 << 30), &mut Held::default())
     }
     use std::io::Write;
 
