@@ -252,8 +252,13 @@ async fn an_upstream_that_is_down_then_back_gets_the_latest_totals() {
         (series["value"] == json!(9)).then_some(())
     })
     .await;
-    let figures = side.stats().await["exporters"]["otlp"].clone();
-    assert!(figures["batches_sent"].as_u64() >= Some(1), "{figures}");
+    // The exporter counts a batch as sent when the answer comes back, which may be after
+    // upstream has stored it.
+    let figures = eventually(WAIT, "the sent batch counted", || async {
+        let figures = side.stats().await["exporters"]["otlp"].clone();
+        (figures["batches_sent"].as_u64() >= Some(1)).then_some(figures)
+    })
+    .await;
     assert_eq!(figures["batches_failed"], json!(0), "{figures}");
     side.stop().await;
     upstream.stop().await;
