@@ -27,10 +27,17 @@ use super::{
 use crate::model::{AttrRef, Attributes, MetricId, Point, Scope, StreamKey, hash_pairs};
 use crate::outcome::{Outcome, RejectReason};
 
-/// One instance's streams, found by a hash computed from their parts (see [`MetricKey`]).
+/// One instance's streams, in the order they were created, found by a hash computed from
+/// their parts (see [`MetricKey`]).
+///
+/// The hash table holds only each stream's place in `entries`: a slot of 4 bytes instead
+/// of the whole key and stream (128 bytes), in a table that is between 44 % and 88 % full.
+/// The streams themselves are packed in a `Vec`, which walks in order for a scrape.
+/// Streams are never taken out one at a time: they go with their instance.
 #[derive(Default)]
 pub(super) struct Streams {
-    table: HashTable<(StreamKey, Stream)>,
+    places: HashTable<u32>,
+    entries: Vec<(StreamKey, Stream)>,
     /// One `Arc` of each scope and metric identity the streams' keys hold. A request's own
     /// copies are swapped for these ([`InstanceWriter::metric`]), so that finding a stream
     /// compares addresses instead of reading the stored names (a cache miss each, at many
@@ -41,27 +48,35 @@ pub(super) struct Streams {
 
 impl Streams {
     pub(super) fn len(&self) -> usize {
-        self.table.len()
+        self.entries.len()
     }
 
     pub(super) fn iter(&self) -> impl Iterator<Item = (&StreamKey, &Stream)> {
-        self.table.iter().map(|(key, stream)| (key, stream))
+        self.entries.iter().map(|(key, stream)| (key, stream))
     }
 
     pub(super) fn drain(&mut self) -> impl Iterator<Item = (StreamKey, Stream)> + '_ {
-        self.table.drain()
+        self.places.clear();
+        self.entries.drain(..)
     }
 
-    /// Adds a stream read from a snapshot; false (nothing added) when its key is there.
+    /// Adds a stream read from a snapshot; false (nothing added) when its key is there, or
+    /// the instance has as many streams as a place can count.
     pub(super) fn restore(&mut self, build: &RandomState, key: StreamKey, stream: Stream) -> bool {
         let hash = stream_hash(build, &key);
-        if self.table.find(hash, |(known, _)| *known == key).is_some() {
+        let entries = &self.entries;
+        let entry = self.places.entry(
+            hash,
+            |&place| entries[place as usize].0 == key,
+            |&place| stream_hash(build, &entries[place as usize].0),
+        );
+        let (Entry::Vacant(vacant), Ok(place)) = (entry, u32::try_from(entries.len())) else {
             return false;
-        }
+        };
+        vacant.insert(place);
         keep_part(&mut self.scopes, build, &key.scope);
         keep_part(&mut self.metrics, build, &key.metric);
-        self.table
-            .insert_unique(hash, (key, stream), |(key, _)| stream_hash(build, key));
+        self.entries.push((key, stream));
         true
     }
 }
@@ -321,19 +336,22 @@ impl InstanceWriter<'_> {
         let hash = metric.stream_hash(set_hash);
         let policy = self.store.shared.collision_policy;
         let build = &self.store.shared.stream_hasher;
-        let held = self.state.streams.len();
-        let entry = self.state.streams.table.entry(
+        let streams = &mut self.state.streams;
+        let held = streams.entries.len();
+        let entries = &streams.entries;
+        let entry = streams.places.entry(
             hash,
-            |(key, _)| {
+            |&place| {
+                let key = &entries[place as usize].0;
                 attributes.is(&key.attributes)
                     && same(&key.metric, &metric.metric)
                     && same(&key.scope, &metric.scope)
             },
-            |(key, _)| stream_hash(build, key),
+            |&place| stream_hash(build, &entries[place as usize].0),
         );
         let vacant = match entry {
             Entry::Occupied(found) => {
-                let (key, stream) = found.into_mut();
+                let (key, stream) = &mut streams.entries[*found.get() as usize];
                 let was_unreliable = stream.is_unreliable();
                 let (result, finding) = stream.apply(point, self.writer_id, policy);
                 if !was_unreliable && stream.is_unreliable() {
@@ -356,7 +374,10 @@ impl InstanceWriter<'_> {
             Entry::Vacant(vacant) => vacant,
         };
         let limits = &self.store.shared.limits;
-        if held >= limits.max_series_per_instance.get() {
+        let place = u32::try_from(held)
+            .ok()
+            .filter(|_| held < limits.max_series_per_instance.get());
+        let Some(place) = place else {
             let max = limits.max_series_per_instance;
             self.outcome.reject(RejectReason::InstanceSeriesLimit, 1, || {
                 format!(
@@ -365,7 +386,7 @@ impl InstanceWriter<'_> {
                 )
             });
             return None;
-        }
+        };
         if !self.store.reserve_stream() {
             let max = limits.max_series;
             self.outcome.reject(RejectReason::SeriesLimit, 1, || {
@@ -394,8 +415,8 @@ impl InstanceWriter<'_> {
         // A stream's first point has nothing to contradict: no evidence to record.
         let (result, _) = stream.apply(point, self.writer_id, policy);
         count(self.outcome, result, &metric.metric);
-        keep_part(&mut self.state.streams.scopes, build, &metric.scope);
-        keep_part(&mut self.state.streams.metrics, build, &metric.metric);
+        keep_part(&mut streams.scopes, build, &metric.scope);
+        keep_part(&mut streams.metrics, build, &metric.metric);
         let key = StreamKey {
             scope: Arc::clone(&metric.scope),
             metric: Arc::clone(&metric.metric),
@@ -404,7 +425,9 @@ impl InstanceWriter<'_> {
                 SetRef::Shared(set) => Arc::clone(set),
             },
         };
-        Some(&vacant.insert((key, stream)).into_mut().0.attributes)
+        vacant.insert(place);
+        streams.entries.push((key, stream));
+        streams.entries.last().map(|(key, _)| &key.attributes)
     }
 }
 
@@ -624,6 +647,11 @@ mod tests {
 
     /// One point of each metric from `instance`, all with the attributes `route=/a`.
     fn write(store: &Store, instance: &str, metrics: &[Arc<MetricId>]) {
+        write_at(store, instance, metrics, 2);
+    }
+
+    /// [`write`] with points at `time`.
+    fn write_at(store: &Store, instance: &str, metrics: &[Arc<MetricId>], time: u64) {
         let writer = Writer {
             transport: Transport::Http,
             peer: None,
@@ -642,13 +670,36 @@ mod tests {
                 let attributes: &[(&str, AttrRef<'_>)] = &[("route", AttrRef::Str("/a"))];
                 let point = Point {
                     start: 1,
-                    time: 2,
+                    time,
                     value: Value::Number(Number::Double(1.0)),
                 };
                 instance.point(&key, attributes, point);
             }
         });
         assert_eq!(ingest.finish().accepted, metrics.len() as u64);
+    }
+
+    /// Thousands of streams in one instance, so its table of places grows many times: each
+    /// is found again afterwards (no stream is created twice), and they are kept in the
+    /// order they were created.
+    #[test]
+    fn every_stream_is_found_after_the_table_grows_and_kept_in_creation_order() {
+        let store = Store::new(StoreSettings::for_tests(10_000));
+        let metrics: Vec<_> = (0..3_000)
+            .map(|n| metric(&format!("m{n}"), Kind::Gauge, false))
+            .collect();
+        write(&store, "w1", &metrics);
+        assert_eq!(store.stream_count(), 3_000);
+        let names: Vec<_> = store
+            .all_streams()
+            .into_iter()
+            .map(|stream| stream.key.metric.name.clone())
+            .collect();
+        let created: Vec<_> = metrics.iter().map(|metric| metric.name.clone()).collect();
+        assert_eq!(names, created);
+        // Later points find the existing streams instead of creating new ones.
+        write_at(&store, "w1", &metrics, 3);
+        assert_eq!(store.stream_count(), 3_000);
     }
 
     #[test]

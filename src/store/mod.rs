@@ -1,8 +1,9 @@
 //! The store: one entry per stream, grouped by instance.
 //!
 //! Layout: a [`DashMap`] from instance (resource attributes) to an `Instance`, and inside
-//! each instance a `hashbrown::HashTable` of its streams (`ingest::Streams`, found by a hash
-//! computed from borrowed parts) behind a `std::sync::Mutex`. One export request
+//! each instance its streams (`ingest::Streams`: a `Vec` of them in the order they were
+//! created, and a `hashbrown::HashTable` of their places in it, found by a hash computed
+//! from borrowed parts) behind a `std::sync::Mutex`. One export request
 //! carries one worker's resource, so it takes its instance's lock once and applies every
 //! point under it; different workers lock different instances and never wait for each other.
 //! A std mutex rather than tokio's: it is never held across `.await`, only for the
