@@ -181,9 +181,10 @@ impl Round<'_> {
         }
         if collisions.total() > 0 {
             problems.push(format!(
-                "expected no collision, saw {} collisions and {} inherited-state findings",
+                "expected no collision, saw {} collisions and {} inherited-state findings: {}",
                 collisions.collisions.len(),
-                collisions.inherited.len()
+                collisions.inherited.len(),
+                collisions.describe()
             ));
         }
         Ok(ids)

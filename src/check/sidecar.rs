@@ -34,6 +34,39 @@ impl Findings {
     pub fn total(&self) -> usize {
         self.collisions.len() + self.inherited.len()
     }
+
+    /// What the findings are about, for a report line: each one's metric, with the
+    /// collision's evidence or the shared start time and the instances that report it.
+    pub fn describe(&self) -> String {
+        let collisions = self.collisions.iter().map(|finding| {
+            let evidence: Vec<_> = finding["evidence"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|evidence| evidence["kind"].as_str())
+                .collect();
+            format!(
+                "collision on {} ({})",
+                finding["metric"].as_str().unwrap_or("?"),
+                evidence.join(", ")
+            )
+        });
+        let inherited = self.inherited.iter().map(|finding| {
+            let instances: Vec<_> = finding["instances"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|instance| instance["service.instance.id"].as_str())
+                .collect();
+            format!(
+                "{} starting at {} in {}",
+                finding["metric"].as_str().unwrap_or("?"),
+                finding["start_time_unix_nano"],
+                instances.join(", ")
+            )
+        });
+        collisions.chain(inherited).collect::<Vec<_>>().join("; ")
+    }
 }
 
 impl Sidecar {
@@ -351,5 +384,35 @@ impl Drop for SidecarProcess {
         }
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::Findings;
+
+    #[test]
+    fn findings_are_described_by_metric_evidence_start_and_instances() {
+        let findings = Findings {
+            collisions: vec![json!({
+                "metric": "requests",
+                "evidence": [{"kind": "runs_overlap"}, {"kind": "different_processes"}],
+            })],
+            inherited: vec![json!({
+                "metric": "latency",
+                "start_time_unix_nano": 1_500_000_123u64,
+                "instances": [
+                    {"service.instance.id": "w-1"},
+                    {"service.instance.id": "w-2"},
+                ],
+            })],
+        };
+        assert_eq!(
+            findings.describe(),
+            "collision on requests (runs_overlap, different_processes); \
+             latency starting at 1500000123 in w-1, w-2"
+        );
     }
 }
