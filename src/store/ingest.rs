@@ -36,6 +36,8 @@ use crate::outcome::{Outcome, RejectReason};
 /// Streams are never taken out one at a time: they go with their instance.
 #[derive(Default)]
 pub(super) struct Streams {
+    /// Indexes into `entries`, each below its length: a place is added only with the
+    /// stream pushed there, and both are only ever cleared together (`drain`).
     places: HashTable<u32>,
     entries: Vec<(StreamKey, Stream)>,
     /// One `Arc` of each scope and metric identity the streams' keys hold. A request's own
