@@ -75,10 +75,10 @@ impl Streams {
         let (Entry::Vacant(vacant), Ok(place)) = (entry, u32::try_from(entries.len())) else {
             return false;
         };
-        vacant.insert(place);
         keep_part(&mut self.scopes, build, &key.scope);
         keep_part(&mut self.metrics, build, &key.metric);
         self.entries.push((key, stream));
+        vacant.insert(place);
         true
     }
 }
@@ -427,8 +427,9 @@ impl InstanceWriter<'_> {
                 SetRef::Shared(set) => Arc::clone(set),
             },
         };
-        vacant.insert(place);
+        // The stream first: a place never points past the end, even if the push panicked.
         streams.entries.push((key, stream));
+        vacant.insert(place);
         streams.entries.last().map(|(key, _)| &key.attributes)
     }
 }

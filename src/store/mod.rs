@@ -332,7 +332,7 @@ pub struct InstanceStreams<'s> {
 }
 
 impl<'s> InstanceStreams<'s> {
-    /// Each stream with its key, in no particular order.
+    /// Each stream with its key, in the order the streams were created.
     pub fn iter(&self) -> impl Iterator<Item = (&'s StreamKey, &'s Stream)> + use<'s> {
         self.streams.iter()
     }

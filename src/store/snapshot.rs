@@ -1174,6 +1174,52 @@ mod tests {
         assert_eq!(counted, marked);
     }
 
+    /// Gauges `m0`…`m{n-1}` from one instance, at `time` seconds.
+    fn many_gauges(store: &Store, n: usize, time: u64) -> u64 {
+        let writer = Writer {
+            transport: Transport::Grpc,
+            peer: None,
+            pid: None,
+        };
+        let resource = Attributes::new(vec![(
+            "service.instance.id".into(),
+            AttrValue::Str("wide".into()),
+        )]);
+        let (scope, description) = (Arc::new(Scope::default()), "".into());
+        let mut ingest = store.begin(writer, Outcome::default());
+        ingest.instance(&resource, |instance| {
+            for n in 0..n {
+                let metric = metric(&format!("m{n}"), Kind::Gauge, None);
+                let key = instance.metric(&scope, &metric, &description);
+                let point = Point {
+                    start: 0,
+                    time: time * S,
+                    value: Value::Number(Number::Int(1)),
+                };
+                instance.point(&key, &[("route", AttrRef::Str("/a"))], point);
+            }
+        });
+        ingest.finish().accepted
+    }
+
+    /// Enough streams in one instance that the restored table of places grows many times:
+    /// they come back in the order they were created, and later points find them.
+    #[test]
+    fn an_instance_of_thousands_of_streams_comes_back_in_order_and_is_found() {
+        let settings = StoreSettings::for_tests(10_000);
+        let store = Store::new(settings.clone());
+        assert_eq!(many_gauges(&store, 3_000, 10), 3_000);
+        let names = |store: &Store| -> Vec<String> {
+            let streams = store.all_streams().into_iter();
+            streams.map(|view| view.key.metric.name.clone()).collect()
+        };
+        let (restored, figures) = reread(&store, settings);
+        assert_eq!(figures.streams, 3_000);
+        assert_eq!(names(&restored), names(&store));
+        assert_eq!(many_gauges(&restored, 3_000, 20), 3_000);
+        assert_eq!(restored.stream_count(), 3_000);
+    }
+
     #[test]
     fn limits_lower_than_the_snapshot_leave_streams_out_and_say_how_many() {
         let store = Store::new(StoreSettings::for_tests(1000));
