@@ -5,6 +5,7 @@
 #
 #   benches/compare.sh                 # everything, defaults below
 #   RATE=250000 ROUNDS=3 benches/compare.sh ingest
+#   COMPRESS=per-request benches/compare.sh ingest   # gzip inside each timed request
 #
 # Sections: ingest (paced; points per CPU-second of the target), overload (unpaced), memory.
 # Rotel only receives and drops; fanin also aggregates. Only 127.0.0.1 is used.
@@ -19,6 +20,9 @@ STREAMS=${STREAMS:-500}
 POINTS_PER_REQUEST=${POINTS_PER_REQUEST:-1000}
 CONNECTIONS=${CONNECTIONS:-8}
 ROTEL_VERSION=${ROTEL_VERSION:-0.0.1a15}
+# gzip bodies: compressed before the clock starts (ahead), or by the generator inside each
+# request's latency (per-request), which also puts the compression on the shared cores.
+COMPRESS=${COMPRESS:-ahead}
 SECTIONS=${*:-ingest overload memory}
 
 work=$(mktemp -d)
@@ -85,6 +89,7 @@ run() {
     if [ "$protocol" = http ]; then target=$http_addr; fi
     local flags=()
     if [ "$gzip" = yes ]; then flags+=(--gzip); fi
+    if [ "$gzip" = yes ] && [ "$COMPRESS" = per-request ]; then flags+=(--compress-per-request); fi
     local result
     result=$("$loadgen" --protocol "$protocol" --target "$target" --pid "$target_pid" \
         --instances "$INSTANCES" --streams "$STREAMS" --points-per-request "$POINTS_PER_REQUEST" \
@@ -101,7 +106,7 @@ echo "fanin $(git rev-parse --short HEAD 2>/dev/null || echo unknown), rotel $RO
 
 if [[ " $SECTIONS " == *" ingest "* ]]; then
     echo
-    echo "== ingest: $INSTANCES instances x $STREAMS streams, $POINTS_PER_REQUEST points/request, $CONNECTIONS connections, paced at $RATE points/s, ${DURATION}s per run"
+    echo "== ingest: $INSTANCES instances x $STREAMS streams, $POINTS_PER_REQUEST points/request, $CONNECTIONS connections, paced at $RATE points/s, ${DURATION}s per run, gzip compressed $COMPRESS"
     : > "$work/ingest"
     for round in $(seq 1 "$ROUNDS"); do
         for config in "grpc no" "grpc yes" "http no" "http yes"; do

@@ -15,6 +15,12 @@
 //! state sees new points, not duplicates. `--rate` paces the whole load (points per second,
 //! spread over the connections); `--rate 0` sends as fast as the target answers. The last
 //! line, starting with `RESULT`, is for scripts (`benches/compare.sh`).
+//!
+//! With `--gzip` every request is compressed before the clock starts too (HTTP at flate2's
+//! fast level, gRPC at level 6, what tonic's encoder uses), so a latency and the load's CPU
+//! are the target's, not the generator's. `--compress-per-request` compresses inside each
+//! timed request instead, the way an exporter does (gRPC through tonic's own encoder): on a
+//! machine the generator shares with the target, that measures the generator as well.
 
 mod common;
 
@@ -70,9 +76,12 @@ struct Args {
     /// Seconds to send for.
     #[arg(long, default_value_t = 20)]
     duration: u64,
-    /// Compress requests with gzip.
+    /// Compress requests with gzip (ahead of time, unless --compress-per-request).
     #[arg(long)]
     gzip: bool,
+    /// With --gzip: compress each request when it is sent, inside its latency.
+    #[arg(long, requires = "gzip")]
+    compress_per_request: bool,
     /// Send every instance's streams once, as fast as possible, then report the target's
     /// memory: for measuring memory per stored stream.
     #[arg(long)]
@@ -107,8 +116,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         (args.rate * args.duration).div_ceil(points_per_round) as usize + 1
     };
-    let requests = prebuild(&args, per_request, rounds, 2 << 30);
-    let total_points: u64 = (args.instances * args.streams) as u64;
+    let mut requests = prebuild(&args, per_request, rounds, 2 << 30);
     eprintln!(
         "prepared {} requests ({} rounds of {} requests, ~{} points each, {} bytes average)",
         requests.len(),
@@ -117,7 +125,19 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         points_per_request,
         requests.iter().map(|(bytes, _)| bytes.len()).sum::<usize>() / requests.len().max(1),
     );
-    let _ = total_points;
+    let body = Body::of(&args);
+    if body != Body::Plain {
+        let started = Instant::now();
+        let uncompressed: usize = requests.iter().map(|(bytes, _)| bytes.len()).sum();
+        compress_ahead(&mut requests, body)?;
+        let compressed: usize = requests.iter().map(|(bytes, _)| bytes.len()).sum();
+        eprintln!(
+            "compressed {} requests ahead ({:?}): {uncompressed} -> {compressed} bytes, {:.3} ms each",
+            requests.len(),
+            body,
+            started.elapsed().as_secs_f64() * 1000.0 / requests.len().max(1) as f64,
+        );
+    }
 
     let before = args.pid.and_then(process_stats);
     let shared = Arc::new(Shared {
@@ -167,6 +187,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let mut result = vec![
         ("protocol", format!("{:?}", args.protocol).to_lowercase()),
         ("gzip", args.gzip.to_string()),
+        (
+            "compress_per_request",
+            args.compress_per_request.to_string(),
+        ),
         ("seconds", format!("{elapsed:.2}")),
         ("points", points.to_string()),
         ("points_per_s", format!("{:.0}", points as f64 / elapsed)),
@@ -264,20 +288,107 @@ async fn worker(
     }
 }
 
+/// What a prepared request's body is by the time it is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Body {
+    /// The encoded protobuf (also with --compress-per-request: the sender compresses it).
+    Plain,
+    /// A gzip stream of it, for OTLP/HTTP with `content-encoding: gzip`.
+    Gzip,
+    /// One whole gRPC message, its payload compressed with gzip and flagged so.
+    GrpcGzipFrame,
+}
+
+impl Body {
+    fn of(args: &Args) -> Body {
+        match (args.gzip && !args.compress_per_request, args.protocol) {
+            (false, _) => Body::Plain,
+            (true, Protocol::Http) => Body::Gzip,
+            (true, Protocol::Grpc) => Body::GrpcGzipFrame,
+        }
+    }
+}
+
+/// Compresses every prepared request into `body`'s form, on every core (before the clock).
+fn compress_ahead(requests: &mut Prepared, body: Body) -> std::io::Result<()> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = requests.len().div_ceil(threads).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = requests
+            .chunks_mut(chunk)
+            .map(|part| {
+                scope.spawn(move || -> std::io::Result<()> {
+                    for (bytes, _) in part {
+                        *bytes = match body {
+                            Body::Plain => continue,
+                            Body::Gzip => Bytes::from(gzip_bytes(bytes, GZIP_HTTP)?),
+                            Body::GrpcGzipFrame => {
+                                let payload = gzip_bytes(bytes, GZIP_GRPC)?;
+                                let length =
+                                    u32::try_from(payload.len()).map_err(std::io::Error::other)?;
+                                let mut frame = Vec::with_capacity(5 + payload.len());
+                                frame.push(1);
+                                frame.extend_from_slice(&length.to_be_bytes());
+                                frame.extend_from_slice(&payload);
+                                Bytes::from(frame)
+                            }
+                        };
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles.into_iter().try_for_each(|handle| {
+            handle
+                .join()
+                .map_err(|_| std::io::Error::other("panicked"))?
+        })
+    })
+}
+
+/// flate2's fast level, what this generator always used for OTLP/HTTP.
+const GZIP_HTTP: flate2::Compression = flate2::Compression::fast();
+/// Level 6: tonic's gzip encoder, which `--compress-per-request` uses for gRPC.
+const GZIP_GRPC: flate2::Compression = flate2::Compression::new(6);
+
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+
 /// One connection to the target.
 enum Sender {
     Grpc(tonic::client::Grpc<tonic::transport::Channel>),
+    /// HTTP/2 without tonic, for gRPC messages framed and compressed ahead.
+    GrpcFramed {
+        client: h2::client::SendRequest<Bytes>,
+        uri: String,
+    },
     Http {
         client: reqwest::Client,
         url: String,
+        /// Sent with `content-encoding: gzip`.
         gzip: bool,
+        /// Compressed here, inside the request's latency.
+        compress: bool,
     },
 }
 
 impl Sender {
     async fn connect(args: &Args) -> Result<Sender, Box<dyn std::error::Error>> {
-        match args.protocol {
-            Protocol::Grpc => {
+        match (args.protocol, Body::of(args)) {
+            (Protocol::Grpc, Body::GrpcGzipFrame) => {
+                let connection = tokio::net::TcpStream::connect(&args.target).await?;
+                connection.set_nodelay(true)?;
+                let (client, driver) = h2::client::handshake(connection).await?;
+                tokio::spawn(async move {
+                    if let Err(error) = driver.await {
+                        eprintln!("HTTP/2 connection ended: {error}");
+                    }
+                });
+                Ok(Sender::GrpcFramed {
+                    client,
+                    uri: format!("http://{}{EXPORT_PATH}", args.target),
+                })
+            }
+            (Protocol::Grpc, _) => {
                 let channel =
                     tonic::transport::Channel::from_shared(format!("http://{}", args.target))?
                         .tcp_nodelay(true)
@@ -290,36 +401,43 @@ impl Sender {
                 }
                 Ok(Sender::Grpc(grpc))
             }
-            Protocol::Http => Ok(Sender::Http {
+            (Protocol::Http, _) => Ok(Sender::Http {
                 client: reqwest::Client::builder()
                     .pool_max_idle_per_host(1)
                     .tcp_nodelay(true)
                     .build()?,
                 url: format!("http://{}/v1/metrics", args.target),
                 gzip: args.gzip,
+                compress: args.compress_per_request,
             }),
         }
     }
 
-    /// Sends one encoded request; returns the points the target reported as rejected.
+    /// Sends one prepared request; returns the points the target reported as rejected.
     async fn send(&mut self, body: Bytes) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
         let response = match self {
             Sender::Grpc(grpc) => {
                 grpc.ready().await?;
-                let path = http::uri::PathAndQuery::from_static(
-                    "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
-                );
+                let path = http::uri::PathAndQuery::from_static(EXPORT_PATH);
                 grpc.unary(tonic::Request::new(body), path, RawCodec)
                     .await?
                     .into_inner()
             }
-            Sender::Http { client, url, gzip } => {
+            Sender::GrpcFramed { client, uri } => send_framed(client, uri, body).await?,
+            Sender::Http {
+                client,
+                url,
+                gzip,
+                compress,
+            } => {
                 let mut request = client
                     .post(url.as_str())
                     .header("content-type", "application/x-protobuf");
-                let body = if *gzip {
+                if *gzip {
                     request = request.header("content-encoding", "gzip");
-                    Bytes::from(gzip_bytes(&body)?)
+                }
+                let body = if *compress {
+                    Bytes::from(gzip_bytes(&body, GZIP_HTTP)?)
                 } else {
                     body
                 };
@@ -339,12 +457,52 @@ impl Sender {
     }
 }
 
-fn gzip_bytes(data: &[u8]) -> std::io::Result<Vec<u8>> {
+/// One gRPC Export of a framed message over HTTP/2; returns the answer's message.
+async fn send_framed(
+    client: &h2::client::SendRequest<Bytes>,
+    uri: &str,
+    frame: Bytes,
+) -> Result<Bytes, Box<dyn std::error::Error + Send + Sync>> {
+    let request = http::Request::post(uri)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-encoding", "gzip")
+        .header("grpc-accept-encoding", "identity")
+        .body(())?;
+    let mut client = client.clone().ready().await?;
+    let (response, mut stream) = client.send_request(request, false)?;
+    stream.send_data(frame, true)?;
+    let response = response.await?;
+    let from_headers = grpc_status(response.headers());
+    let mut body = response.into_body();
+    let mut answer = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        answer.extend_from_slice(&chunk);
+    }
+    let trailers = body.trailers().await?;
+    let status = from_headers.or_else(|| trailers.as_ref().and_then(grpc_status));
+    if status != Some(0) {
+        return Err(format!("grpc-status {status:?}").into());
+    }
+    match answer.split_first_chunk::<5>() {
+        Some(([0, length @ ..], message))
+            if u32::from_be_bytes(*length) as usize == message.len() =>
+        {
+            Ok(Bytes::copy_from_slice(message))
+        }
+        _ => Err("the answer is not one uncompressed gRPC message".into()),
+    }
+}
+
+fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+fn gzip_bytes(data: &[u8], level: flate2::Compression) -> std::io::Result<Vec<u8>> {
     use std::io::Write;
-    let mut encoder = flate2::write::GzEncoder::new(
-        Vec::with_capacity(data.len() / 4),
-        flate2::Compression::fast(),
-    );
+    let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 4), level);
     encoder.write_all(data)?;
     encoder.finish()
 }
