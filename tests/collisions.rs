@@ -388,6 +388,39 @@ async fn a_start_time_before_the_process_started_proves_inherited_state() {
     fanin.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn two_workers_that_read_the_clock_in_one_nanosecond_are_not_inherited_state() {
+    // Workers forked together and scheduled at once run in step: `fanin check`'s two shim
+    // workers created a histogram in the same nanosecond about once in fifty runs. Their
+    // pids are known and the start time is their own (within /proc's precision of their
+    // start), so nothing proves inheritance, however precise the start time.
+    let fanin = start().await;
+    let processes = Processes::start();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970");
+    let start_ns = u64::try_from(now.as_nanos()).expect("fits") | 1;
+    for index in 0..2 {
+        let request = processes
+            .export(index)
+            .counter("requests", start_ns, start_ns + 10, 5);
+        send(&fanin, request).await;
+    }
+    assert_eq!(collisions(&fanin).await["inherited_state"], json!([]));
+    // The same start time from two workers without a pid is still reported.
+    for worker in ["w8", "w9"] {
+        send(
+            &fanin,
+            export(worker).counter("requests", start_ns, start_ns + 10, 5),
+        )
+        .await;
+    }
+    let findings = collisions(&fanin).await["inherited_state"].clone();
+    let instances = findings[0]["instances"].as_array().map(Vec::len);
+    assert_eq!(instances, Some(2), "{findings}");
+    fanin.stop().await;
+}
+
 /// The takeover from issue 13: a second connection writes under a live worker's resource
 /// with a start time after the worker's latest point, as a restarted worker would. It is
 /// taken as a restart at first; the worker's next export shows two runs alive at once.

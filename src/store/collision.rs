@@ -76,6 +76,18 @@ const NANOS_PER_MILLI: u64 = 1_000_000;
 /// came first: several times the error of that reading.
 const START_MARGIN: u64 = 100 * NANOS_PER_MILLI;
 
+/// A start time against the start of the process that reported it (from `/proc`).
+enum Recorded {
+    /// Earlier by more than [`START_MARGIN`]: the value was inherited.
+    Before,
+    /// Later by more than the margin: the process's own.
+    After,
+    /// Within the margin of it: the pid was checked and proves nothing either way.
+    Near,
+    /// This host cannot tell: no pid, another host, pid checks off, or no such process.
+    Unknown,
+}
+
 /// Marks a writer id that is a process id (unix socket peers) rather than a connection.
 pub(super) const PID_WRITER: u64 = 1 << 63;
 
@@ -205,10 +217,12 @@ impl Store {
     /// An equal start time alone is not proof: two independent workers whose first
     /// measurement fell in the same millisecond share one too. The proof, where the pid and
     /// host are known, is a start time earlier than the process's own start (from `/proc`);
-    /// a start time later than it clears that instance. Otherwise the start time must have
-    /// sub-millisecond precision: independent processes do not meet to the nanosecond, and
-    /// SDKs that stamp whole milliseconds run where no memory is inherited (Node's `cluster`
-    /// starts new processes).
+    /// a start time later than it clears that instance, and one within the margin of it
+    /// proves nothing: two workers forked together and scheduled at once run in step and
+    /// can read the clock in the same nanosecond. Only where no instance can be checked
+    /// must the start time have sub-millisecond precision instead: independent processes
+    /// rarely meet to the nanosecond, and SDKs that stamp whole milliseconds run where no
+    /// memory is inherited (Node's `cluster` starts new processes).
     pub fn inherited_state(&self) -> Vec<InheritedState> {
         let streams: Vec<StreamView> = self.all_streams();
         // Metric, resource without instance attributes, point attributes, start time.
@@ -247,19 +261,23 @@ impl Store {
             .into_iter()
             .filter(|(_, instances)| instances.len() > 1)
             .filter_map(|((metric, resource, attributes, start), instances)| {
-                let mut proven = false;
+                let (mut proven, mut checked) = (false, false);
                 let mut kept = Vec::with_capacity(instances.len());
                 for instance in instances {
                     match self.recorded_before_start(&instance, start, &mut started) {
-                        Some(true) => {
+                        Recorded::Before => {
                             proven = true;
                             kept.push(instance);
                         }
-                        Some(false) => {}
-                        None => kept.push(instance),
+                        Recorded::After => {}
+                        Recorded::Near => {
+                            checked = true;
+                            kept.push(instance);
+                        }
+                        Recorded::Unknown => kept.push(instance),
                     }
                 }
-                let precise = start % NANOS_PER_MILLI != 0;
+                let precise = start % NANOS_PER_MILLI != 0 && !checked;
                 (kept.len() > 1 && (proven || precise)).then_some(InheritedState {
                     metric,
                     resource,
@@ -271,27 +289,32 @@ impl Store {
             .collect()
     }
 
-    /// Whether `start` is before the start of the process `instance` names: `Some(true)`
-    /// proves the value inherited, `Some(false)` proves it the process's own, `None` when
-    /// this host cannot tell (no pid, another host, pid checks off) or the two are within
-    /// the precision of `/proc`. `started` caches process start times.
+    /// When `start` was recorded against the start of the process `instance` names.
+    /// `started` caches process start times.
     fn recorded_before_start(
         &self,
         instance: &Attributes,
         start: u64,
         started: &mut HashMap<i32, Option<u64>>,
-    ) -> Option<bool> {
-        let host = self.shared.local_host.as_deref()?;
-        let pid = process::local_pid(instance, host, false)?;
-        let process_start = (*started
+    ) -> Recorded {
+        let Some(host) = self.shared.local_host.as_deref() else {
+            return Recorded::Unknown;
+        };
+        let Some(pid) = process::local_pid(instance, host, false) else {
+            return Recorded::Unknown;
+        };
+        let Some(process_start) = *started
             .entry(pid)
-            .or_insert_with(|| process::started_at(pid)))?;
+            .or_insert_with(|| process::started_at(pid))
+        else {
+            return Recorded::Unknown;
+        };
         if start.saturating_add(START_MARGIN) < process_start {
-            Some(true)
+            Recorded::Before
         } else if start > process_start.saturating_add(START_MARGIN) {
-            Some(false)
+            Recorded::After
         } else {
-            None
+            Recorded::Near
         }
     }
 }
