@@ -25,6 +25,8 @@ struct Served {
     grpc: SocketAddr,
     http: SocketAddr,
     query: SocketAddr,
+    /// Everything fanin logs, read as it comes so a full pipe never stalls it.
+    stderr: Option<std::thread::JoinHandle<String>>,
 }
 
 fn serve(extra: &[&str], env: &[(&str, &str)]) -> Served {
@@ -51,6 +53,12 @@ fn serve_under(launcher: &[&str], extra: &[&str], env: &[(&str, &str)]) -> Serve
     }
     let mut child = command.spawn().expect("start fanin");
     let stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
     let (lines_tx, lines_rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -76,6 +84,7 @@ fn serve_under(launcher: &[&str], extra: &[&str], env: &[(&str, &str)]) -> Serve
         grpc,
         http,
         query,
+        stderr: Some(stderr),
     }
 }
 
@@ -105,22 +114,24 @@ impl Served {
     }
 
     /// Stops fanin with SIGTERM and returns its exit status and everything it logged.
-    fn stop_with_stderr(mut self) -> (std::process::ExitStatus, String) {
+    fn stop_with_stderr(self) -> (std::process::ExitStatus, String) {
         self.signal(Signal::SIGTERM);
-        let mut stderr = self.child.stderr.take().expect("piped stderr");
-        let status = self.wait();
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut stderr, &mut text).expect("read stderr");
-        (status, text)
+        self.wait_with_stderr()
     }
 
     /// Waits for the exit, failing after a deadline.
-    fn wait(mut self) -> std::process::ExitStatus {
+    fn wait(self) -> std::process::ExitStatus {
+        self.wait_with_stderr().0
+    }
+
+    fn wait_with_stderr(mut self) -> (std::process::ExitStatus, String) {
         let status = fanin::check::poll_until(WAIT, || self.child.try_wait()).expect("wait");
-        status.unwrap_or_else(|| {
+        let Some(status) = status else {
             let _ = self.child.kill();
             panic!("fanin did not exit after the signal")
-        })
+        };
+        let stderr = self.stderr.take().and_then(|reader| reader.join().ok());
+        (status, stderr.unwrap_or_default())
     }
 }
 
