@@ -59,26 +59,61 @@ pub fn answer(
         by: params.by.as_deref(),
         matches: &params.matches,
     };
-    let mut builder = Builder::new(metric, agg, selection)?;
-    let mut resources = Resources::new(store.instance_attributes());
-    store.read_streams(|instance| {
-        // Only an instance with streams of the metric is numbered.
-        let mut entered = None;
-        for (key, stream) in instance.iter() {
-            if key.metric.name == params.metric {
-                let entered = *entered.get_or_insert_with(|| resources.enter(instance.key));
-                builder.stream(
-                    &resources.seen(entered, instance.key, instance.live),
-                    key,
-                    stream,
-                );
-            }
-        }
-    });
-    for total in store.retired_totals(&params.metric) {
-        builder.retired(&total);
+    let (builder, retired) = read_with_retired(
+        store,
+        |name| name == params.metric,
+        || {
+            let mut builder = Builder::new(Arc::clone(&metric), agg, selection)?;
+            let mut resources = Resources::new(store.instance_attributes());
+            store.read_streams(|instance| {
+                // Only an instance with streams of the metric is numbered.
+                let mut entered = None;
+                for (key, stream) in instance.iter() {
+                    if key.metric.name == params.metric {
+                        let entered = *entered.get_or_insert_with(|| resources.enter(instance.key));
+                        builder.stream(
+                            &resources.seen(entered, instance.key, instance.live),
+                            key,
+                            stream,
+                        );
+                    }
+                }
+            });
+            Ok::<_, AggregateError>(builder)
+        },
+    );
+    let mut builder = builder?;
+    for total in &retired {
+        builder.retired(total);
     }
     Ok(builder.finish())
+}
+
+/// At most this many reads of the streams for one answer; the last holds evictions off.
+/// Evictions come a sweep at a time, a second or more apart, so a read meets one in two
+/// attempts only when it takes seconds.
+const READ_ATTEMPTS: usize = 3;
+
+/// `read` (a read of the streams) and then the retired totals of the metrics `wanted`, as
+/// one state of the store. An instance evicted while `read` walked may have been met by it
+/// and be in the totals as well: then `read` runs again, the last time with evictions held
+/// off ([`Store::holding_evictions`]), so no instance is counted twice.
+pub fn read_with_retired<T>(
+    store: &Store,
+    wanted: impl Fn(&str) -> bool,
+    mut read: impl FnMut() -> T,
+) -> (T, Vec<RetiredView>) {
+    for _ in 1..READ_ATTEMPTS {
+        let evictions = store.evictions();
+        let streams = read();
+        if let Some(retired) = store.retired_unless_evicted_since(evictions, &wanted) {
+            return (streams, retired);
+        }
+    }
+    store.holding_evictions(|| {
+        let streams = read();
+        (streams, store.retired_where(&wanted))
+    })
 }
 
 /// How the streams of one answer are chosen and grouped.

@@ -19,7 +19,7 @@ use crate::config::AggregationRule;
 use crate::model::MetricId;
 use crate::store::{MetricIdentity, Store};
 
-use super::answer::{Answer, Builder, Resources, Selection, default_agg};
+use super::answer::{Answer, Builder, Resources, Selection, default_agg, read_with_retired};
 
 /// About how many groups one read of the store builds at a time. A metric counts as many as
 /// its last answer had, plus the streams it gained since, or as many as it holds streams
@@ -192,19 +192,57 @@ impl Answers {
         identities: &[MetricIdentity],
         batch: &[usize],
     ) -> Vec<(usize, Option<Arc<Answer>>)> {
-        // A metric whose default aggregation its kind does not have gets no builder.
-        let mut builders: Vec<Option<Builder<'_>>> = batch
+        let slots: HashMap<&str, usize, RandomState> = batch
+            .iter()
+            .enumerate()
+            .map(|(slot, &index)| (identities[index].metric.name.as_str(), slot))
+            .collect();
+        let (mut builders, retired) = read_with_retired(
+            store,
+            |name| slots.contains_key(name),
+            || self.read_batch(store, identities, batch, &slots),
+        );
+        for total in &retired {
+            if let Some(Some(builder)) = slots
+                .get(total.metric.name.as_str())
+                .map(|&slot| &mut builders[slot])
+            {
+                builder.retired(total);
+            }
+        }
+        let answers: Vec<(usize, Option<Arc<Answer>>)> = batch
+            .iter()
+            .zip(builders)
+            .map(|(&index, builder)| (index, builder.map(|builder| Arc::new(builder.finish()))))
+            .collect();
+        let mut shelf = self.lock();
+        for (index, answer) in &answers {
+            let identity = &identities[*index];
+            shelf.keep(
+                &identity.metric.name,
+                (identity.version, identity.held),
+                answer,
+            );
+        }
+        answers
+    }
+
+    /// One read of the streams for the metrics at `batch`, into a builder per metric (in
+    /// `slots`' order); a metric whose default aggregation its kind does not have gets none.
+    fn read_batch<'s>(
+        &self,
+        store: &Store,
+        identities: &'s [MetricIdentity],
+        batch: &[usize],
+        slots: &HashMap<&str, usize, RandomState>,
+    ) -> Vec<Option<Builder<'s>>> {
+        let mut builders: Vec<Option<Builder<'s>>> = batch
             .iter()
             .map(|&index| {
                 let metric = &identities[index].metric;
                 let agg = default_agg(&self.rules, &metric.name);
                 Builder::new(Arc::clone(metric), agg, Selection::default()).ok()
             })
-            .collect();
-        let slots: HashMap<&str, usize, RandomState> = batch
-            .iter()
-            .enumerate()
-            .map(|(slot, &index)| (identities[index].metric.name.as_str(), slot))
             .collect();
         let mut resources = Resources::new(store.instance_attributes());
         // An instance's streams share a few metric identities: each is looked up by name
@@ -224,29 +262,7 @@ impl Answers {
                 }
             }
         });
-        for total in store.retired_where(|name| slots.contains_key(name)) {
-            if let Some(Some(builder)) = slots
-                .get(total.metric.name.as_str())
-                .map(|&slot| &mut builders[slot])
-            {
-                builder.retired(&total);
-            }
-        }
-        let answers: Vec<(usize, Option<Arc<Answer>>)> = batch
-            .iter()
-            .zip(builders)
-            .map(|(&index, builder)| (index, builder.map(|builder| Arc::new(builder.finish()))))
-            .collect();
-        let mut shelf = self.lock();
-        for (index, answer) in &answers {
-            let identity = &identities[*index];
-            shelf.keep(
-                &identity.metric.name,
-                (identity.version, identity.held),
-                answer,
-            );
-        }
-        answers
+        builders
     }
 
     /// The kept answers; a panic while they were held leaves each one whole (it is replaced,
@@ -314,6 +330,9 @@ mod tests {
         Sweep { ttls: u8 },
         /// Both readers read (the cached one twice).
         Read,
+        /// Every instance is retired; then, while a read walks the store (after the first
+        /// instance it meets), the sweep evicts them.
+        ReadWhileEvicting,
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -324,6 +343,7 @@ mod tests {
             1 => (0u8..4).prop_map(|instance| Step::Restart { instance }),
             1 => (0u8..3).prop_map(|ttls| Step::Sweep { ttls }),
             2 => Just(Step::Read),
+            1 => Just(Step::ReadWhileEvicting),
         ]
     }
 
@@ -460,6 +480,11 @@ mod tests {
             .collect()
     }
 
+    fn with_groups(mut answers: Vec<Arc<Answer>>) -> Vec<Arc<Answer>> {
+        answers.retain(|answer| !answer.groups.is_empty());
+        answers
+    }
+
     fn same(kept: &[Arc<Answer>], fresh: &[Arc<Answer>]) -> bool {
         kept.len() == fresh.len()
             && kept.iter().zip(fresh).all(|(kept, fresh)| {
@@ -505,6 +530,25 @@ mod tests {
                         swept += TTL * u32::from(ttls);
                         store.sweep_at(base + swept, &liveness);
                     }
+                    Step::ReadWhileEvicting => {
+                        // Two TTLs on, every instance has been quiet for one: retired.
+                        swept += TTL * 2;
+                        store.sweep_at(base + swept, &liveness);
+                        // One more, and the sweep has only evictions left to do.
+                        swept += TTL;
+                        let (sweeper, at) = (store.clone(), base + swept);
+                        store.between_instances_once(move || {
+                            sweeper.sweep_at(at, &Liveness { ttl: TTL });
+                        });
+                        let during = read(&store, &kept);
+                        // A store without instances never called it: it must not sweep
+                        // later, when no step asked for it.
+                        store.between_instances_once(|| {});
+                        // A metric whose last instance went read as having no groups.
+                        let during = with_groups(during);
+                        let copied = with_groups(copied(&store));
+                        prop_assert!(same(&during, &copied), "during {during:?}\ncopied {copied:?}");
+                    }
                     Step::Read => {
                         let first = read(&store, &kept);
                         let fresh = read(&store, &Answers::new(Arc::from([])));
@@ -533,6 +577,73 @@ mod tests {
             let copied = copied(&store);
             prop_assert!(same(&fresh, &copied), "in place {fresh:?}\ncopied {copied:?}");
         }
+    }
+
+    /// Two retired workers' counters, and a read that meets their eviction after the
+    /// first instance it reads: what it met of that one is in the retired totals too.
+    fn evicted_while_read(read: impl FnOnce(&Store) -> Vec<Arc<Answer>>) {
+        let store = Store::new(StoreSettings::for_tests(100));
+        let requests = Arc::clone(&metrics()[0]);
+        for (instance, value) in [(0, 5), (1, 7)] {
+            let point = Point {
+                start: 1,
+                time: 10,
+                value: value_of(&requests, value),
+            };
+            write(&store, instance, &requests, 0, point);
+        }
+        let base = Instant::now();
+        store.sweep_at(base + TTL * 2, &Liveness { ttl: TTL });
+        let sweeper = store.clone();
+        store.between_instances_once(move || {
+            sweeper.sweep_at(base + TTL * 4, &Liveness { ttl: TTL });
+        });
+        let answers = read(&store);
+        assert_eq!(store.evictions(), 2, "both were evicted during the read");
+        assert_eq!(answers.len(), 1);
+        assert_eq!(answers[0].groups.len(), 1);
+        assert_eq!(
+            answers[0].groups[0].value,
+            crate::aggregate::Aggregated::Number(crate::model::Total::Int(12)),
+            "each worker counted once"
+        );
+    }
+
+    #[test]
+    fn nothing_is_evicted_while_a_read_holds_evictions_off() {
+        let store = Store::new(StoreSettings::for_tests(100));
+        let requests = Arc::clone(&metrics()[0]);
+        let point = Point {
+            start: 1,
+            time: 10,
+            value: value_of(&requests, 5),
+        };
+        write(&store, 0, &requests, 0, point);
+        let (base, liveness) = (Instant::now(), Liveness { ttl: TTL });
+        store.sweep_at(base + TTL * 2, &liveness);
+        let held = store.holding_evictions(|| store.sweep_at(base + TTL * 4, &liveness));
+        assert_eq!((held.evicted, store.evictions()), (0, 0));
+        let after = store.sweep_at(base + TTL * 4, &liveness);
+        assert_eq!((after.evicted, store.evictions()), (1, 1));
+    }
+
+    #[test]
+    fn an_instance_evicted_while_kept_answers_are_built_is_counted_once() {
+        evicted_while_read(|store| read(store, &Answers::new(Arc::from([]))));
+    }
+
+    #[test]
+    fn an_instance_evicted_while_a_query_reads_is_counted_once() {
+        evicted_while_read(|store| {
+            let params = crate::query::params::QueryParams {
+                metric: "requests".into(),
+                agg: None,
+                by: None,
+                matches: Vec::new(),
+            };
+            let answer = crate::query::answer::answer(store, &[], &params);
+            vec![Arc::new(answer.expect("sum of a counter"))]
+        });
     }
 
     #[test]

@@ -149,6 +149,8 @@ impl Store {
         let mut new_totals = 0;
         {
             let mut retired = lock_any(&self.shared.retired);
+            // Under the lock: a reader that sees the totals below sees this too.
+            self.shared.evictions.fetch_add(1, Ordering::SeqCst);
             for (key, stream) in state.streams.drain() {
                 if stream.is_unreliable() {
                     self.shared.unreliable.fetch_sub(1, Ordering::Relaxed);

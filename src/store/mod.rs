@@ -120,6 +120,13 @@ struct Shared {
     /// What evicted instances counted, per aggregated key (`docs/design.md`, "Liveness and
     /// retirement"). Its size follows the number of distinct keys, not of workers ever seen.
     retired: Mutex<HashMap<RetiredKey, RetiredTotal, RandomState>>,
+    /// Instances evicted so far, raised under `retired`'s lock as an eviction folds an
+    /// instance's streams into it ([`Store::retired_unless_evicted_since`]).
+    evictions: AtomicU64,
+    /// Called between two instances of [`Store::read_streams`], no lock held: a test puts
+    /// a sweep there to evict while a read walks.
+    #[cfg(test)]
+    between_instances: Mutex<Option<Box<dyn FnOnce() + Send>>>,
     /// The most recently evicted instances, for `/api/v1/instances`.
     evicted: Mutex<VecDeque<InstanceView>>,
     /// Colliding streams, by instance and stream; touched only when a point is evidence.
@@ -138,8 +145,9 @@ struct Shared {
     /// Point attribute blocks read before, by their bytes (`blocks`): read-locked by a
     /// receiver for a whole request, write-locked to learn new ones after it.
     known_blocks: RwLock<KnownBlocks>,
-    /// Held while a snapshot walks the store: no instance is evicted meanwhile, so the
-    /// snapshot never holds an instance's streams and, in the retired totals, their fold.
+    /// Held while a snapshot walks the store, or a read that must not meet an eviction
+    /// ([`Store::holding_evictions`]): no instance is evicted meanwhile, so the walk never
+    /// meets an instance's streams and, in the retired totals, their fold.
     snapshot_gate: Mutex<()>,
     /// The latest version any metric was raised to ([`tick`]).
     changed: AtomicU64,
@@ -395,6 +403,9 @@ impl Store {
                 stats: Stats::default(),
                 instance_attributes,
                 retired: Mutex::new(HashMap::with_hasher(RandomState::default())),
+                evictions: AtomicU64::new(0),
+                #[cfg(test)]
+                between_instances: Mutex::new(None),
                 evicted: Mutex::new(VecDeque::new()),
                 collisions: Mutex::new(HashMap::new()),
                 collision_policy,
@@ -595,17 +606,28 @@ impl Store {
 
     /// What evicted instances counted for the metrics whose names are `wanted`.
     pub fn retired_where(&self, wanted: impl Fn(&str) -> bool) -> Vec<RetiredView> {
-        lock_any(&self.shared.retired)
-            .iter()
-            .filter(|(key, _)| wanted(&key.metric.name))
-            .map(|(key, total)| RetiredView {
-                metric: Arc::clone(&key.metric),
-                resource: key.resource.clone(),
-                attributes: key.attributes.clone(),
-                value: total.value.clone(),
-                instances: total.instances,
-            })
-            .collect()
+        let retired = lock_any(&self.shared.retired);
+        retired_views(&retired, wanted)
+    }
+
+    /// How many instances have been evicted so far: read before [`Store::read_streams`],
+    /// for [`Store::retired_unless_evicted_since`] after it.
+    pub fn evictions(&self) -> u64 {
+        self.shared.evictions.load(Ordering::SeqCst)
+    }
+
+    /// What evicted instances counted for the metrics `wanted`, if no instance was evicted
+    /// since [`Store::evictions`] said `since`. `None` means one was: an instance the
+    /// caller's read of the streams met may be in these totals too, so a caller that adds
+    /// both reads again, or it counts that instance twice.
+    pub fn retired_unless_evicted_since(
+        &self,
+        since: u64,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Option<Vec<RetiredView>> {
+        let retired = lock_any(&self.shared.retired);
+        (self.shared.evictions.load(Ordering::SeqCst) == since)
+            .then(|| retired_views(&retired, wanted))
     }
 
     /// Every stream of the metric named `metric`, across all instances, as owned copies.
@@ -648,19 +670,39 @@ impl Store {
     /// Hands each instance's streams to `each`, one instance at a time, under its lock:
     /// nothing is copied, so `each` should be quick (the instance's writers wait for it).
     /// An instance evicted since the map was read is passed over: its streams are in the
-    /// retired totals now.
+    /// retired totals now. One evicted after `each` met it is in both: a caller that also
+    /// reads the totals does so through `query::answer::read_with_retired`.
     pub fn read_streams(&self, mut each: impl FnMut(InstanceStreams<'_>)) {
         for instance in self.all_instances() {
-            let state = lock(&instance.state);
-            if state.evicted {
-                continue;
+            {
+                let state = lock(&instance.state);
+                if state.evicted {
+                    continue;
+                }
+                each(InstanceStreams {
+                    key: &instance.key,
+                    live: state.retired.is_none(),
+                    streams: &state.streams,
+                });
             }
-            each(InstanceStreams {
-                key: &instance.key,
-                live: state.retired.is_none(),
-                streams: &state.streams,
-            });
+            #[cfg(test)]
+            if let Some(between) = lock_any(&self.shared.between_instances).take() {
+                between();
+            }
         }
+    }
+
+    /// Runs `read` with no instance evicted meanwhile (the sweep leaves evictions to its
+    /// next round while this runs, as while a snapshot walks).
+    pub fn holding_evictions<R>(&self, read: impl FnOnce() -> R) -> R {
+        let _gate = lock_any(&self.shared.snapshot_gate);
+        read()
+    }
+
+    /// Runs `between` once, after the next instance a read of the streams meets.
+    #[cfg(test)]
+    pub(crate) fn between_instances_once(&self, between: impl FnOnce() + Send + 'static) {
+        *lock_any(&self.shared.between_instances) = Some(Box::new(between));
     }
 
     /// Clones every instance handle out of the map, so no map guard is held afterwards.
@@ -671,6 +713,23 @@ impl Store {
             .map(|entry| Arc::clone(entry.value()))
             .collect()
     }
+}
+
+fn retired_views(
+    retired: &HashMap<RetiredKey, RetiredTotal, RandomState>,
+    wanted: impl Fn(&str) -> bool,
+) -> Vec<RetiredView> {
+    retired
+        .iter()
+        .filter(|(key, _)| wanted(&key.metric.name))
+        .map(|(key, total)| RetiredView {
+            metric: Arc::clone(&key.metric),
+            resource: key.resource.clone(),
+            attributes: key.attributes.clone(),
+            value: total.value.clone(),
+            instances: total.instances,
+        })
+        .collect()
 }
 
 /// Counts one applied or refused point in the request's outcome.
