@@ -389,6 +389,27 @@ async fn a_start_time_before_the_process_started_proves_inherited_state() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_retired_instances_pid_proves_nothing() {
+    // A retired worker's process may be gone and its pid reused by a later process, whose
+    // start would then "prove" the worker's own start time inherited.
+    let fanin = start().await;
+    let processes = Processes::start();
+    let inherited = whole_millis_since_epoch(std::time::Duration::from_secs(10), false);
+    let now = whole_millis_since_epoch(std::time::Duration::ZERO, true);
+    for index in 0..2 {
+        let request = processes
+            .export(index)
+            .counter("inherited", inherited, now, 5);
+        send(&fanin, request).await;
+    }
+    let findings = collisions(&fanin).await["inherited_state"].clone();
+    assert_eq!(findings[0]["metric"], json!("inherited"), "{findings}");
+    assert_eq!(fanin.advance(fanin.ttl).retired, 2);
+    assert_eq!(collisions(&fanin).await["inherited_state"], json!([]));
+    fanin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn two_workers_that_read_the_clock_in_one_nanosecond_are_not_inherited_state() {
     // Workers forked together and scheduled at once run in step: `fanin check`'s two shim
     // workers created a histogram in the same nanosecond about once in fifty runs. Their

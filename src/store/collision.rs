@@ -15,7 +15,7 @@
 //! with the same start time carry counts their parent recorded before forking, and summing
 //! them over-counts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -84,7 +84,8 @@ enum Recorded {
     After,
     /// Within the margin of it: the pid was checked and proves nothing either way.
     Near,
-    /// This host cannot tell: no pid, another host, pid checks off, or no such process.
+    /// This host cannot tell: no pid, another host, pid checks off, no such process, or
+    /// the instance is retired (its process may be gone, and its pid another's).
     Unknown,
 }
 
@@ -216,10 +217,11 @@ impl Store {
     ///
     /// An equal start time alone is not proof: two independent workers whose first
     /// measurement fell in the same millisecond share one too. The proof, where the pid and
-    /// host are known, is a start time earlier than the process's own start (from `/proc`);
-    /// a start time later than it clears that instance, and one within the margin of it
-    /// proves nothing: two workers forked together and scheduled at once run in step and
-    /// can read the clock in the same nanosecond. Only where no instance can be checked
+    /// host are known and the instance is live (a retired one's pid may be another
+    /// process's by now), is a start time earlier than the process's own start (from
+    /// `/proc`); a start time later than it clears that instance, and one within the margin
+    /// of it proves nothing: two workers forked together and scheduled at once run in step
+    /// and can read the clock in the same nanosecond. Only where no instance can be checked
     /// must the start time have sub-millisecond precision instead: independent processes
     /// rarely meet to the nanosecond, and SDKs that stamp whole milliseconds run where no
     /// memory is inherited (Node's `cluster` starts new processes).
@@ -229,9 +231,13 @@ impl Store {
         type Key = (Arc<MetricId>, Attributes, Arc<Attributes>, u64);
         let mut groups: HashMap<Key, Vec<InstanceKey>> = HashMap::new();
         let mut stripped: HashMap<*const Attributes, Attributes> = HashMap::new();
+        let mut retired: HashSet<*const Attributes> = HashSet::new();
         for view in streams {
             if !view.key.metric.counts_events() {
                 continue;
+            }
+            if !view.live {
+                retired.insert(Arc::as_ptr(&view.instance));
             }
             let resource = stripped
                 .entry(Arc::as_ptr(&view.instance))
@@ -264,7 +270,13 @@ impl Store {
                 let (mut proven, mut checked) = (false, false);
                 let mut kept = Vec::with_capacity(instances.len());
                 for instance in instances {
-                    match self.recorded_before_start(&instance, start, &mut started) {
+                    // A retired instance's process may be gone and its pid another's now.
+                    let recorded = if retired.contains(&Arc::as_ptr(&instance)) {
+                        Recorded::Unknown
+                    } else {
+                        self.recorded_before_start(&instance, start, &mut started)
+                    };
+                    match recorded {
                         Recorded::Before => {
                             proven = true;
                             kept.push(instance);
