@@ -428,6 +428,9 @@ async fn two_workers_that_read_the_clock_in_one_nanosecond_are_not_inherited_sta
         send(&fanin, request).await;
     }
     assert_eq!(collisions(&fanin).await["inherited_state"], json!([]));
+    // Nor once they retire: their pids, checked or not, still prove nothing.
+    assert_eq!(fanin.advance(fanin.ttl).retired, 2);
+    assert_eq!(collisions(&fanin).await["inherited_state"], json!([]));
     // The same start time from two workers without a pid is still reported.
     for worker in ["w8", "w9"] {
         send(

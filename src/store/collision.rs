@@ -82,10 +82,10 @@ enum Recorded {
     Before,
     /// Later by more than the margin: the process's own.
     After,
-    /// Within the margin of it: the pid was checked and proves nothing either way.
+    /// Within the margin of it, or the instance is retired (its process may be gone and
+    /// the pid another's): the pid is this host's and proves nothing either way.
     Near,
-    /// This host cannot tell: no pid, another host, pid checks off, no such process, or
-    /// the instance is retired (its process may be gone, and its pid another's).
+    /// This host cannot tell: no pid, another host, pid checks off, or no such process.
     Unknown,
 }
 
@@ -217,14 +217,16 @@ impl Store {
     ///
     /// An equal start time alone is not proof: two independent workers whose first
     /// measurement fell in the same millisecond share one too. The proof, where the pid and
-    /// host are known and the instance is live (a retired one's pid may be another
-    /// process's by now), is a start time earlier than the process's own start (from
-    /// `/proc`); a start time later than it clears that instance, and one within the margin
-    /// of it proves nothing: two workers forked together and scheduled at once run in step
-    /// and can read the clock in the same nanosecond. Only where no instance can be checked
-    /// must the start time have sub-millisecond precision instead: independent processes
-    /// rarely meet to the nanosecond, and SDKs that stamp whole milliseconds run where no
-    /// memory is inherited (Node's `cluster` starts new processes).
+    /// host are known and the instance is live, is a start time earlier than the process's
+    /// own start (from `/proc`); a start time later than it clears that instance, and one
+    /// within the margin of it proves nothing (two workers forked together and scheduled at
+    /// once run in step and can read the clock in the same nanosecond), nor does a retired
+    /// instance's pid (its process may be gone and the pid another's). Only where none of
+    /// the instances left was checked must the start time have sub-millisecond precision
+    /// instead: independent processes rarely meet to the nanosecond, and SDKs that stamp
+    /// whole milliseconds run where no memory is inherited (Node's `cluster` starts new
+    /// processes). Values recorded less than the margin before fork therefore go unreported
+    /// where pids are known: `/proc` cannot tell them from a worker's own.
     pub fn inherited_state(&self) -> Vec<InheritedState> {
         let streams: Vec<StreamView> = self.all_streams();
         // Metric, resource without instance attributes, point attributes, start time.
@@ -270,13 +272,8 @@ impl Store {
                 let (mut proven, mut checked) = (false, false);
                 let mut kept = Vec::with_capacity(instances.len());
                 for instance in instances {
-                    // A retired instance's process may be gone and its pid another's now.
-                    let recorded = if retired.contains(&Arc::as_ptr(&instance)) {
-                        Recorded::Unknown
-                    } else {
-                        self.recorded_before_start(&instance, start, &mut started)
-                    };
-                    match recorded {
+                    let live = !retired.contains(&Arc::as_ptr(&instance));
+                    match self.recorded_against_start(&instance, live, start, &mut started) {
                         Recorded::Before => {
                             proven = true;
                             kept.push(instance);
@@ -301,11 +298,12 @@ impl Store {
             .collect()
     }
 
-    /// When `start` was recorded against the start of the process `instance` names.
-    /// `started` caches process start times.
-    fn recorded_before_start(
+    /// When `start` was recorded against the start of the process `instance` names (if
+    /// it is `live`). `started` caches process start times.
+    fn recorded_against_start(
         &self,
         instance: &Attributes,
+        live: bool,
         start: u64,
         started: &mut HashMap<i32, Option<u64>>,
     ) -> Recorded {
@@ -315,6 +313,10 @@ impl Store {
         let Some(pid) = process::local_pid(instance, host, false) else {
             return Recorded::Unknown;
         };
+        if !live {
+            // Its process may be gone and the pid another's by now.
+            return Recorded::Near;
+        }
         let Some(process_start) = *started
             .entry(pid)
             .or_insert_with(|| process::started_at(pid))
