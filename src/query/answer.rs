@@ -90,8 +90,8 @@ pub fn answer(
 }
 
 /// At most this many reads of the streams for one answer; the last holds evictions off.
-/// Evictions come a sweep at a time, a second or more apart, so a read meets one in two
-/// attempts only when it takes seconds.
+/// Evictions come a sweep at a time (a second apart at the default `instance_ttl`), so a
+/// read meets one in both of the first two attempts only when it is slow.
 const READ_ATTEMPTS: usize = 3;
 
 /// `read` (a read of the streams) and then the retired totals of the metrics `wanted`, as

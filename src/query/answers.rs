@@ -540,7 +540,8 @@ mod tests {
                         store.between_instances_once(move || {
                             sweeper.sweep_at(at, &Liveness { ttl: TTL });
                         });
-                        let during = read(&store, &kept);
+                        // Fresh answers: kept ones may not read the streams at all.
+                        let during = read(&store, &Answers::new(Arc::from([])));
                         // A store without instances never called it: it must not sweep
                         // later, when no step asked for it.
                         store.between_instances_once(|| {});
@@ -625,6 +626,36 @@ mod tests {
         assert_eq!((held.evicted, store.evictions()), (0, 0));
         let after = store.sweep_at(base + TTL * 4, &liveness);
         assert_eq!((after.evicted, store.evictions()), (1, 1));
+    }
+
+    #[test]
+    fn a_read_that_evictions_keep_overlapping_holds_them_off_the_third_time() {
+        let store = Store::new(StoreSettings::for_tests(100));
+        let requests = Arc::clone(&metrics()[0]);
+        let (base, liveness) = (Instant::now(), Liveness { ttl: TTL });
+        let mut attempts = 0u8;
+        let (evicted, retired) = crate::query::answer::read_with_retired(
+            &store,
+            |name| name == "requests",
+            || {
+                // Each attempt, a worker of its own exports, retires and is evicted.
+                attempts += 1;
+                let point = Point {
+                    start: 1,
+                    time: 10,
+                    value: value_of(&requests, 5),
+                };
+                write(&store, attempts, &requests, 0, point);
+                let at = base + TTL * (3 * u32::from(attempts));
+                store.sweep_at(at, &liveness);
+                store.sweep_at(at + TTL, &liveness).evicted
+            },
+        );
+        assert_eq!(attempts, 3);
+        assert_eq!(evicted, 0, "the third attempt holds evictions off");
+        assert_eq!(store.evictions(), 2);
+        let instances: u64 = retired.iter().map(|total| total.instances).sum();
+        assert_eq!(instances, 2, "the first two workers' totals, once each");
     }
 
     #[test]
