@@ -473,7 +473,8 @@ async fn send_framed(
     let (response, mut stream) = client.send_request(request, false)?;
     stream.send_data(frame, true)?;
     let response = response.await?;
-    let from_headers = grpc_status(response.headers());
+    let http_status = response.status();
+    let headers = response.headers().clone();
     let mut body = response.into_body();
     let mut answer = Vec::new();
     while let Some(chunk) = body.data().await {
@@ -481,10 +482,15 @@ async fn send_framed(
         let _ = body.flow_control().release_capacity(chunk.len());
         answer.extend_from_slice(&chunk);
     }
-    let trailers = body.trailers().await?;
-    let status = from_headers.or_else(|| trailers.as_ref().and_then(grpc_status));
-    if status != Some(0) {
-        return Err(format!("grpc-status {status:?}").into());
+    // A trailers-only answer (an error before any message) carries its status in headers.
+    let trailers = body.trailers().await?.unwrap_or_default();
+    let status =
+        grpc_field(&headers, "grpc-status").or_else(|| grpc_field(&trailers, "grpc-status"));
+    if status != Some("0") {
+        let message = grpc_field(&headers, "grpc-message")
+            .or_else(|| grpc_field(&trailers, "grpc-message"))
+            .unwrap_or_default();
+        return Err(format!("HTTP {http_status}, grpc-status {status:?}: {message}").into());
     }
     match answer.split_first_chunk::<5>() {
         Some(([0, length @ ..], message))
@@ -496,8 +502,8 @@ async fn send_framed(
     }
 }
 
-fn grpc_status(headers: &http::HeaderMap) -> Option<u32> {
-    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+fn grpc_field<'h>(headers: &'h http::HeaderMap, name: &str) -> Option<&'h str> {
+    headers.get(name)?.to_str().ok()
 }
 
 fn gzip_bytes(data: &[u8], level: flate2::Compression) -> std::io::Result<Vec<u8>> {
