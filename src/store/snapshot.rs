@@ -14,7 +14,7 @@
 //! refuses the whole snapshot; a store is never half-trusted. What the limits in force have
 //! no room for (they may have been lowered) is left out and counted.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -695,18 +695,44 @@ impl Store {
         restored: &mut Restored,
     ) -> Checked<()> {
         let mut retired = lock_any(&self.shared.retired);
+        // The keys as written, to tell a total listed twice from two that the instance
+        // attributes in force now fold into one.
+        let mut written: HashSet<RetiredKey> = HashSet::with_capacity(totals.len());
         for total in totals {
             let metric = tables.metric(total.metric)?;
             let value = StreamValue::from_proto(
                 total.value.as_ref().ok_or("a retired total has no value")?,
             )?;
             let bounds = RetiredKey::bounds_of(&value);
-            let key = RetiredKey {
+            let as_written = RetiredKey {
                 metric: Arc::clone(metric),
                 resource: attributes_from_proto(total.resource.as_ref())?,
                 attributes: Arc::clone(tables.set(total.attributes)?),
                 bounds,
             };
+            // Written without the instance attributes of then; these are the ones of now,
+            // which may name more (fewer cannot be undone: what was left out is gone).
+            let key = RetiredKey {
+                resource: self.shared.instance_attributes.strip(&as_written.resource),
+                ..as_written.clone()
+            };
+            if !written.insert(as_written) {
+                return Err(format!(
+                    "metric {:?}: a retired total is listed twice",
+                    metric.name
+                ));
+            }
+            if let Some(kept) = retired.get_mut(&key) {
+                // Same key, same bounds: the values add.
+                if !kept.value.add(&value) {
+                    return Err(format!(
+                        "metric {:?}: retired totals of one key do not add up",
+                        metric.name
+                    ));
+                }
+                kept.instances = kept.instances.saturating_add(total.instances);
+                continue;
+            }
             let max = self.shared.limits.max_series.get();
             let held = self.shared.n_streams.load(Ordering::Relaxed) + retired.len();
             if held >= max {
@@ -717,12 +743,7 @@ impl Store {
                 value,
                 instances: total.instances,
             };
-            if retired.insert(key, total).is_some() {
-                return Err(format!(
-                    "metric {:?}: a retired total is listed twice",
-                    metric.name
-                ));
-            }
+            retired.insert(key, total);
             let description = self
                 .shared
                 .metrics
@@ -1235,6 +1256,80 @@ mod tests {
             identities.iter().all(|identity| identity.held > 0),
             "{identities:?}"
         );
+    }
+
+    #[test]
+    fn retired_totals_come_back_keyed_by_the_instance_attributes_in_force() {
+        // Two hosts' workers, evicted into one total per host; restored where host.name is
+        // an instance attribute too, they are one total.
+        let store = Store::new(StoreSettings::for_tests(1000));
+        let requests = metric("requests", Kind::Sum, Some(Temporality::Cumulative));
+        let (scope, description) = (Arc::new(Scope::default()), Arc::<str>::from(""));
+        for (worker, host, n) in [("w1", "a", 3), ("w2", "b", 4), ("w3", "b", 5)] {
+            let resource = Attributes::new(vec![
+                ("service.instance.id".into(), AttrValue::Str(worker.into())),
+                ("host.name".into(), AttrValue::Str(host.into())),
+            ]);
+            let writer = Writer {
+                transport: Transport::Http,
+                peer: None,
+                pid: None,
+            };
+            let mut ingest = store.begin(writer, Outcome::default());
+            ingest.instance(&resource, |instance| {
+                let key = instance.metric(&scope, &requests, &description);
+                let point = Point {
+                    start: 1,
+                    time: 10,
+                    value: Value::Number(Number::Int(n)),
+                };
+                instance.point(&key, &[], point);
+            });
+            ingest.finish();
+        }
+        let liveness = Liveness {
+            ttl: Duration::from_secs(60),
+        };
+        let now = store.clock().now();
+        store.sweep_at(now + Duration::from_secs(61), &liveness);
+        assert_eq!(
+            store
+                .sweep_at(now + Duration::from_secs(122), &liveness)
+                .evicted,
+            3
+        );
+        let totals = |store: &Store| -> Vec<(String, u64, String)> {
+            let mut totals: Vec<_> = store
+                .retired_totals("requests")
+                .iter()
+                .map(|total| {
+                    let value = format!("{:?}", total.value);
+                    (format!("{:?}", total.resource), total.instances, value)
+                })
+                .collect();
+            totals.sort();
+            totals
+        };
+        assert_eq!(totals(&store).len(), 2, "one per host");
+        let settings = StoreSettings {
+            instance_attributes: crate::model::InstanceAttributes::new([
+                "service.instance.id",
+                "host.name",
+            ])
+            .expect("literal globs"),
+            ..StoreSettings::for_tests(1000)
+        };
+        let (restored, figures) = reread(&store, settings);
+        assert_eq!(figures.retired_totals, 1);
+        let expected = vec![(
+            format!("{:?}", Attributes::default()),
+            3,
+            format!("{:?}", StreamValue::Number(Number::Int(12))),
+        )];
+        assert_eq!(totals(&restored), expected);
+        // Kept as they were where the instance attributes did not change.
+        let (same, _) = reread(&store, StoreSettings::for_tests(1000));
+        assert_eq!(totals(&same), totals(&store));
     }
 
     #[test]
