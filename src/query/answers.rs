@@ -307,11 +307,10 @@ mod tests {
 
     use super::*;
     use crate::model::{
-        AttrRef, AttrValue, Attributes, Histogram, Kind, MetricId, Number, Point, Scope,
-        Temporality, Value,
+        AttrRef, AttrValue, Attributes, Histogram, Kind, MetricId, Number, Point, Temporality,
+        Value,
     };
-    use crate::outcome::Outcome;
-    use crate::store::{Liveness, StoreSettings, Transport, Writer};
+    use crate::store::{Liveness, StoreSettings};
 
     /// What the property test does to the store between reads.
     #[derive(Clone, Debug)]
@@ -393,21 +392,8 @@ mod tests {
             "service.instance.id".into(),
             AttrValue::Str(format!("w{instance}")),
         )]);
-        let scope = Arc::new(Scope::default());
-        let description: Arc<str> = Arc::from("");
-        let writer = Writer {
-            transport: Transport::Http,
-            peer: None,
-            pid: None,
-        };
         let route = ["/a", "/b", "/c"][usize::from(route)];
-        let mut ingest = store.begin(writer, Outcome::default());
-        ingest.instance(&resource, |instance| {
-            let key = instance.metric(&scope, metric, &description);
-            let attributes: &[(&str, AttrRef<'_>)] = &[("route", AttrRef::Str(route))];
-            instance.point(&key, attributes, point);
-        });
-        ingest.finish();
+        store.write_point(&resource, metric, &[("route", AttrRef::Str(route))], point);
     }
 
     #[test]

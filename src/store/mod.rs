@@ -705,6 +705,30 @@ impl Store {
         *lock_any(&self.shared.between_instances) = Some(Box::new(between));
     }
 
+    /// One point of `metric` (default scope, no description) from the instance `resource`
+    /// names, over HTTP, as a request of its own: for tests.
+    #[cfg(test)]
+    pub(crate) fn write_point(
+        &self,
+        resource: &Attributes,
+        metric: &Arc<MetricId>,
+        attributes: &[(&str, AttrRef<'_>)],
+        point: crate::model::Point,
+    ) {
+        let (scope, description) = (Arc::new(crate::model::Scope::default()), Arc::from(""));
+        let writer = Writer {
+            transport: Transport::Http,
+            peer: None,
+            pid: None,
+        };
+        let mut ingest = self.begin(writer, Outcome::default());
+        ingest.instance(resource, |instance| {
+            let key = instance.metric(&scope, metric, &description);
+            instance.point(&key, attributes, point);
+        });
+        ingest.finish();
+    }
+
     /// Clones every instance handle out of the map, so no map guard is held afterwards.
     fn all_instances(&self) -> Vec<Arc<Instance>> {
         self.shared

@@ -1264,28 +1264,17 @@ mod tests {
         // an instance attribute too, they are one total.
         let store = Store::new(StoreSettings::for_tests(1000));
         let requests = metric("requests", Kind::Sum, Some(Temporality::Cumulative));
-        let (scope, description) = (Arc::new(Scope::default()), Arc::<str>::from(""));
         for (worker, host, n) in [("w1", "a", 3), ("w2", "b", 4), ("w3", "b", 5)] {
             let resource = Attributes::new(vec![
                 ("service.instance.id".into(), AttrValue::Str(worker.into())),
                 ("host.name".into(), AttrValue::Str(host.into())),
             ]);
-            let writer = Writer {
-                transport: Transport::Http,
-                peer: None,
-                pid: None,
+            let point = Point {
+                start: 1,
+                time: 10,
+                value: Value::Number(Number::Int(n)),
             };
-            let mut ingest = store.begin(writer, Outcome::default());
-            ingest.instance(&resource, |instance| {
-                let key = instance.metric(&scope, &requests, &description);
-                let point = Point {
-                    start: 1,
-                    time: 10,
-                    value: Value::Number(Number::Int(n)),
-                };
-                instance.point(&key, &[], point);
-            });
-            ingest.finish();
+            store.write_point(&resource, &requests, &[], point);
         }
         let liveness = Liveness {
             ttl: Duration::from_secs(60),
